@@ -1,0 +1,267 @@
+"""Getting the checkpoint, choosing device and precision, and loading model + tokenizer + image preparer.
+
+This is the one place that decides device and precision. Every other module asks it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings, data_dir
+from .errors import DotOCRError, ModelUnavailableError
+
+log = logging.getLogger("dotocr.engine")
+
+# Must be set before CUDA initialises; torch reads it lazily on first CUDA use.
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+GIB = 1024**3
+DTYPE_NAMES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "4bit": "float16"}
+# Memory a 16-bit load needs: 3.0 B parameters x 2 bytes, plus room for activations and the KV cache of a
+# 1024 px crop with a few thousand generated tokens (measured figures in docs/performance.md).
+WEIGHTS_16BIT_BYTES = 6.1e9
+WORKING_HEADROOM_BYTES = 2.0 * GIB
+# Kept in 16 bits under 4-bit loading: lm_head decides every token (and the vocabulary projection quantises
+# badly), the merger is small and feeds every image token into the decoder. The patch conv is not a Linear.
+UNQUANTIZED_MODULES = ("lm_head", "vision_tower.merger")
+BNB_CPU_BLOCK = 64  # bitsandbytes' CPU 4-bit kernel needs input widths in multiples of its block size
+CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]  # never *.py
+
+
+class PrecisionError(DotOCRError):
+    """The requested device/precision cannot run on this machine."""
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    device: str
+    precision: str
+    reason: str
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    preparer: Any
+    eos_token_ids: list[int]
+    image_token_id: int
+    folder: Path
+    device: str
+    precision: str
+
+
+# -- device and precision ----------------------------------------------------------------------------------
+
+def plan_load(settings: Settings, *, cuda: dict[str, Any] | None = None) -> LoadPlan:
+    """Decide where and how to run. `cuda` describes the GPU (see `describe_cuda`); tests pass their own."""
+    cuda = describe_cuda() if cuda is None else cuda
+    device, precision = settings.device, settings.precision
+
+    if device == "cuda" and not cuda["available"]:
+        raise PrecisionError(
+            "CUDA was requested but this PyTorch cannot see a GPU"
+            + (" (it is a CPU-only build; install PyTorch's CUDA wheels, see the README)" if not cuda["built"]
+               else "") + "; use --device cpu or --device auto."
+        )
+    if device == "auto":
+        device = "cuda" if cuda["available"] else "cpu"
+
+    if device == "cpu":
+        if precision == "auto":
+            fast = cpu_prefers_bf16()
+            return LoadPlan("cpu", "bf16" if fast else "fp32",
+                            f"no CUDA GPU; {'bf16' if fast else 'fp32'} measured faster on this CPU")
+        return LoadPlan("cpu", precision, f"{precision} on CPU as requested")
+
+    name, total, bf16 = cuda["name"], cuda["total_bytes"], cuda["bf16"]
+    if precision == "bf16" and not bf16:
+        raise PrecisionError(f"The GPU {name} does not support bf16; choose fp16, 4bit or auto.")
+    if precision != "auto":
+        return LoadPlan("cuda", precision, f"{precision} on {name} as requested")
+    gib = total / GIB
+    if total >= WEIGHTS_16BIT_BYTES + WORKING_HEADROOM_BYTES:
+        chosen = "bf16" if bf16 else "fp16"
+        return LoadPlan("cuda", chosen, f"{name} has {gib:.1f} GiB, room for 16-bit weights ({chosen})")
+    return LoadPlan("cuda", "4bit", f"{name} has {gib:.1f} GiB, too little for 16-bit weights; 4-bit NF4")
+
+
+def describe_cuda() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"built": torch.version.cuda is not None, "available": torch.cuda.is_available(),
+                            "name": None, "total_bytes": 0, "bf16": False}
+    if info["available"]:
+        props = torch.cuda.get_device_properties(0)
+        info.update(name=props.name, total_bytes=props.total_memory, bf16=torch.cuda.is_bf16_supported())
+    return info
+
+
+def cpu_prefers_bf16() -> bool:
+    """Time a decode-shaped matrix-vector product in bf16 and fp32 once per CPU, and remember the answer.
+
+    Whether bf16 beats fp32 on a CPU depends on its instruction set, so it is measured, not assumed.
+    """
+    import torch
+
+    key = f"{platform.processor() or platform.machine()}|{os.cpu_count()}|torch {torch.__version__}"
+    cache = data_dir() / "cpu_precision.json"
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return bool(cached["bf16"])
+    except (OSError, ValueError, KeyError):
+        pass
+    timings = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        weight = torch.randn(1536, 8960, dtype=dtype)
+        x = torch.randn(1, 1536, dtype=dtype)
+        for _ in range(3):
+            x @ weight
+        start = time.perf_counter()
+        for _ in range(20):
+            x @ weight
+        timings[dtype] = time.perf_counter() - start
+    bf16 = timings[torch.bfloat16] < timings[torch.float32]
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"key": key, "bf16": bf16,
+                                     "seconds": {str(k): v for k, v in timings.items()}}))
+    except OSError:
+        pass
+    return bf16
+
+
+# -- getting the checkpoint --------------------------------------------------------------------------------
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve_checkpoint(model: str, on_progress: Callable[[float], None] | None = None) -> Path:
+    """A local folder as is; a repo id from the Hugging Face cache, downloading (resumably) if needed."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelUnavailableError(
+                f"The folder {path} holds no config.json; point --model at a dots.ocr checkpoint folder.")
+        return path
+    if not _REPO_ID.match(model) or path.exists():
+        raise ModelUnavailableError(
+            f"The model folder {model} does not exist; pass an existing checkpoint folder or a Hugging Face "
+            "repo id such as rednote-hilab/dots.ocr.")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import ENDPOINT, HF_HUB_OFFLINE
+
+    try:
+        return Path(snapshot_download(model, allow_patterns=CHECKPOINT_PATTERNS, local_files_only=True))
+    except Exception:  # not (completely) cached: fall through to a download
+        pass
+    if HF_HUB_OFFLINE:
+        raise ModelUnavailableError(
+            f"The model {model} is not in the Hugging Face cache and offline mode (HF_HUB_OFFLINE) is on; "
+            "download it once online, or pass a local checkpoint folder with --model.")
+    try:
+        kwargs: dict[str, Any] = {"allow_patterns": CHECKPOINT_PATTERNS}
+        if on_progress is not None:
+            kwargs["tqdm_class"] = _progress_tqdm(on_progress)
+        return Path(snapshot_download(model, **kwargs))
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelUnavailableError(
+            f"Could not download {model} from {ENDPOINT} ({reason[:200]}); check the network or set HF_ENDPOINT "
+            "to a mirror, or download the checkpoint elsewhere and pass its folder with --model."
+        ) from None
+
+
+def _progress_tqdm(on_progress: Callable[[float], None]):
+    from tqdm.auto import tqdm
+
+    class ProgressTqdm(tqdm):
+        """Forwards byte progress to the engine's state while keeping the usual console bar."""
+
+        def update(self, n=1):
+            result = super().update(n)
+            if self.total and getattr(self, "unit", "") == "B":
+                on_progress(min(1.0, self.n / self.total))
+            return result
+
+    return ProgressTqdm
+
+
+# -- loading ----------------------------------------------------------------------------------------------
+
+def load_checkpoint(folder: Path, plan: LoadPlan) -> LoadedModel:
+    """Model, tokenizer, image preparer and stop ids from one checkpoint folder. Never runs checkpoint code."""
+    import torch
+    from transformers import AutoTokenizer, BitsAndBytesConfig
+
+    from .configuration_dots import DotsOCRConfig
+    from .modeling_dots_ocr import DotsOCRForCausalLM
+    from .preprocessing import ImagePreparer
+
+    try:
+        config = DotsOCRConfig.from_pretrained(folder)
+    except Exception as exc:
+        raise ModelUnavailableError(f"The checkpoint in {folder} has an unreadable config.json ({exc}).") from None
+    dtype = getattr(torch, DTYPE_NAMES[plan.precision])
+    kwargs: dict[str, Any] = {"config": config, "dtype": dtype, "device_map": {"": plan.device}}
+    if plan.precision == "4bit":
+        _require_bitsandbytes()
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float16,
+            llm_int8_skip_modules=list(UNQUANTIZED_MODULES) + _unquantizable(config, plan.device))
+    try:
+        model = DotsOCRForCausalLM.from_pretrained(folder, **kwargs).eval()
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        preparer = ImagePreparer.from_pretrained(folder)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except OSError as exc:
+        raise ModelUnavailableError(f"The checkpoint in {folder} is incomplete ({exc}).") from None
+    eos = _eos_ids(folder, tokenizer)
+    return LoadedModel(model=model, tokenizer=tokenizer, preparer=preparer, eos_token_ids=eos,
+                       image_token_id=config.image_token_id, folder=folder, device=plan.device,
+                       precision=plan.precision)
+
+
+def _eos_ids(folder: Path, tokenizer) -> list[int]:
+    from transformers import GenerationConfig
+
+    try:
+        eos = GenerationConfig.from_pretrained(folder).eos_token_id
+    except OSError:
+        eos = None
+    if eos is None:
+        eos = [tokenizer.convert_tokens_to_ids(t) for t in ("<|endoftext|>", "<|endofassistant|>")]
+    return [eos] if isinstance(eos, int) else list(eos)
+
+
+def _unquantizable(config, device: str) -> list[str]:
+    """Linear layers whose input width the CPU 4-bit kernel cannot take (never the case at the real sizes)."""
+    if device != "cpu":
+        return []
+    import torch
+
+    from .modeling_dots_ocr import DotsOCRForCausalLM
+
+    with torch.device("meta"):
+        skeleton = DotsOCRForCausalLM(config)
+    return [name for name, module in skeleton.named_modules()
+            if isinstance(module, torch.nn.Linear) and module.in_features % BNB_CPU_BLOCK]
+
+
+def _require_bitsandbytes() -> None:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise PrecisionError("4-bit needs the bitsandbytes package: pip install \"bitsandbytes>=0.46\".") from None

@@ -1,0 +1,115 @@
+"""The dots.ocr instructions and the exact token layout of a one-image prompt.
+
+The instruction strings are the official ones (dots.ocr's `dots_ocr/utils/prompts.py`): the model was
+trained on exactly this wording, so they are kept byte for byte. The grounding instruction is
+followed by the box in model-input pixels, written the way the official parser writes a list of
+ints: "[x1, y1, x2, y2]".
+
+Prompt layout (the checkpoint's chat template for one user turn with one image):
+    <|user|><|img|><|imgpad|> x image_tokens <|endofimg|>INSTRUCTION<|endofuser|><|assistant|>
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from dotocr.engine.errors import DotOCRError, ModelUnavailableError
+
+PROMPT_MODES = ("text", "layout", "layout-json", "grounding")
+
+PROMPT_OCR = "Extract the text content from this image."
+
+PROMPT_LAYOUT_ALL_EN = """Please output the layout information from the PDF image, including each layout element's bbox, its category, and the corresponding text content within the bbox.
+
+1. Bbox format: [x1, y1, x2, y2]
+
+2. Layout Categories: The possible categories are ['Caption', 'Footnote', 'Formula', 'List-item', 'Page-footer', 'Page-header', 'Picture', 'Section-header', 'Table', 'Text', 'Title'].
+
+3. Text Extraction & Formatting Rules:
+    - Picture: For the 'Picture' category, the text field should be omitted.
+    - Formula: Format its text as LaTeX.
+    - Table: Format its text as HTML.
+    - All Others (Text, Title, etc.): Format their text as Markdown.
+
+4. Constraints:
+    - The output text must be the original text from the image, with no translation.
+    - All layout elements must be sorted according to human reading order.
+
+5. Final Output: The entire output must be a single JSON object.
+"""  # noqa: E501 - the official wording, kept on its original lines
+
+PROMPT_GROUNDING_OCR = (
+    "Extract text from the given bounding box on the image (format: [x1, y1, x2, y2]).\nBounding Box:\n"
+)
+
+USER, END_USER, ASSISTANT = "<|user|>", "<|endofuser|>", "<|assistant|>"
+IMAGE_START, IMAGE_PAD, IMAGE_END = "<|img|>", "<|imgpad|>", "<|endofimg|>"
+IMAGE_PLACEHOLDER = IMAGE_START + IMAGE_PAD + IMAGE_END
+"""What OpenAI-style clients put before the instruction to mark where the image goes."""
+
+_INSTRUCTIONS = {"text": PROMPT_OCR, "layout": PROMPT_LAYOUT_ALL_EN, "layout-json": PROMPT_LAYOUT_ALL_EN}
+
+
+def instruction_for(mode: str, bbox: Sequence[float] | None = None) -> str:
+    """The instruction for a prompt mode; `bbox` (model-input pixels) is used by grounding only."""
+    if mode == "grounding":
+        return PROMPT_GROUNDING_OCR + format_bbox(bbox)
+    try:
+        return _INSTRUCTIONS[mode]
+    except KeyError:
+        raise DotOCRError(f"Unknown prompt {mode!r}; use one of {', '.join(PROMPT_MODES)}.") from None
+
+
+def format_bbox(bbox: Sequence[float] | None) -> str:
+    """A box as "[x1, y1, x2, y2]" in whole pixels, corners sorted so x1 <= x2 and y1 <= y2."""
+    if bbox is None:
+        raise DotOCRError("The grounding prompt needs a bounding box; pass x1, y1, x2, y2 in image pixels.")
+    values = list(bbox)
+    if len(values) != 4 or not all(_is_finite_number(v) for v in values):
+        raise DotOCRError(f"A bounding box is four numbers x1, y1, x2, y2, not {bbox!r}; pass four numbers.")
+    x1, y1, x2, y2 = (round(float(v)) for v in values)
+    return str([min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)])
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def strip_image_placeholder(text: str) -> str:
+    """Drop a leading "<|img|><|imgpad|><|endofimg|>" (OpenAI clients send it; we place the image)."""
+    stripped = text.lstrip()
+    if stripped.startswith(IMAGE_PLACEHOLDER):
+        return stripped[len(IMAGE_PLACEHOLDER):]
+    return text
+
+
+def build_prompt(instruction: str, image_tokens: int) -> str:
+    """The prompt as text; `encode_prompt` produces the same ids without tokenizing the pads."""
+    return USER + IMAGE_START + IMAGE_PAD * image_tokens + IMAGE_END + instruction + END_USER + ASSISTANT
+
+
+def encode_prompt(tokenizer: Any, instruction: str, image_tokens: int) -> list[int]:
+    """Token ids of `build_prompt(instruction, image_tokens)`.
+
+    The markers are placed as ids directly and only the instruction goes through the tokenizer,
+    with special-token text in it split like ordinary text: a client that writes "<|imgpad|>" in
+    its instruction must not add image slots the vision features cannot fill.
+    """
+    if image_tokens < 0:
+        raise ValueError(f"image_tokens must not be negative, got {image_tokens}")
+    markers = (USER, IMAGE_START, IMAGE_PAD, IMAGE_END, END_USER, ASSISTANT)
+    user, start, pad, end, end_user, assistant = (_special_id(tokenizer, marker) for marker in markers)
+    text_ids = list(tokenizer.encode(instruction, add_special_tokens=False, split_special_tokens=True))
+    return [user, start, *([pad] * image_tokens), end, *text_ids, end_user, assistant]
+
+
+def _special_id(tokenizer: Any, marker: str) -> int:
+    token_id = tokenizer.convert_tokens_to_ids(marker)
+    if not isinstance(token_id, int) or token_id == tokenizer.unk_token_id:
+        raise ModelUnavailableError(
+            f"The tokenizer has no {marker} token, so it is not a dots.ocr tokenizer; "
+            f"point the model setting at a dots.ocr checkpoint."
+        )
+    return token_id

@@ -1,0 +1,425 @@
+"""`RemoteEngine`: the engine interface, with the model on an OpenAI-compatible server elsewhere.
+
+The server can be vLLM serving dots.ocr (`vllm serve rednote-hilab/dots.ocr ...`) or another dotocr-serve.
+The image is loaded and sized here exactly as the local engine sizes it (sides multiples of 28, within
+max_image_size), so the server's own processor leaves it as it is and any boxes in the answer are in
+pixels we can map back. The request is the one dots.ocr's own client sends: the image as a PNG data URL
+and `<|img|><|imgpad|><|endofimg|>` before the instruction. The answer is streamed, so `on_text` works,
+and post-processed like a local answer.
+
+Every failure of the network or the server is a `RemoteEngineError` naming the server and what to check.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+
+from ..config import Settings
+from .errors import DotOCRError, EngineBusyError, RemoteEngineError
+from .inference import DotOCRInference, EngineState
+from .preprocessing import ImageInput, ImagePreparer, PreparedImage, load_image
+from .prompts import IMAGE_PLACEHOLDER, instruction_for
+from .results import OCRResult
+
+log = logging.getLogger("dotocr.engine.remote")
+
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 300.0
+"""Longest wait for the next piece of the answer (a big page's prefill on a busy server can be long)."""
+BUSY_RETRY_S = 60.0
+"""How long a request keeps retrying while the server answers 503 (loading, or its queue is full)."""
+MAX_ERROR_BODY = 4096
+
+
+class RemoteEngine:
+    """Thread-safe, one request at a time like the local engine. Connects on `load()` or `ocr()`."""
+
+    def __init__(self, settings: Settings, *, on_state: Callable[[EngineState], None] | None = None,
+                 max_waiting: int | None = None, read_timeout_s: float = READ_TIMEOUT_S,
+                 busy_retry_s: float = BUSY_RETRY_S) -> None:
+        self._settings = settings
+        self._on_state = on_state
+        self._max_waiting = max_waiting
+        self._read_timeout_s = read_timeout_s
+        self._busy_retry_s = busy_retry_s
+        self._client: httpx.Client | None = None
+        self._preparer: ImagePreparer | None = None
+        self._precision: str | None = None
+        self._lock = threading.RLock()
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
+        self._state = EngineState("unloaded")
+
+    # -- state --------------------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
+
+    @property
+    def state(self) -> EngineState:
+        return self._state
+
+    @property
+    def device(self) -> str | None:
+        return "remote" if self._client is not None else None
+
+    @property
+    def precision(self) -> str | None:
+        return self._precision
+
+    @property
+    def url(self) -> str:
+        return self._settings.remote_url.rstrip("/")
+
+    def _set_state(self, status: str, detail: str = "") -> None:
+        self._state = EngineState(status, detail)
+        if self._on_state is not None:
+            try:
+                self._on_state(self._state)
+            except Exception:
+                log.exception("state callback failed")
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Check that the server answers (GET /models) with our key; RemoteEngineError if not."""
+        with self._lock:
+            self._ensure_connected()
+
+    def unload(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+            self._set_state("unloaded", "disconnected; connects again on the next capture")
+
+    def reconfigure(self, settings: Settings) -> None:
+        with self._lock:
+            old, self._settings = self._settings, settings
+            if (old.remote_url, old.remote_api_key, old.remote_model) != (
+                    settings.remote_url, settings.remote_api_key, settings.remote_model):
+                self.unload()
+
+    def _ensure_connected(self) -> httpx.Client:
+        if self._client is not None:
+            return self._client
+        self._set_state("loading", f"connecting to {self.url}")
+        key = self._settings.remote_api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        client = httpx.Client(headers=headers, timeout=httpx.Timeout(
+            self._read_timeout_s, connect=CONNECT_TIMEOUT_S, pool=CONNECT_TIMEOUT_S))
+        try:
+            response = self._send(client, "GET", f"{self.url}/models", timeout=CONNECT_TIMEOUT_S * 2)
+            if response.status_code == 404:
+                raise RemoteEngineError(f"{self.url} is not an OpenAI-compatible API (GET /models answered "
+                                        "404); remote_url should end in /v1, e.g. http://127.0.0.1:8000/v1.")
+            self._raise_for_status(response)
+            self._precision = self._probe_precision(client)
+            if self._preparer is None:
+                self._preparer = ImagePreparer()
+        except DotOCRError as exc:
+            client.close()
+            self._set_state("error", str(exc))
+            raise
+        self._client = client
+        self._set_state("ready", f"remote {self.url}")
+        return client
+
+    def _probe_precision(self, client: httpx.Client) -> str:
+        """A dotocr-serve says what it runs in /health; other servers do not, which is fine."""
+        base = self.url[:-3] if self.url.endswith("/v1") else self.url
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            response = client.get(f"{base}/health", timeout=CONNECT_TIMEOUT_S)
+            data = response.json()
+            if response.status_code == 200 and data.get("service") == "dotocr" and data.get("precision"):
+                return str(data["precision"])
+        return "unknown"
+
+    # -- OCR ----------------------------------------------------------------------------------------
+
+    def ocr(self, image: ImageInput, *, prompt: str | None = None, output_format: str | None = None,
+            bbox: tuple[float, float, float, float] | None = None, max_new_tokens: int | None = None,
+            temperature: float = 0.0, top_p: float = 1.0, instruction: str | None = None,
+            on_text: Callable[[str], None] | None = None, file: str | None = None) -> OCRResult:
+        """Same arguments and result as `DotOCRInference.ocr`; the generation happens on the server."""
+        started = time.perf_counter()
+        picture = load_image(image)
+        if prompt is None:
+            prompt = "layout" if output_format == "markdown" else self._settings.prompt
+        if prompt == "grounding" and bbox is None and instruction is None:
+            raise DotOCRError("The grounding prompt needs a bounding box (x1, y1, x2, y2 in image pixels).")
+        with self._queue_slot(), self._lock:
+            client = self._ensure_connected()
+            assert self._preparer is not None
+            prepared = self._preparer.prepare(picture, self._settings.max_image_size)
+            if instruction is None:
+                instruction = instruction_for(prompt, self._model_bbox(prepared, bbox))
+            body = self._request_body(prepared, instruction, max_new_tokens or self._settings.max_new_tokens,
+                                      temperature, top_p)
+            self._set_state("busy", "reading")
+            try:
+                answer = self._complete(client, body, on_text, time.perf_counter())
+            except RemoteEngineError as exc:
+                self._set_state("error", str(exc))
+                raise
+            self._set_state("ready", f"remote {self.url}")
+        text, cells = DotOCRInference._format(prompt, answer.text, prepared)
+        finished = time.perf_counter()
+        return OCRResult(
+            text=text, raw=answer.text, prompt=prompt,
+            stop_reason="max_new_tokens" if answer.finish_reason == "length" else "eos",
+            width=prepared.original_size[0], height=prepared.original_size[1],
+            image_tokens=prepared.image_tokens,
+            prompt_tokens=_first_int(answer.prompt_tokens, prepared.image_tokens),
+            generated_tokens=_first_int(answer.completion_tokens, answer.pieces),
+            device="remote", precision=self._precision or "unknown",
+            timings={"preprocess": round(answer.sent_at - started, 4),
+                     "prefill": round(answer.first_at - answer.sent_at, 4),
+                     "decode": round(answer.done_at - answer.first_at, 4),
+                     "total": round(finished - started, 4)},
+            peak_gpu_mb=None, cells=cells, file=file)
+
+    stream = DotOCRInference.stream
+    """Text pieces as they arrive, then the final `OCRResult`: the local engine's bridge over `ocr`."""
+
+    # -- the HTTP exchange --------------------------------------------------------------------------
+
+    @staticmethod
+    def _model_bbox(prepared: PreparedImage, bbox: tuple[float, float, float, float] | None):
+        if bbox is None:
+            return None
+        (x1, y1), (x2, y2) = prepared.to_model(bbox[0], bbox[1]), prepared.to_model(bbox[2], bbox[3])
+        return round(x1), round(y1), round(x2), round(y2)
+
+    def _request_body(self, prepared: PreparedImage, instruction: str, max_new_tokens: int,
+                      temperature: float, top_p: float) -> dict[str, Any]:
+        png = io.BytesIO()
+        prepared.image.save(png, format="PNG")
+        data_url = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
+        return {
+            "model": self._settings.remote_model,
+            "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": data_url}},
+                {"type": "text", "text": IMAGE_PLACEHOLDER + instruction},
+            ]}],
+            "max_completion_tokens": max_new_tokens,
+            "max_tokens": max_new_tokens,  # servers that predate max_completion_tokens
+            "temperature": temperature,
+            "top_p": top_p,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+
+    def _complete(self, client: httpx.Client, body: dict[str, Any], on_text: Callable[[str], None] | None,
+                  sent_at: float) -> _Answer:
+        deadline = time.monotonic() + self._busy_retry_s
+        while True:
+            try:
+                with client.stream("POST", f"{self.url}/chat/completions", json=body) as response:
+                    if response.status_code == 503 and time.monotonic() < deadline:
+                        wait = _retry_after(response)
+                        log.info("%s is busy or loading; retrying in %.1f s", self.url, wait)
+                    else:
+                        self._raise_for_status(response)
+                        return self._read_stream(response, on_text, sent_at)
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                raise self._network_error(exc) from None
+            time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+
+    def _read_stream(self, response: httpx.Response, on_text: Callable[[str], None] | None,
+                     sent_at: float) -> _Answer:
+        answer = _Answer(sent_at)
+        content_type = response.headers.get("content-type", "")
+        if "text/event-stream" not in content_type:  # a server that ignores stream=true
+            response.read()
+            answer.take_completion(_json(response, self.url))
+            if on_text is not None and answer.text:
+                on_text(answer.text)
+            return answer.finish()
+        for line in response.iter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                return answer.finish()
+            try:
+                event = json.loads(data)
+            except ValueError:
+                raise RemoteEngineError(f"The OCR server at {self.url} sent a stream event that is not "
+                                        "JSON; check that remote_url points at an OpenAI-compatible "
+                                        "server.") from None
+            if isinstance(event, dict) and "error" in event:
+                raise RemoteEngineError(f"The OCR server at {self.url} failed: {_error_message(event)}")
+            delta = answer.take_chunk(event)
+            if delta and on_text is not None:
+                on_text(delta)
+        if answer.finish_reason is None:
+            raise RemoteEngineError(f"The OCR server at {self.url} closed the connection before the answer "
+                                    "was complete; check the server's log.")
+        return answer.finish()
+
+    def _send(self, client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return client.request(method, url, **kwargs)
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise self._network_error(exc) from None
+
+    def _network_error(self, exc: httpx.HTTPError | httpx.InvalidURL) -> RemoteEngineError:
+        if isinstance(exc, httpx.TimeoutException):
+            what = "connect" if isinstance(exc, (httpx.ConnectTimeout, httpx.PoolTimeout)) else "answer"
+            return RemoteEngineError(f"The OCR server at {self.url} did not {what} in time; check that it is "
+                                     "running and not overloaded.")
+        if isinstance(exc, httpx.ConnectError):
+            return RemoteEngineError(f"Cannot reach the OCR server at {self.url}; check that it is running "
+                                     "and that remote_url is right.")
+        if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
+            return RemoteEngineError(f"remote_url {self.url!r} is not a usable URL; use one like "
+                                     "http://127.0.0.1:8000/v1.")
+        return RemoteEngineError(f"The connection to the OCR server at {self.url} failed "
+                                 f"({type(exc).__name__}); try again, or check the server.")
+
+    def _raise_for_status(self, response: httpx.Response) -> None:
+        if response.status_code < 400:
+            return
+        with contextlib.suppress(httpx.HTTPError):
+            response.read()
+        message = (_error_message(_json_or_none(response.content[:MAX_ERROR_BODY * 4]))
+                   or response.text[:200].strip() or response.reason_phrase)
+        if response.status_code in (401, 403):
+            raise RemoteEngineError(f"The OCR server at {self.url} refused the request (HTTP "
+                                    f"{response.status_code}: {message}); set remote_api_key to its token.")
+        if response.status_code == 404 and "model" in message.lower():
+            raise RemoteEngineError(f"The OCR server at {self.url} has no model "
+                                    f"{self._settings.remote_model!r} ({message}); set remote_model to the "
+                                    "name it serves (GET /v1/models).")
+        raise RemoteEngineError(f"The OCR server at {self.url} answered HTTP {response.status_code}: "
+                                f"{message}")
+
+    @contextlib.contextmanager
+    def _queue_slot(self) -> Iterator[None]:
+        with self._waiting_lock:
+            if self._max_waiting is not None and self._waiting > self._max_waiting:
+                raise EngineBusyError("The OCR server connection is busy and the queue is full; try again "
+                                      "in a moment.")
+            self._waiting += 1
+        try:
+            yield
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
+
+
+class _Answer:
+    """What came back: the text, why it stopped, token counts and when each part arrived."""
+
+    def __init__(self, sent_at: float) -> None:
+        self.parts: list[str] = []
+        self.pieces = 0
+        self.finish_reason: str | None = None
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self.sent_at = sent_at
+        self.first_at: float | None = None
+        self.done_at = sent_at
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def take_chunk(self, event: Any) -> str:
+        if not isinstance(event, dict):
+            return ""
+        self._take_usage(event.get("usage"))
+        delta_text = ""
+        for choice in event.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta") or {}
+            content = delta.get("content") if isinstance(delta, dict) else None
+            if isinstance(content, str) and content:
+                if self.first_at is None:
+                    self.first_at = time.perf_counter()
+                self.parts.append(content)
+                self.pieces += 1
+                delta_text += content
+            if choice.get("finish_reason"):
+                self.finish_reason = str(choice["finish_reason"])
+        return delta_text
+
+    def take_completion(self, data: Any) -> None:
+        choices = data.get("choices") if isinstance(data, dict) else None
+        if not choices or not isinstance(choices[0], dict):
+            raise RemoteEngineError("The OCR server's answer has no choices; check that it serves dots.ocr.")
+        message = choices[0].get("message") or {}
+        content = message.get("content") if isinstance(message, dict) else None
+        self.first_at = time.perf_counter()
+        if isinstance(content, str):
+            self.parts.append(content)
+            self.pieces = 1
+        self.finish_reason = str(choices[0].get("finish_reason") or "stop")
+        self._take_usage(data.get("usage"))
+
+    def _take_usage(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            if isinstance(usage.get("prompt_tokens"), int):
+                self.prompt_tokens = usage["prompt_tokens"]
+            if isinstance(usage.get("completion_tokens"), int):
+                self.completion_tokens = usage["completion_tokens"]
+
+    def finish(self) -> _Answer:
+        self.done_at = time.perf_counter()
+        if self.first_at is None:
+            self.first_at = self.done_at
+        if self.finish_reason is None:
+            self.finish_reason = "stop"
+        return self
+
+
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        return min(10.0, max(0.2, float(response.headers.get("retry-after", "1"))))
+    except ValueError:
+        return 1.0
+
+
+def _json_or_none(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError:
+        return None
+
+
+def _json(response: httpx.Response, url: str) -> Any:
+    data = _json_or_none(response.content)
+    if data is None:
+        raise RemoteEngineError(f"The OCR server at {url} answered with something that is not JSON; check "
+                                "that remote_url points at an OpenAI-compatible server.")
+    return data
+
+
+def _first_int(value: int | None, fallback: int) -> int:
+    return value if value is not None else fallback
+
+
+def _error_message(data: Any) -> str:
+    """The sentence in an error body, in OpenAI's, vLLM's or FastAPI's shape."""
+    if not isinstance(data, dict):
+        return ""
+    error = data.get("error")
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])[:MAX_ERROR_BODY]
+    for key in ("message", "detail"):
+        if isinstance(data.get(key), str):
+            return data[key][:MAX_ERROR_BODY]
+    return str(error)[:MAX_ERROR_BODY] if error else ""

@@ -1,0 +1,40 @@
+"""What one OCR call returns, the same for the local and the remote engine."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+STOP_REASONS = ("eos", "max_new_tokens", "repetition")
+
+
+@dataclass
+class OCRResult:
+    text: str
+    """The answer in the requested output format (plain text, Markdown, or JSON cells as text)."""
+    raw: str
+    """What the model generated, before any conversion or trimming of a repeated tail."""
+    prompt: str
+    """The prompt mode: text, layout, layout-json or grounding."""
+    stop_reason: str
+    width: int
+    """Width of the input image as given, before any resizing."""
+    height: int
+    image_tokens: int
+    prompt_tokens: int
+    generated_tokens: int
+    device: str
+    precision: str
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage: preprocess, prefill (vision + prompt), decode, total."""
+    peak_gpu_mb: float | None = None
+    cells: list[dict[str, Any]] | None = None
+    """Layout cells (bbox in input-image pixels, category, text) for the layout prompts."""
+    file: str | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The JSON contract shared by `dotocr ocr --format json` and `POST /ocr`."""
+        data = asdict(self)
+        if data["cells"] is None:
+            del data["cells"]
+        return data

@@ -1,0 +1,275 @@
+"""DotOCRInference on the golden tiny checkpoint and small random ones: the real loading and generation path."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from engine_contract import EngineContract, sample_image
+from safetensors.torch import load_file, save_file
+from tiny_models import save_tiny_checkpoint
+
+from dotocr.config import Settings
+from dotocr.engine import DotOCRInference, make_engine
+from dotocr.engine.errors import DotOCRError, ModelUnavailableError, OutOfMemoryError
+from dotocr.engine.loading import PrecisionError, plan_load, resolve_checkpoint
+
+
+def tiny_settings(folder, **overrides) -> Settings:
+    return Settings(model=str(folder), device="cpu", precision="fp32", max_new_tokens=16).replace(**overrides)
+
+
+@pytest.fixture(scope="module")
+def engine(dots_tiny):
+    engine = DotOCRInference(tiny_settings(dots_tiny))
+    engine.load()
+    return engine
+
+
+class TestLocalEngine(EngineContract):
+    pass
+
+
+def test_make_engine_builds_the_local_engine(dots_tiny):
+    assert isinstance(make_engine(tiny_settings(dots_tiny)), DotOCRInference)
+
+
+def test_nothing_loads_until_asked(dots_tiny):
+    states = []
+    engine = DotOCRInference(tiny_settings(dots_tiny), on_state=states.append)
+    assert engine.state.status == "unloaded" and engine.device is None
+    engine.ocr(sample_image(), max_new_tokens=2)
+    assert [s.status for s in states][:2] == ["loading", "ready"] or "loading" in [s.status for s in states]
+    assert "busy" in [s.status for s in states]
+    assert engine.state.status == "ready"
+
+
+@pytest.mark.parametrize("size", [(28, 28), (1, 1), (180, 14), (3000, 14), (14, 3000), (1023, 767),
+                                  (2048, 1536), (4000, 300)])
+def test_image_tokens_match_the_grid(engine, size):
+    result = engine.ocr(Image_new(size), max_new_tokens=1)
+    loaded = engine._loaded
+    prepared = loaded.preparer.prepare(Image_new(size), engine.settings.max_image_size)
+    t, h, w = prepared.grid_thw[0].tolist()
+    assert result.image_tokens == t * h * w // 4 == prepared.image_tokens
+    assert max(prepared.image.size) <= engine.settings.max_image_size
+    assert prepared.image.size[0] % 28 == 0 and prepared.image.size[1] % 28 == 0
+    assert (result.width, result.height) == size
+
+
+def Image_new(size):
+    from PIL import Image
+
+    return Image.new("RGB", size, "white")
+
+
+def test_max_image_size_limits_the_tokens(dots_tiny):
+    big = DotOCRInference(tiny_settings(dots_tiny, max_image_size=1024))
+    small = DotOCRInference(tiny_settings(dots_tiny, max_image_size=280))
+    image = sample_image(2000, 1000)
+    assert big.ocr(image, max_new_tokens=1).image_tokens > small.ocr(image, max_new_tokens=1).image_tokens
+    assert small.ocr(image, max_new_tokens=1).image_tokens <= (280 // 28) * (140 // 28)
+
+
+def test_four_bit_on_cpu(dots_tiny):
+    engine = DotOCRInference(tiny_settings(dots_tiny, precision="4bit"))
+    result = engine.ocr(sample_image(), max_new_tokens=4)
+    assert result.precision == "4bit" and result.generated_tokens >= 1
+    import bitsandbytes as bnb
+
+    assert isinstance(engine._loaded.model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+
+
+def _constant_token_checkpoint(tmp_path, dots_tiny, token_id: int):
+    """A real checkpoint whose weights make `token_id` the most likely token at every step."""
+    folder = save_tiny_checkpoint(tmp_path / f"always-{token_id}", dots_tiny)
+    weights = load_file(folder / "model.safetensors")
+    weights["model.embed_tokens.weight"][:, 0] = 50.0
+    for name in list(weights):
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            weights[name].zero_()
+    weights["lm_head.weight"][token_id] = 0
+    weights["lm_head.weight"][token_id, 0] = 10.0
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def test_repetition_guard_stops_a_looping_model_early(tmp_path, dots_tiny):
+    """A model stuck on '.' (dots.ocr's classic loop on dot leaders) is stopped long before max_new_tokens."""
+    dot = 13  # '.' in the tiny tokenizer
+    engine = DotOCRInference(tiny_settings(_constant_token_checkpoint(tmp_path, dots_tiny, dot)))
+    result = engine.ocr(sample_image(), max_new_tokens=2000)
+    assert result.stop_reason == "repetition"
+    assert result.generated_tokens < 400
+    assert set(result.raw) == {"."} and len(result.raw) == result.generated_tokens
+    assert 0 < len(result.text) < 20  # the repeated tail was trimmed to one block
+
+
+def test_a_random_model_ends_by_a_recorded_reason(engine):
+    result = engine.ocr(sample_image(), max_new_tokens=40)
+    assert result.stop_reason in ("eos", "max_new_tokens", "repetition")
+    assert result.generated_tokens <= 40
+
+
+def test_eos_stops_generation(tmp_path, dots_tiny):
+    engine = DotOCRInference(tiny_settings(_constant_token_checkpoint(tmp_path, dots_tiny, 978)))
+    result = engine.ocr(sample_image(), max_new_tokens=50)
+    assert result.stop_reason == "eos"
+    assert result.generated_tokens == 1 and result.text == ""
+
+
+def test_max_new_tokens_stop(engine):
+    result = engine.ocr(sample_image(), max_new_tokens=3)
+    assert result.generated_tokens == 3 and result.stop_reason in ("max_new_tokens", "eos")
+
+
+class _FakeOOM:
+    """Raises CUDA's out-of-memory error at the allocation boundary (the vision tower's first allocation)
+    when an image has more patches than `limit`. We have no GPU here, so this is the only way to reach the path."""
+
+    def __init__(self, model, limit: int) -> None:
+        self.limit, self.calls = limit, []
+        self.handle = model.vision_tower.register_forward_pre_hook(self)
+
+    def __call__(self, module, args):
+        patches = args[0].shape[0]
+        self.calls.append(patches)
+        if patches > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_oom_retries_once_at_a_smaller_size(dots_tiny):
+    engine = DotOCRInference(tiny_settings(dots_tiny, max_image_size=560))
+    engine.load()
+    fake = _FakeOOM(engine._loaded.model, limit=900)
+    try:
+        result = engine.ocr(sample_image(560, 560), max_new_tokens=2)
+    finally:
+        fake.handle.remove()
+    assert len(fake.calls) == 2 and fake.calls[0] > 900 >= fake.calls[1]
+    assert result.image_tokens * 4 == fake.calls[1]
+
+
+def test_oom_twice_names_the_knob_and_the_engine_recovers(dots_tiny):
+    engine = DotOCRInference(tiny_settings(dots_tiny, max_image_size=560))
+    engine.load()
+    fake = _FakeOOM(engine._loaded.model, limit=0)
+    try:
+        with pytest.raises(OutOfMemoryError, match="--max-image-size"):
+            engine.ocr(sample_image(560, 560), max_new_tokens=2)
+    finally:
+        fake.handle.remove()
+    assert engine.ocr(sample_image(), max_new_tokens=2).generated_tokens >= 1
+
+
+def test_unload_frees_and_next_call_reloads(dots_tiny):
+    engine = DotOCRInference(tiny_settings(dots_tiny))
+    engine.ocr(sample_image(), max_new_tokens=2)
+    first = engine._loaded.model
+    engine.unload()
+    assert engine._loaded is None and engine.state.status == "unloaded"
+    engine.ocr(sample_image(), max_new_tokens=2)
+    assert engine._loaded.model is not first
+
+
+def test_switching_precision_reloads_safely_during_use(dots_tiny):
+    engine = DotOCRInference(tiny_settings(dots_tiny))
+    engine.load()
+    worker = threading.Thread(target=engine.ocr, args=(sample_image(),), kwargs={"max_new_tokens": 8})
+    worker.start()
+    engine.reconfigure(engine.settings.replace(precision="bf16"))  # waits for the running call
+    worker.join(60)
+    result = engine.ocr(sample_image(), max_new_tokens=2)
+    assert result.precision == "bf16"
+    assert engine._loaded.model.dtype == torch.bfloat16
+
+
+def test_idle_unload(dots_tiny):
+    engine = DotOCRInference(tiny_settings(dots_tiny, idle_minutes=1))
+    engine.ocr(sample_image(), max_new_tokens=1)
+    timer = engine._idle_timer
+    assert timer is not None and timer.interval == 60
+    timer.cancel()
+    engine._idle_unload()  # what the timer runs
+    assert engine._loaded is None
+
+
+def test_renamed_checkpoint_keys_load_through_the_engine(dots_tiny, tmp_path):
+    folder = tmp_path / "dots.mocr-like"
+    shutil.copytree(dots_tiny, folder)
+    weights = load_file(dots_tiny / "model.safetensors")
+    save_file({k.replace(".attn.qkv.", ".attn.qkv_proj.").replace(".attn.proj.", ".attn.out_proj."): v
+               for k, v in weights.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    reference = DotOCRInference(tiny_settings(dots_tiny)).ocr(sample_image(), max_new_tokens=6)
+    renamed = DotOCRInference(tiny_settings(folder)).ocr(sample_image(), max_new_tokens=6)
+    assert renamed.raw == reference.raw
+
+
+# -- device and precision choice -------------------------------------------------------------------------
+
+def _gpu(total_gib: float, bf16: bool = True) -> dict:
+    return {"built": True, "available": True, "name": "Test GPU", "total_bytes": int(total_gib * 1024**3),
+            "bf16": bf16}
+
+
+NO_GPU = {"built": False, "available": False, "name": None, "total_bytes": 0, "bf16": False}
+
+
+def test_auto_picks_4bit_on_a_6_gib_card():
+    plan = plan_load(Settings(), cuda=_gpu(6))
+    assert (plan.device, plan.precision) == ("cuda", "4bit") and "6.0 GiB" in plan.reason
+
+
+def test_auto_picks_bf16_or_fp16_on_a_big_card():
+    assert plan_load(Settings(), cuda=_gpu(24)).precision == "bf16"
+    assert plan_load(Settings(), cuda=_gpu(16, bf16=False)).precision == "fp16"
+
+
+def test_auto_without_gpu_measures_the_cpu():
+    plan = plan_load(Settings(), cuda=NO_GPU)
+    assert plan.device == "cpu" and plan.precision in ("bf16", "fp32") and "measured" in plan.reason
+
+
+def test_impossible_requests_are_clear():
+    with pytest.raises(PrecisionError, match="bf16"):
+        plan_load(Settings(precision="bf16"), cuda=_gpu(24, bf16=False))
+    with pytest.raises(PrecisionError, match="CPU-only build"):
+        plan_load(Settings(device="cuda"), cuda=NO_GPU)
+
+
+def test_missing_folder_is_one_sentence(tmp_path):
+    engine = DotOCRInference(tiny_settings(tmp_path / "nowhere"))
+    with pytest.raises(ModelUnavailableError, match="does not exist"):
+        engine.load()
+    assert engine.state.status == "error"
+
+
+def test_uncached_repo_offline_names_the_repo(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ModelUnavailableError, match="someone/not-cached"):
+        resolve_checkpoint("someone/not-cached")
+
+
+def test_unreachable_endpoint_is_named(tmp_path):
+    """A fresh interpreter with the hub online but pointed at a closed loopback port."""
+    code = ("from dotocr.engine.loading import resolve_checkpoint\n"
+            "from dotocr.engine.errors import DotOCRError\n"
+            "try:\n    resolve_checkpoint('rednote-hilab/dots.ocr')\n"
+            "except DotOCRError as e:\n    print(e)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9",
+           "HF_HUB_CACHE": str(tmp_path), "HF_HUB_ETAG_TIMEOUT": "2", "HF_HUB_DOWNLOAD_TIMEOUT": "2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    message = out.stdout.strip()
+    assert "rednote-hilab/dots.ocr" in message and "127.0.0.1:9" in message and "--model" in message
+    assert "Traceback" not in out.stderr
+
+
+def test_errors_are_dotocr_errors(dots_tiny):
+    engine = DotOCRInference(tiny_settings(dots_tiny))
+    with pytest.raises(DotOCRError):
+        engine.ocr(b"nope")
