@@ -12,7 +12,7 @@ import zlib
 import pytest
 from PIL import Image, ImageDraw
 
-from dotocr.engine.errors import DotOCRError, ImageError
+from dotocr.errors import DotOCRError, ImageError
 from dotocr.engine.results import STOP_REASONS, OCRResult
 
 

@@ -16,7 +16,7 @@ from tiny_models import save_tiny_checkpoint
 
 from dotocr.config import Settings
 from dotocr.engine import DotOCRInference, make_engine
-from dotocr.engine.errors import DotOCRError, ModelUnavailableError, OutOfMemoryError
+from dotocr.errors import DotOCRError, ModelUnavailableError, OutOfMemoryError
 from dotocr.engine.loading import PrecisionError, plan_load, resolve_checkpoint
 
 
@@ -258,7 +258,7 @@ def test_uncached_repo_offline_names_the_repo(tmp_path, monkeypatch):
 def test_unreachable_endpoint_is_named(tmp_path):
     """A fresh interpreter with the hub online but pointed at a closed loopback port."""
     code = ("from dotocr.engine.loading import resolve_checkpoint\n"
-            "from dotocr.engine.errors import DotOCRError\n"
+            "from dotocr.errors import DotOCRError\n"
             "try:\n    resolve_checkpoint('rednote-hilab/dots.ocr')\n"
             "except DotOCRError as e:\n    print(e)\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9",

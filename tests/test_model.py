@@ -119,7 +119,7 @@ def dense_reference_attention(attn, hidden, cu_seqlens, rotary):
     q, k, v = attn.qkv(hidden).reshape(seq, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
     q, k = apply_vision_rotary(q, rotary), apply_vision_rotary(k, rotary)
     mask = torch.full((1, seq, seq), torch.finfo(q.dtype).min)
-    for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]):
+    for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:], strict=True):
         mask[..., a:b, a:b] = 0
     q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
     weights = torch.matmul(q, k.transpose(1, 2)) / math.sqrt(attn.head_dim) + mask

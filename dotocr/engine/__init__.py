@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..config import Settings
 from .configuration_dots import DotsOCRConfig, DotsVisionConfig
-from .errors import DotOCRError
+from ..errors import DotOCRError
 from .inference import DotOCRInference, EngineState
 from .modeling_dots_ocr import DotsOCRForCausalLM
 from .results import OCRResult

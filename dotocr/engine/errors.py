@@ -1,27 +1,7 @@
-"""Errors a person can act on. Every message is one sentence naming the problem and the fix."""
+"""Transitional alias: the errors live in `dotocr.errors` (importing them must not load torch)."""
 
-from __future__ import annotations
+from ..errors import *  # noqa: F403
+from ..errors import DotOCRError, EngineBusyError, ImageError, ModelUnavailableError, OutOfMemoryError, RemoteEngineError
 
-
-class DotOCRError(Exception):
-    """Base class: front ends print `str(error)` and never a traceback."""
-
-
-class ImageError(DotOCRError):
-    """The input is not an image we can read (not an image, truncated, empty, too large)."""
-
-
-class ModelUnavailableError(DotOCRError):
-    """The checkpoint could not be found, downloaded or loaded."""
-
-
-class OutOfMemoryError(DotOCRError):
-    """The GPU ran out of memory even after one retry at a smaller image size."""
-
-
-class EngineBusyError(DotOCRError):
-    """Too many requests are already waiting for the model."""
-
-
-class RemoteEngineError(DotOCRError):
-    """A remote OpenAI-compatible server could not be reached or answered with an error."""
+__all__ = ["DotOCRError", "EngineBusyError", "ImageError", "ModelUnavailableError", "OutOfMemoryError",
+           "RemoteEngineError"]

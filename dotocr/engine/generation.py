@@ -135,9 +135,13 @@ class DeltaStreamer(BaseStreamer):
     """Hands `on_text` each new piece of decoded text, never half a character.
 
     A byte-level tokenizer can split one character (an accent, CJK, an emoji) over several tokens;
-    text is held back while the decoded tail is an incomplete character (U+FFFD) and flushed at the
-    end. Decoding works on a short window of recent tokens, so each step costs the same.
+    while the decoded tail is an incomplete character (U+FFFD) it is held back, and sent once the
+    next tokens complete it, or at the end. Decoding covers only the tokens since the last point
+    where the text was complete (plus those before it as context), so each step costs the same.
     """
+
+    MAX_PENDING_TOKENS = 4
+    """A character is at most 4 bytes: a U+FFFD tail older than this is garbage, not a partial character."""
 
     def __init__(self, tokenizer: Any, on_text: Callable[[str], None] | None,
                  skip_special_tokens: bool = True) -> None:
@@ -149,8 +153,9 @@ class DeltaStreamer(BaseStreamer):
         self.text = ""
         """Everything handed to on_text so far."""
         self._tokens: list[int] = []
-        self._prefix_offset = 0
-        self._read_offset = 0
+        self._prefix_offset = 0  # context tokens start here
+        self._read_offset = 0  # text of tokens from here on is not (fully) sent yet
+        self._sent = 0  # characters already sent from the text after _read_offset
         self._prompt_skipped = False
 
     def put(self, value: torch.Tensor) -> None:
@@ -176,12 +181,17 @@ class DeltaStreamer(BaseStreamer):
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
 
     def _emit(self, *, final: bool) -> None:
-        prefix = self._decode(self._tokens[self._prefix_offset:self._read_offset])
+        context = self._decode(self._tokens[self._prefix_offset:self._read_offset])
         current = self._decode(self._tokens[self._prefix_offset:])
-        if len(current) <= len(prefix) or (current.endswith("\ufffd") and not final):
-            return
-        delta = current[len(prefix):]
-        self._prefix_offset, self._read_offset = self._read_offset, len(self._tokens)
-        self.text += delta
-        if self.on_text is not None:
-            self.on_text(delta)
+        complete = (final or not current.endswith("\ufffd")
+                    or len(self._tokens) - self._read_offset > self.MAX_PENDING_TOKENS)
+        stable = current if complete else current.rstrip("\ufffd")
+        delta = stable[len(context) + self._sent:]
+        if complete:
+            self._prefix_offset, self._read_offset, self._sent = self._read_offset, len(self._tokens), 0
+        else:
+            self._sent += len(delta)
+        if delta:
+            self.text += delta
+            if self.on_text is not None:
+                self.on_text(delta)

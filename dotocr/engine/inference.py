@@ -23,7 +23,7 @@ import torch
 from transformers import StoppingCriteriaList
 
 from ..config import Settings
-from .errors import DotOCRError, EngineBusyError, ModelUnavailableError, OutOfMemoryError
+from ..errors import DotOCRError, EngineBusyError, ModelUnavailableError, OutOfMemoryError
 from .generation import DeltaStreamer, RepetitionGuard, trim_repetition
 from .layout import cells_to_markdown, map_cells_to_original, parse_cells
 from .loading import LoadedModel, load_checkpoint, plan_load, resolve_checkpoint

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings, data_dir
-from .errors import DotOCRError, ModelUnavailableError
+from ..errors import DotOCRError, ModelUnavailableError
 
 log = logging.getLogger("dotocr.engine")
 

@@ -107,7 +107,7 @@ class DotsVisionAttention(nn.Module):
         q = apply_vision_rotary(q, rotary)
         k = apply_vision_rotary(k, rotary)
         out = torch.empty_like(q)
-        for start, end in zip(cu_seqlens[:-1], cu_seqlens[1:]):
+        for start, end in zip(cu_seqlens[:-1], cu_seqlens[1:], strict=True):
             # 4-D (batch, heads, seq, dim): the layout for which torch picks a memory-efficient kernel.
             qi, ki, vi = (t[start:end].transpose(0, 1).unsqueeze(0) for t in (q, k, v))
             oi = F.scaled_dot_product_attention(qi, ki, vi)

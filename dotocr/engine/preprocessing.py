@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dotocr.engine.errors import ImageError, ModelUnavailableError
+from dotocr.errors import ImageError, ModelUnavailableError
 
 ImageInput = Image.Image | str | os.PathLike | bytes
 
@@ -81,7 +81,8 @@ def load_image(source: ImageInput) -> Image.Image:
     name = _describe(source)
     try:
         with warnings.catch_warnings():
-            # Pillow only warns between its two limits; we want a clear refusal instead.
+            # Pillow only warns between its two limits; we want a clear refusal instead. (The filter
+            # is process-wide while it lasts; a race only loses the warning, our own size check stays.)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             if isinstance(source, Image.Image):
                 return _normalise(source, name)
@@ -199,8 +200,8 @@ def _deep_to_uint8(image: Image.Image) -> np.ndarray:
     """Scale 16-bit, 32-bit and float greyscale into 0..255 instead of letting Pillow clip to white."""
     data = np.asarray(image)
     if image.mode.startswith("I;16"):
-        return np.round(data.astype(np.float64) / 257.0).astype(np.uint8)
-    values = np.nan_to_num(data.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        return ((data.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    values = np.nan_to_num(data.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     low, high = float(values.min()), float(values.max())
     if image.mode == "F" and low >= 0.0 and high <= 1.0:
         scaled = values * 255.0

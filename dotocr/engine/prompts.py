@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from dotocr.engine.errors import DotOCRError, ModelUnavailableError
+from dotocr.errors import DotOCRError, ModelUnavailableError
 
 PROMPT_MODES = ("text", "layout", "layout-json", "grounding")
 

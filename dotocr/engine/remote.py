@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from ..config import Settings
-from .errors import DotOCRError, EngineBusyError, RemoteEngineError
+from ..errors import DotOCRError, EngineBusyError, RemoteEngineError
 from .inference import DotOCRInference, EngineState
 from .preprocessing import ImageInput, ImagePreparer, PreparedImage, load_image
 from .prompts import IMAGE_PLACEHOLDER, instruction_for

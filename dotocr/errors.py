@@ -1,0 +1,30 @@
+"""Errors a person can act on, shared by every part of dotocr (light: importing it loads no torch).
+
+Every message is one sentence naming the problem and the fix.
+"""
+
+from __future__ import annotations
+
+
+class DotOCRError(Exception):
+    """Base class: front ends print `str(error)` and never a traceback."""
+
+
+class ImageError(DotOCRError):
+    """The input is not an image we can read (not an image, truncated, empty, too large)."""
+
+
+class ModelUnavailableError(DotOCRError):
+    """The checkpoint could not be found, downloaded or loaded."""
+
+
+class OutOfMemoryError(DotOCRError):
+    """The GPU ran out of memory even after one retry at a smaller image size."""
+
+
+class EngineBusyError(DotOCRError):
+    """Too many requests are already waiting for the model."""
+
+
+class RemoteEngineError(DotOCRError):
+    """A remote OpenAI-compatible server could not be reached or answered with an error."""

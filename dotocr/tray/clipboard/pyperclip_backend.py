@@ -1,0 +1,92 @@
+"""Clipboard through pyperclip: native on Windows and macOS, xclip/xsel on X11, wl-clipboard on Wayland.
+
+With xclip the X selection only lives while an owner process runs; pyperclip starts `xclip`, which
+forks and stays in the background as the owner until something else is copied, so the text
+outlives both the call and our process.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+from .base import ClipboardError
+
+# Mechanisms that are safe from any thread of a long-running tray (Qt's needs its own event loop).
+_USABLE = {"windows", "pbcopy", "pyobjc", "osx_pbcopy", "osx_pyobjc", "xclip", "xsel", "wl_clipboard",
+           "klipper", "wsl", "dev_clipboard"}
+
+
+# Mechanisms whose copy returns before a forked child owns the selection.
+_FORKING = {"xclip", "xsel", "wl_clipboard"}
+_OWNER_TIMEOUT = 2.0
+
+
+def _missing_tool_message() -> str:
+    if sys.platform.startswith("linux"):
+        return ("No clipboard tool was found: install xclip (e.g. `sudo apt install xclip`), "
+                "or wl-clipboard on Wayland.")
+    return "No way to reach the clipboard was found on this system."
+
+
+def _mechanism() -> tuple[str, Callable[[str], None], Callable[[], str]] | None:
+    import pyperclip
+
+    copy, paste = pyperclip.determine_clipboard()
+    if not copy:  # pyperclip's "no clipboard" stand-in is falsy
+        return None
+    name = getattr(copy, "__name__", type(copy).__name__).removeprefix("copy_")
+    if name not in _USABLE:
+        return None
+    return name, copy, paste
+
+
+class PyperclipClipboard:
+    """The mechanism is chosen when the backend is made, from the environment at that moment."""
+
+    def __init__(self) -> None:
+        found = _mechanism()
+        if found is None:
+            raise ClipboardError(_missing_tool_message())
+        self._mechanism, self._copy, self._paste = found
+        self.name = f"pyperclip ({self._mechanism})"
+
+    @staticmethod
+    def is_compatible() -> bool:
+        try:
+            return _mechanism() is not None
+        except Exception:
+            return False
+
+    def copy(self, text: str) -> bool:
+        if not isinstance(text, str) or not text.strip():
+            return False
+        try:
+            self._copy(text)
+        except Exception as exc:
+            raise ClipboardError(f"Copying to the clipboard failed ({exc}).") from None
+        if self._mechanism in _FORKING:
+            self._wait_until_owned(text)
+        return True
+
+    def _wait_until_owned(self, text: str) -> None:
+        """xclip/xsel/wl-copy return before their background child owns the selection; wait for it, so
+        that when copy() returns a paste anywhere gets the new text."""
+        deadline = time.monotonic() + _OWNER_TIMEOUT
+        while True:
+            try:
+                if self._paste().rstrip("\n") == text.rstrip("\n"):
+                    return
+            except Exception:
+                pass
+            if time.monotonic() > deadline:
+                raise ClipboardError("The clipboard did not take the text; another program may be holding "
+                                     "it, so try the capture again.")
+            time.sleep(0.01)
+
+    def paste(self) -> str:
+        try:
+            return self._paste() or ""
+        except Exception as exc:
+            raise ClipboardError(f"Reading the clipboard failed ({exc}).") from None

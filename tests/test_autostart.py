@@ -1,0 +1,277 @@
+"""Start at login: XDG autostart for real in a temp XDG_CONFIG_HOME; the Windows Run key against a faked
+winreg (the registry exists only on Windows)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dotocr.tray import autostart as autostart_pkg
+from dotocr.tray.autostart import AutostartError, default_tray_command, get_autostart
+from dotocr.tray.autostart.windows import APPROVED_KEY, RUN_KEY, WindowsAutostart
+from dotocr.tray.autostart.xdg import XdgAutostart, exec_line
+
+pytestmark = pytest.mark.timeout(30)
+
+TRICKY_ARGS = ["a b", 'say "hi"', "$HOME", "back\\slash", "100%", "it's", "`id`", "semi;colon", ""]
+
+
+# --- XDG -----------------------------------------------------------------------------------------
+
+def _desktop_exec_to_argv(value: str) -> list[str]:
+    """What a desktop launcher does with Exec= (written from the spec, independently of the code under test):
+    string unescaping, %% -> %, then splitting at spaces outside "...", where \\ escapes " ` $ and \\."""
+    unescaped = value.replace("\\\\", "\0").replace("\\s", " ").replace("\0", "\\").replace("%%", "%")
+    args: list[str] = []
+    current: list[str] | None = None
+    quoted = False
+    chars = iter(unescaped)
+    for char in chars:
+        if quoted:
+            if char == "\\":
+                current.append(next(chars))
+            elif char == '"':
+                quoted = False
+            else:
+                current.append(char)
+        elif char == " ":
+            if current is not None:
+                args.append("".join(current))
+            current = None
+        else:
+            current = current if current is not None else []
+            if char == '"':
+                quoted = True
+            else:
+                current.append(char)
+    assert not quoted, "unterminated quote"
+    if current is not None:
+        args.append("".join(current))
+    return args
+
+
+def _exec_value(path: Path) -> str:
+    line, = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("Exec=")]
+    return line[len("Exec="):]
+
+
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="XDG autostart is the Linux backend")
+def test_xdg_is_the_linux_backend_and_honours_xdg_config_home():
+    backend = get_autostart()
+    assert isinstance(backend, XdgAutostart)
+    assert backend.path == Path(os.environ["XDG_CONFIG_HOME"]) / "autostart" / "dotocr.desktop"
+
+
+def test_xdg_enable_writes_a_valid_entry_and_disable_removes_it():
+    backend = XdgAutostart()
+    assert backend.is_enabled() is False
+    argv = ["/opt/dot ocr/bin/dotocr-tray", "--max-image-size", "1024"]
+    backend.enable(argv)
+    assert backend.is_enabled() is True
+    text = backend.path.read_text(encoding="utf-8")
+    assert text.startswith("[Desktop Entry]\n") and "Type=Application" in text
+    assert "X-GNOME-Autostart-enabled=true" in text
+    assert _desktop_exec_to_argv(_exec_value(backend.path)) == argv
+    backend.disable()
+    assert not backend.path.exists() and backend.is_enabled() is False
+    backend.disable()  # idempotent
+
+
+def test_xdg_exec_quoting_survives_a_real_shell(tmp_path):
+    backend = XdgAutostart()
+    argv = [sys.executable, "-c", "import sys; print(repr(sys.argv[1:]))", *TRICKY_ARGS]
+    backend.enable(argv)
+    command = _desktop_exec_to_argv(_exec_value(backend.path))
+    assert command == argv
+    # and the same line run by sh (the spec's quoting is a subset of sh's double quotes)
+    line = _exec_value(backend.path).replace("\\\\", "\\").replace("%%", "%")
+    done = subprocess.run(["sh", "-c", line], capture_output=True, text=True, timeout=20)
+    assert done.stdout.strip() == repr(TRICKY_ARGS)
+
+
+def test_exec_line_quotes_only_what_needs_it():
+    assert exec_line(["/usr/bin/dotocr-tray", "--max-image-size", "1024"]) == \
+        "/usr/bin/dotocr-tray --max-image-size 1024"
+    assert exec_line(["a b"]) == '"a b"'
+    # \$ inside quotes, then that backslash doubled by the file format's string escaping
+    assert exec_line(["x$y"]) == '"x\\\\$y"'
+
+
+def test_exec_line_refuses_line_breaks():
+    with pytest.raises(AutostartError, match="line break"):
+        exec_line(["a\nb"])
+
+
+@pytest.mark.parametrize(("line", "enabled"), [("Hidden=true", False), ("Hidden=false", True),
+                                                ("X-GNOME-Autostart-enabled=false", False), ("", True)])
+def test_xdg_user_switches_are_honoured(line, enabled):
+    backend = XdgAutostart()
+    backend.enable(["/usr/bin/dotocr-tray"])
+    text = backend.path.read_text(encoding="utf-8").replace("X-GNOME-Autostart-enabled=true\n", "")
+    backend.path.write_text(text + line + "\n", encoding="utf-8")
+    assert backend.is_enabled() is enabled
+
+
+def test_xdg_garbage_file_reads_as_disabled():
+    backend = XdgAutostart()
+    backend.path.parent.mkdir(parents=True, exist_ok=True)
+    backend.path.write_bytes(b"\xff\xfe not a desktop entry")
+    assert backend.is_enabled() is False
+
+
+def test_relative_xdg_config_home_is_ignored(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CONFIG_HOME", "relative/dir")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert XdgAutostart().path == tmp_path / ".config" / "autostart" / "dotocr.desktop"
+
+
+def test_enable_needs_a_command():
+    with pytest.raises(AutostartError):
+        XdgAutostart().enable([])
+
+
+# --- Windows, against a fake winreg ------------------------------------------------------------------
+
+class FakeWinreg:
+    """The slice of winreg we use, over a dict: {key path: {value name: (data, type)}} under HKCU."""
+
+    HKEY_CURRENT_USER = "HKCU"
+    KEY_READ, KEY_SET_VALUE = 0x20019, 0x0002
+    REG_SZ, REG_BINARY = 1, 3
+
+    def __init__(self) -> None:
+        self.keys: dict[str, dict[str, tuple[object, int]]] = {RUN_KEY: {}}
+
+    class _Key:
+        def __init__(self, values: dict) -> None:
+            self.values = values
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    def OpenKey(self, root, path, reserved=0, access=0):  # noqa: N802 - winreg names
+        assert root == self.HKEY_CURRENT_USER
+        if path not in self.keys:
+            raise FileNotFoundError(2, "The system cannot find the file specified")
+        return self._Key(self.keys[path])
+
+    def CreateKeyEx(self, root, path, reserved=0, access=0):  # noqa: N802
+        assert root == self.HKEY_CURRENT_USER
+        return self._Key(self.keys.setdefault(path, {}))
+
+    def QueryValueEx(self, key, name):  # noqa: N802
+        if name not in key.values:
+            raise FileNotFoundError(2, "The system cannot find the file specified")
+        return key.values[name]
+
+    def SetValueEx(self, key, name, reserved, kind, data):  # noqa: N802
+        key.values[name] = (data, kind)
+
+    def DeleteValue(self, key, name):  # noqa: N802
+        if name not in key.values:
+            raise FileNotFoundError(2, "The system cannot find the file specified")
+        del key.values[name]
+
+
+def test_windows_enable_writes_a_quoted_command_to_the_run_key():
+    reg = FakeWinreg()
+    backend = WindowsAutostart(winreg=reg)
+    assert backend.is_enabled() is False
+    argv = [r"C:\Program Files\Python311\pythonw.exe", "-m", "dotocr.tray", "--max-image-size", "1024"]
+    backend.enable(argv)
+    data, kind = reg.keys[RUN_KEY]["dotocr"]
+    assert kind == reg.REG_SZ
+    assert data == '"C:\\Program Files\\Python311\\pythonw.exe" -m dotocr.tray --max-image-size 1024'
+    assert backend.is_enabled() is True
+
+
+@pytest.mark.parametrize(("first_byte", "enabled"),
+                         [(0x02, True), (0x06, True), (0x03, False), (0x07, False)])
+def test_windows_task_manager_switch_wins(first_byte, enabled):
+    reg = FakeWinreg()
+    backend = WindowsAutostart(winreg=reg)
+    backend.enable(["C:\\dotocr\\dotocr-tray.exe"])
+    reg.keys[APPROVED_KEY] = {"dotocr": (bytes([first_byte]) + bytes(11), reg.REG_BINARY)}
+    assert backend.is_enabled() is enabled
+
+
+def test_windows_enable_from_our_menu_clears_a_task_manager_disable():
+    reg = FakeWinreg()
+    backend = WindowsAutostart(winreg=reg)
+    backend.enable(["C:\\dotocr\\dotocr-tray.exe"])
+    reg.keys[APPROVED_KEY] = {"dotocr": (bytes([0x03]) + bytes(11), reg.REG_BINARY)}
+    backend.enable(["C:\\dotocr\\dotocr-tray.exe"])
+    assert backend.is_enabled() is True and "dotocr" not in reg.keys[APPROVED_KEY]
+
+
+def test_windows_disable_removes_both_values_and_is_idempotent():
+    reg = FakeWinreg()
+    backend = WindowsAutostart(winreg=reg)
+    backend.enable(["C:\\dotocr\\dotocr-tray.exe"])
+    reg.keys[APPROVED_KEY] = {"dotocr": (bytes([0x02]) + bytes(11), reg.REG_BINARY)}
+    backend.disable()
+    assert "dotocr" not in reg.keys[RUN_KEY] and "dotocr" not in reg.keys[APPROVED_KEY]
+    assert backend.is_enabled() is False
+    backend.disable()
+
+
+def test_windows_registry_failure_is_one_sentence():
+    class ReadOnlyWinreg(FakeWinreg):
+        def SetValueEx(self, key, name, reserved, kind, data):  # noqa: N802
+            raise PermissionError(5, "Access is denied")
+
+    with pytest.raises(AutostartError, match="Access is denied"):
+        WindowsAutostart(winreg=ReadOnlyWinreg()).enable(["x.exe"])
+
+
+# --- the command that starts the tray ------------------------------------------------------------
+
+def test_command_uses_the_installed_script_beside_the_interpreter(tmp_path, monkeypatch):
+    python = tmp_path / "bin" / "python"
+    script = tmp_path / "bin" / "dotocr-tray"
+    script.parent.mkdir()
+    python.touch()
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(python))
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert default_tray_command(["--max-image-size", "1024"]) == [str(script), "--max-image-size", "1024"]
+
+
+def test_command_falls_back_to_the_module(tmp_path, monkeypatch):
+    python = tmp_path / "python"
+    monkeypatch.setattr(sys, "executable", str(python))
+    monkeypatch.setattr(sys, "platform", "linux")
+    expected = [str(python), "-m", "dotocr.tray", "--hotkey", "ctrl+alt+o"]
+    assert default_tray_command(["--hotkey", "ctrl+alt+o"]) == expected
+
+
+def test_command_on_windows_prefers_pythonw(tmp_path, monkeypatch):
+    python = tmp_path / "python.exe"
+    (tmp_path / "pythonw.exe").touch()
+    monkeypatch.setattr(sys, "executable", str(python))
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert default_tray_command([]) == [str(tmp_path / "pythonw.exe"), "-m", "dotocr.tray"]
+
+
+def test_command_of_a_frozen_build_is_the_exe_itself(tmp_path, monkeypatch):
+    exe = tmp_path / "dotocr-tray.exe"
+    monkeypatch.setattr(sys, "executable", str(exe))
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    assert default_tray_command(["--max-image-size", "1024"]) == [str(exe), "--max-image-size", "1024"]
+
+
+def test_unsupported_platform_refuses_clearly(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    backend = get_autostart()
+    assert backend.is_enabled() is False
+    with pytest.raises(AutostartError, match="not supported"):
+        backend.enable(["/Applications/dotocr"])
+    assert autostart_pkg.BACKENDS[-1].__name__ == "UnsupportedAutostart"
