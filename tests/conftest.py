@@ -6,9 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Tiny models are dominated by per-op overhead; one thread avoids contention on the 2-core test machines.
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_TINY = REPO / "tests" / "data" / "dots_tiny"

@@ -246,9 +246,8 @@ class DotOCRInference:
             output = loaded.model.generate(
                 input_ids, attention_mask=torch.ones_like(input_ids),
                 pixel_values=prepared.pixel_values.to(device), image_grid_thw=prepared.grid_thw.to(device),
-                max_new_tokens=max_new_tokens, eos_token_id=loaded.eos_token_ids,
-                pad_token_id=loaded.eos_token_ids[0], stopping_criteria=StoppingCriteriaList([guard]),
-                streamer=streamer, **sampling)
+                max_new_tokens=max_new_tokens, stopping_criteria=StoppingCriteriaList([guard]), streamer=streamer,
+                **sampling)
         finished = time.perf_counter()
         new_tokens = output[0, len(ids):].tolist()
         stop_reason, kept = self._stop_reason(new_tokens, guard, loaded.eos_token_ids, max_new_tokens)

@@ -202,7 +202,8 @@ def _progress_tqdm(on_progress: Callable[[float], None]):
 def load_checkpoint(folder: Path, plan: LoadPlan) -> LoadedModel:
     """Model, tokenizer, image preparer and stop ids from one checkpoint folder. Never runs checkpoint code."""
     import torch
-    from transformers import AutoTokenizer, BitsAndBytesConfig
+    from transformers import AutoTokenizer, BitsAndBytesConfig, GenerationConfig
+    from transformers.utils import logging as transformers_logging
 
     from .configuration_dots import DotsOCRConfig
     from .modeling_dots_ocr import DotsOCRForCausalLM
@@ -220,6 +221,7 @@ def load_checkpoint(folder: Path, plan: LoadPlan) -> LoadedModel:
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.float16,
             llm_int8_skip_modules=list(UNQUANTIZED_MODULES) + _unquantizable(config, plan.device))
+    transformers_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar; downloads keep theirs
     try:
         model = DotsOCRForCausalLM.from_pretrained(folder, **kwargs).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
@@ -229,6 +231,9 @@ def load_checkpoint(folder: Path, plan: LoadPlan) -> LoadedModel:
     except OSError as exc:
         raise ModelUnavailableError(f"The checkpoint in {folder} is incomplete ({exc}).") from None
     eos = _eos_ids(folder, tokenizer)
+    # Only the stop ids come from the checkpoint's generation_config; its max_length (32768) would just fight
+    # max_new_tokens, which the engine sets per call.
+    model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=eos[0], do_sample=False)
     return LoadedModel(model=model, tokenizer=tokenizer, preparer=preparer, eos_token_ids=eos,
                        image_token_id=config.image_token_id, folder=folder, device=plan.device,
                        precision=plan.precision)

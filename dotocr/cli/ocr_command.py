@@ -1,0 +1,170 @@
+"""`dotocr ocr`: recognise a batch of images with one engine, loaded once.
+
+Every image gets its own verdict: a bad file is named on stderr in one line and the batch goes on;
+the exit status says whether anything failed. Only stdout carries results, so `--format json`
+output can be piped straight into another program.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from dotocr.cli.engine_choice import choose_engine
+from dotocr.cli.inputs import STDIN_NAME, InputImage, expand_inputs
+from dotocr.cli.outputs import FolderWriter, StdoutWriter
+from dotocr.cli.quiet import quiet_libraries
+from dotocr.config import Settings, SettingsError, SettingsFile, settings_from_args
+
+EXIT_OK, EXIT_FAILED = 0, 1
+
+
+class Reporter:
+    """stderr lines and the progress bar, kept from trampling each other."""
+
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.show_bar = total > 1 and _isatty(sys.stderr)
+        self.bar = tqdm(total=total, file=sys.stderr, unit="image", dynamic_ncols=True,
+                        disable=not self.show_bar, leave=False)
+
+    def error(self, message: str) -> None:
+        self._write(f"dotocr: {message}", sys.stderr)
+
+    def stdout_line(self, line: str) -> None:
+        self._write(line, sys.stdout)
+        sys.stdout.flush()
+
+    def _write(self, line: str, stream: Any) -> None:
+        if self.show_bar:
+            self.bar.write(line, file=stream)
+        else:
+            print(line, file=stream)
+
+    def status(self, text: str) -> None:
+        """A word on what the bar is waiting for (loading the model takes a while)."""
+        self.bar.set_description_str(text)
+
+    def advance(self) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_ocr(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    settings = _settings(args, parser)
+    prompt = request_prompt(args, settings)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="dotocr: %(message)s", stream=sys.stderr)
+
+    expanded = expand_inputs(args.paths)
+    reporter = Reporter(len(expanded.images))
+    try:
+        return _run_batch(args, settings, prompt, expanded.images, expanded.problems, reporter)
+    finally:
+        reporter.close()
+
+
+def _run_batch(args: argparse.Namespace, settings: Settings, prompt: str | None, images: list[InputImage],
+               problems: list[str], reporter: Reporter) -> int:
+    from dotocr.errors import DotOCRError, ModelUnavailableError
+
+    for problem in problems:
+        reporter.error(problem)
+    failed = len(problems)
+    if not images:
+        return EXIT_FAILED
+
+    writer: StdoutWriter | FolderWriter
+    if args.out is not None:
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reporter.error(f"the output folder {args.out} could not be created ({exc.strerror or exc}).")
+            return EXIT_FAILED
+        writer = FolderWriter(args.out, settings.output_format, images)
+    else:
+        writer = StdoutWriter(settings.output_format, batch=len(images) > 1, write_line=reporter.stdout_line)
+
+    if not args.verbose:
+        quiet_libraries(keep_download_bars=_isatty(sys.stderr))
+    try:
+        engine = choose_engine(settings, local=args.local, notice=reporter.error)
+        reporter.status("loading the model")
+        engine.load()
+    except DotOCRError as exc:
+        reporter.error(str(exc))
+        return EXIT_FAILED
+    reporter.status("")
+
+    for image in images:
+        try:
+            result = engine.ocr(image.source, prompt=prompt, output_format=settings.output_format,
+                                bbox=args.bbox, max_new_tokens=settings.max_new_tokens, file=image.name)
+        except ModelUnavailableError as exc:
+            reporter.error(str(exc))
+            return EXIT_FAILED
+        except DotOCRError as exc:
+            reporter.error(_about(image, str(exc)))
+            failed += 1
+            reporter.advance()
+            continue
+        result.file = image.name
+        try:
+            writer.write(image, result.to_json_dict())
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`): stop quietly, see main()
+        except OSError as exc:
+            reporter.error(_about(image, f"the result could not be written ({exc.strerror or exc})."))
+            failed += 1
+        reporter.advance()
+
+    if failed and len(images) + len(problems) > 1:
+        reporter.error(f"{failed} of {len(images) + len(problems)} inputs failed.")
+    return EXIT_OK if failed == 0 else EXIT_FAILED
+
+
+def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Settings:
+    settings_file = SettingsFile()
+    base = settings_file.load()
+    for problem in settings_file.problems:
+        print(f"dotocr: warning: {problem}", file=sys.stderr)
+    prompt = args.prompt
+    if args.bbox is not None:
+        if prompt not in (None, "grounding"):
+            parser.error(f"--bbox reads the text inside a box and needs --prompt grounding, not {prompt}")
+        prompt = "grounding"
+    try:
+        settings = settings_from_args(args, base).replace(prompt=prompt, output_format=args.output_format)
+    except SettingsError as exc:
+        parser.error(str(exc))
+    if settings.prompt == "grounding" and args.bbox is None:
+        parser.error("--prompt grounding needs --bbox X1,Y1,X2,Y2 (the box to read, in image pixels)")
+    return settings
+
+
+def request_prompt(args: argparse.Namespace, settings: Settings) -> str | None:
+    """The prompt mode to ask for. Markdown output with no prompt chosen (neither --prompt nor a
+    non-default setting) asks for None, so the engine picks its layout prompt: headings, tables and
+    formulas rather than flat text."""
+    chosen = args.prompt is not None or args.bbox is not None or settings.prompt != "text"
+    if settings.output_format == "markdown" and not chosen:
+        return None
+    return settings.prompt
+
+
+def _about(image: InputImage, message: str) -> str:
+    """`name: message`, unless the message already names the file."""
+    name = "<stdin>" if image.name == STDIN_NAME else image.name
+    return message if image.name != STDIN_NAME and image.name in message else f"{name}: {message}"
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,70 @@
+"""Finding a dotocr server (dotocr-serve, or the tray's local API) already running on this machine.
+
+One warm model per machine: a 6 GiB GPU holds one copy of dots.ocr, so `dotocr ocr` borrows a
+running server's model rather than loading a second one. The probe is stdlib-only and short
+(0.3 s) so it costs nothing when no server runs.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+PROBE_TIMEOUT_S = 0.3
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    base_url: str
+    """http://127.0.0.1:PORT, without a trailing slash."""
+    status: str
+    model: str | None
+    device: str | None
+    precision: str | None
+
+    @property
+    def openai_url(self) -> str:
+        return self.base_url + "/v1"
+
+    def describe(self) -> str:
+        parts = [p for p in (self.device, self.precision) if p]
+        where = f" ({', '.join(parts)})" if parts else ""
+        return f"{self.base_url}{where}"
+
+
+def probe_server(port: int, host: str = "127.0.0.1",
+                 timeout: float = PROBE_TIMEOUT_S) -> RunningServer | None:
+    """The dotocr server answering on `host:port`, or None when nothing (or something else) answers."""
+    base_url = f"http://{host}:{port}"
+    # An empty ProxyHandler: a corporate HTTP_PROXY must never see, or swallow, a loopback probe.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(base_url + "/health", timeout=timeout) as response:
+            body = response.read(64 * 1024)
+    except urllib.error.HTTPError as exc:
+        # A loading server answers 503 with a JSON body; anything else is not ours.
+        try:
+            body = exc.read(64 * 1024)
+        except OSError:
+            return None
+    except (OSError, ValueError):
+        return None
+    return parse_health(base_url, body)
+
+
+def parse_health(base_url: str, body: bytes) -> RunningServer | None:
+    try:
+        data: Any = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict) or data.get("service") != "dotocr" or not isinstance(data.get("status"), str):
+        return None
+
+    def text(key: str) -> str | None:
+        value = data.get(key)
+        return value if isinstance(value, str) and value else None
+
+    return RunningServer(base_url, data["status"], text("model"), text("device"), text("precision"))

@@ -1,0 +1,69 @@
+"""Shared by tests/test_cli.py and tests/test_doctor.py: running `python -m dotocr` for real, and
+image files good and bad, crafted byte by byte where Pillow would refuse to write them."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "data" / "dots_tiny"
+TINY_FLAGS = ["--model", str(TINY), "--device", "cpu", "--precision", "fp32", "--local",
+              "--max-new-tokens", "8"]
+
+
+def run_dotocr(*args: str, stdin: bytes | None = None, timeout: float = 180,
+               env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m dotocr ARGS` in a child process; stdout and stderr decoded as UTF-8."""
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.update(env or {})
+    done = subprocess.run([sys.executable, "-m", "dotocr", *args], input=stdin if stdin is not None else b"",
+                          capture_output=True, timeout=timeout, env=full_env, cwd=cwd or REPO)
+    return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode("utf-8"),
+                                       done.stderr.decode("utf-8"))
+
+
+def text_image(path: Path, size: tuple[int, int], words: str = "Hello 42") -> Path:
+    image = Image.new("RGB", size, "white")
+    ImageDraw.Draw(image).text((4, 4), words, fill="black")
+    image.save(path)
+    return path
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def png_with_header(width: int, height: int, pixels: bytes = b"") -> bytes:
+    """A PNG whose IHDR claims `width` x `height` (8-bit RGB), with `pixels` as its only data."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header)
+            + png_chunk(b"IDAT", zlib.compress(pixels)) + png_chunk(b"IEND", b""))
+
+
+def write_bad_files(folder: Path) -> dict[str, Path]:
+    """The four ways an input goes wrong: not an image, truncated, 0 x 0, decompression bomb."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "not_image": folder / "notes.png",
+        "truncated": folder / "truncated.png",
+        "zero": folder / "zero.png",
+        "bomb": folder / "bomb.png",
+    }
+    files["not_image"].write_text("this is a shopping list, not a picture\n", encoding="utf-8")
+    good = folder / "_whole.png"
+    text_image(good, (300, 120))
+    data = good.read_bytes()
+    good.unlink()
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    files["zero"].write_bytes(png_with_header(0, 0))
+    files["bomb"].write_bytes(png_with_header(60000, 60000, b"\x00" * 64))
+    return files

@@ -1,0 +1,487 @@
+"""`dotocr ocr`, run for real: a child process with the tiny checkpoint on the CPU, real files on disk,
+real stdin and a real pseudo-terminal for the progress bar. The tiny model's weights are random, so
+its text is noise; the tests check what the command promises around it (the JSON contract, files,
+names, exit codes, messages), and compare formats against each other where the text matters."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dotocr.cli.arguments import build_parser, parse_bbox
+from dotocr.cli.engine_choice import same_model
+from dotocr.cli.inputs import InputImage, expand_inputs
+from dotocr.cli.outputs import FolderWriter
+from dotocr.cli.server_probe import parse_health, probe_server
+from tests.cli_helpers import REPO, TINY, TINY_FLAGS, run_dotocr, text_image, write_bad_files
+
+STOP_REASONS = {"eos", "max_new_tokens", "repetition"}
+
+
+def json_lines(stdout: str) -> list[dict]:
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    return [json.loads(line) for line in lines]
+
+
+@pytest.fixture
+def cli(capsys):
+    """`dotocr ARGS` in this process (the model loads in a fraction of a second; torch is already
+    imported), with the libraries' logging settings put back afterwards."""
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    bars = transformers_logging.is_progress_bar_enabled()
+
+    def run(*argv: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+        from dotocr.cli import main
+
+        capsys.readouterr()
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
+
+    yield run
+    transformers_logging.set_verbosity(verbosity)
+    if bars:
+        transformers_logging.enable_progress_bar()
+
+
+def assert_clean_stderr(stderr: str) -> None:
+    assert "Traceback" not in stderr
+    for line in stderr.splitlines():
+        assert line.startswith("dotocr"), f"stray stderr line: {line!r}"
+
+
+# -- argument parsing and input expansion (in-process, no model) ------------------------------------
+
+def test_parse_bbox_accepts_four_numbers_and_rejects_the_rest():
+    assert parse_bbox("10,20,110,60") == (10, 20, 110, 60)
+    assert parse_bbox(" 1.4, 2 ,3.6,4") == (1, 2, 4, 4)
+    for bad in ("1,2,3", "a,b,c,d", "10,10,5,20", "10,10,20,10", "-1,0,5,5", "1,2,3,4,5"):
+        with pytest.raises(Exception, match="X1|negative|greater"):
+            parse_bbox(bad)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("argv, message", [
+    (["ocr", "x.png", "--bbox", "1,2,3"], "four numbers"),
+    (["ocr", "x.png", "--prompt", "grounding"], "needs --bbox"),
+    (["ocr", "x.png", "--prompt", "text", "--bbox", "1,2,30,40"], "needs --prompt grounding"),
+    (["ocr", "x.png", "--format", "pdf"], "invalid choice"),
+    (["ocr", "x.png", "--max-image-size", "10"], "max_image_size"),
+    (["ocr"], "PATH"),
+])
+def test_usage_errors_exit_2_with_one_message(cli, argv, message):
+    done = cli(*argv)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""
+
+
+def test_parser_has_both_commands():
+    parser = build_parser()
+    assert parser.parse_args(["ocr", "a.png", "--local"]).local is True
+    assert parser.parse_args(["doctor", "--json", "--ocr"]).json is True
+
+
+def test_expand_inputs_folders_globs_stdin_in_order(tmp_path):
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    for name in ("b.png", "a.jpg", "c.webp"):
+        (shots / name).write_bytes(b"x")
+    (shots / "readme.txt").write_text("not an image")
+    (shots / "sub").mkdir()
+    (shots / "sub" / "deep.png").write_bytes(b"x")
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("z.png", "y.png", "y.bmp"):
+        (other / name).write_bytes(b"x")
+
+    expanded = expand_inputs([str(shots), str(other / "*.png"), "-", str(shots / "b.png"),
+                              str(tmp_path / "missing.png"), str(tmp_path / "nothing-*.png")],
+                             read_stdin=lambda: b"image bytes")
+    names = [Path(i.name).name if i.name != "-" else "-" for i in expanded.images]
+    assert names == ["a.jpg", "b.png", "c.webp", "y.png", "z.png", "-"]  # b.png once, sub/ not entered
+    assert expanded.images[-1].source == b"image bytes"
+    assert len(expanded.problems) == 2
+    assert "missing.png: no such file" in expanded.problems[0]
+    assert "nothing-*.png: no files match" in expanded.problems[1]
+
+
+def test_expand_inputs_reports_empty_stdin_and_empty_folder(tmp_path):
+    expanded = expand_inputs(["-", str(tmp_path)], read_stdin=lambda: b"")
+    assert expanded.images == []
+    assert "standard input was empty" in expanded.problems[0]
+    assert "holds no images" in expanded.problems[1]
+
+
+def test_folder_writer_never_reuses_a_name_or_an_input(tmp_path):
+    a_png, a_jpg, notes = tmp_path / "a.png", tmp_path / "a.jpg", tmp_path / "scan.txt"
+    inputs = [InputImage(str(p), p) for p in (a_png, a_jpg, notes)] + [InputImage("-", b"x")]
+    writer = FolderWriter(tmp_path, "text", inputs)
+    targets = [writer.target_for(i).name for i in inputs]
+    assert targets == ["a.txt", "a.jpg.txt", "scan.txt.txt", "stdin.txt"]
+
+
+def test_health_parsing_accepts_only_a_dotocr_health_body():
+    server = parse_health("http://127.0.0.1:1", b'{"service": "dotocr", "status": "ready", "model": "m",'
+                                                 b' "device": "cuda", "precision": "4bit"}')
+    assert server is not None and server.status == "ready" and server.describe().endswith("(cuda, 4bit)")
+    assert parse_health("http://x", b"<html>hello</html>") is None
+    assert parse_health("http://x", b'["status"]') is None
+    assert parse_health("http://x", b'{"service": "dotocr", "status": 3}') is None
+    assert parse_health("http://x", b'{"status": "ready"}') is None  # some other program's health check
+
+
+def test_same_model_compares_folders_by_location(tmp_path, monkeypatch):
+    assert same_model("rednote-hilab/dots.ocr", "rednote-hilab/dots.ocr")
+    assert not same_model("rednote-hilab/dots.ocr", "rednote-hilab/dots.mocr")
+    monkeypatch.chdir(REPO)
+    assert same_model("tests/data/dots_tiny", str(TINY))
+    assert same_model(str(TINY) + "/", str(TINY))
+
+
+@pytest.mark.timeout(30)
+def test_probe_ignores_servers_that_are_not_dotocr(tmp_path):
+    """A real HTTP server that is something else (here a static file server) is not mistaken for ours."""
+    import http.server
+    import threading
+
+    (tmp_path / "health").write_text("<html>not dotocr</html>")
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path))  # noqa: E731
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        port = httpd.server_address[1]
+        assert probe_server(port) is None
+        (tmp_path / "health").write_text('{"status": "ready", "model": "m"}')  # not ours either
+        assert probe_server(port) is None
+        (tmp_path / "health").write_text('{"service": "dotocr", "status": "ready", "model": "m"}')
+        found = probe_server(port)
+        assert found is not None and found.status == "ready" and found.model == "m"
+    finally:
+        httpd.shutdown()
+    started = time.monotonic()
+    assert probe_server(port) is None  # nothing listens any more: refused at once
+    assert time.monotonic() - started < 1.0
+
+
+# -- the real command with the tiny model -------------------------------------------------------------
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    return {
+        "wide": text_image(folder / "wide.png", (200, 60)),
+        "odd": text_image(folder / "odd.jpg", (57, 31)),
+        "tall": text_image(folder / "tall.png", (90, 300)),
+    }
+
+
+@pytest.mark.timeout(180)
+def test_json_contract_one_object_per_image(cli, images):
+    done = cli("ocr", str(images["wide"]), str(images["odd"]), "--format", "json", *TINY_FLAGS)
+    assert done.returncode == 0, done.stderr
+    assert_clean_stderr(done.stderr)
+    results = json_lines(done.stdout)
+    assert [r["file"] for r in results] == [str(images["wide"]), str(images["odd"])]
+
+    from dotocr.engine.results import OCRResult
+
+    expected_keys = {f.name for f in fields(OCRResult)} - {"cells"}  # cells only for the layout prompts
+    for result, size in zip(results, [(200, 60), (57, 31)], strict=True):
+        assert set(result) == expected_keys
+        assert (result["width"], result["height"]) == size
+        assert result["prompt"] == "text"
+        assert isinstance(result["text"], str) and isinstance(result["raw"], str)
+        assert result["stop_reason"] in STOP_REASONS
+        for key in ("image_tokens", "prompt_tokens", "generated_tokens"):
+            assert isinstance(result[key], int) and result[key] >= 0
+        assert result["image_tokens"] > 0 and result["prompt_tokens"] > result["image_tokens"]
+        assert 1 <= result["generated_tokens"] <= 8
+        assert result["device"] == "cpu" and result["precision"] == "fp32"
+        assert set(result["timings"]) >= {"preprocess", "prefill", "decode", "total"}
+        assert all(isinstance(v, float | int) and v >= 0 for v in result["timings"].values())
+        assert result["peak_gpu_mb"] is None
+
+
+@pytest.mark.timeout(240)
+def test_text_and_markdown_print_what_json_carries(cli, images):
+    """Greedy decoding is deterministic, so each format must print exactly the JSON's text field."""
+    one = str(images["wide"])
+    as_json = json_lines(cli("ocr", one, "--format", "json", *TINY_FLAGS).stdout)[0]
+    as_text = cli("ocr", one, "--format", "text", *TINY_FLAGS)
+    assert as_text.returncode == 0, as_text.stderr
+    assert as_text.stdout == as_json["text"].rstrip("\n") + "\n"
+
+    layout_json = json_lines(cli("ocr", one, "--format", "json", "--prompt", "layout",
+                                        *TINY_FLAGS).stdout)[0]
+    assert layout_json["prompt"] == "layout" and "cells" in layout_json
+    as_markdown = cli("ocr", one, "--format", "markdown", *TINY_FLAGS)  # markdown picks layout
+    assert as_markdown.returncode == 0, as_markdown.stderr
+    assert as_markdown.stdout == layout_json["text"].rstrip("\n") + "\n"
+
+
+@pytest.mark.timeout(180)
+def test_text_batch_names_each_image(cli, images):
+    done = cli("ocr", str(images["wide"]), str(images["tall"]), *TINY_FLAGS)
+    assert done.returncode == 0, done.stderr
+    headers = [line for line in done.stdout.splitlines() if line.startswith("==> ")]
+    assert headers == [f"==> {images['wide']} <==", f"==> {images['tall']} <=="]
+
+
+@pytest.mark.timeout(180)
+def test_out_writes_one_file_per_image_and_never_an_input(cli, images, tmp_path):
+    folder = images["wide"].parent
+    disguised = folder / "scan.txt"  # an image with a .txt name: its result must not land on it
+    Image.open(images["tall"]).save(disguised, format="PNG")
+    disguised_bytes = disguised.read_bytes()
+    twin = text_image(folder / "wide.jpg", (120, 40))  # same stem as wide.png
+
+    out = tmp_path / "results" / "nested"
+    done = cli("ocr", str(images["wide"]), str(twin), str(disguised), "--out", str(out),
+                      "--format", "json", *TINY_FLAGS)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["scan.json", "wide.jpg.json", "wide.json"]
+    wide = json.loads((out / "wide.json").read_text(encoding="utf-8"))
+    assert (wide["file"], wide["width"], wide["height"]) == (str(images["wide"]), 200, 60)
+    assert json.loads((out / "wide.jpg.json").read_text(encoding="utf-8"))["width"] == 120
+
+    done = cli("ocr", str(disguised), str(images["odd"]), "--out", str(folder), *TINY_FLAGS)
+    assert done.returncode == 0, done.stderr
+    assert disguised.read_bytes() == disguised_bytes
+    assert (folder / "scan.txt.txt").is_file() and (folder / "odd.txt").is_file()
+    assert (folder / "odd.txt").read_text(encoding="utf-8").endswith("\n")
+
+
+@pytest.mark.timeout(180)
+def test_folders_globs_and_stdin(tmp_path):
+    shots = tmp_path / "shots"
+    shots.mkdir()
+    text_image(shots / "b.png", (100, 40))
+    text_image(shots / "a.png", (80, 50))
+    (shots / "notes.md").write_text("# not an image, and skipped in folders")
+    more = tmp_path / "more"
+    more.mkdir()
+    text_image(more / "x1.png", (64, 64))
+    text_image(more / "x2.bmp", (70, 30))
+    piped = tmp_path / "piped.png"
+    text_image(piped, (150, 45))
+
+    # The glob reaches dotocr unexpanded, as in Windows cmd: dotocr expands it itself.
+    done = run_dotocr("ocr", str(shots), str(more / "*.png"), "-", "--format", "json", *TINY_FLAGS,
+                      stdin=piped.read_bytes())
+    assert done.returncode == 0, done.stderr
+    results = json_lines(done.stdout)
+    assert [r["file"] for r in results] == [str(shots / "a.png"), str(shots / "b.png"),
+                                            str(more / "x1.png"), "-"]
+    assert [(r["width"], r["height"]) for r in results] == [(80, 50), (100, 40), (64, 64), (150, 45)]
+
+
+@pytest.mark.timeout(180)
+def test_bad_files_are_named_and_the_batch_goes_on(images, tmp_path):
+    bad = write_bad_files(tmp_path / "bad")
+    missing = tmp_path / "bad" / "gone.png"
+    order = [bad["not_image"], bad["truncated"], missing, bad["zero"], bad["bomb"], images["wide"]]
+    done = run_dotocr("ocr", *map(str, order), "--format", "json", *TINY_FLAGS)
+
+    assert done.returncode == 1
+    assert_clean_stderr(done.stderr)
+    results = json_lines(done.stdout)
+    assert [r["file"] for r in results] == [str(images["wide"])]  # the good one, after all the bad
+    lines = done.stderr.splitlines()
+    for path in (bad["not_image"], bad["truncated"], missing, bad["zero"], bad["bomb"]):
+        naming = [line for line in lines if path.name in line]
+        assert len(naming) == 1, (path.name, lines)
+    assert lines[-1] == "dotocr: 5 of 6 inputs failed."
+
+
+@pytest.mark.timeout(120)
+def test_one_bad_file_alone_exits_1_with_one_line(cli, tmp_path):
+    bad = write_bad_files(tmp_path)
+    done = cli("ocr", str(bad["bomb"]), *TINY_FLAGS)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1 and "bomb.png" in done.stderr
+    assert_clean_stderr(done.stderr)
+
+
+@pytest.mark.timeout(120)
+def test_missing_model_is_one_sentence(images):
+    done = run_dotocr("ocr", str(images["wide"]), "--model", "/nonexistent", "--device", "cpu", "--local")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert_clean_stderr(done.stderr)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "/nonexistent" in lines[0], lines
+
+
+@pytest.mark.timeout(120)
+def test_grounding_with_a_bbox(cli, images):
+    done = cli("ocr", str(images["wide"]), "--bbox", "10,5,150,50", "--format", "json", *TINY_FLAGS)
+    assert done.returncode == 0, done.stderr
+    (result,) = json_lines(done.stdout)
+    assert result["prompt"] == "grounding"
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a Unix pseudo-terminal")
+def test_progress_bar_on_a_terminal_never_on_stdout(images):
+    """stderr is a real pseudo-terminal here, as in a console; stdout is a pipe."""
+    import fcntl
+    import pty
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a fresh pty is 0 x 0
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    child = subprocess.Popen([sys.executable, "-m", "dotocr", "ocr", str(images["wide"]), str(images["odd"]),
+                              "--format", "json", *TINY_FLAGS],
+                             stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL, env=env,
+                             cwd=REPO)
+    os.close(slave)
+    terminal = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the child closed its end
+                break
+            if not chunk:
+                break
+            terminal += chunk
+        elif child.poll() is not None:
+            break
+    stdout = child.stdout.read().decode()
+    child.wait(timeout=60)
+    os.close(master)
+    assert child.returncode == 0, terminal.decode(errors="replace")
+    assert b"2/2" in terminal and b"image/s" in terminal
+    assert len(json_lines(stdout)) == 2  # stdout holds the two objects and nothing of the bar
+
+
+@pytest.mark.timeout(120)
+def test_no_progress_bar_when_stderr_is_not_a_terminal(cli, images):
+    done = cli("ocr", str(images["wide"]), str(images["odd"]), *TINY_FLAGS)
+    assert done.returncode == 0
+    assert done.stderr == ""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT cannot be sent to a child process on Windows")
+def test_ctrl_c_exits_130_quietly(tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for n in range(40):
+        text_image(folder / f"{n:02}.png", (160, 60))
+    flags = [f if f != "8" else "64" for f in TINY_FLAGS]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    child = subprocess.Popen([sys.executable, "-m", "dotocr", "ocr", str(folder), "--format", "json", *flags],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
+    first = child.stdout.readline()  # the model is loaded and working
+    assert first.startswith(b"{"), child.stderr.read()
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130
+    assert b"Traceback" not in stderr and b"KeyboardInterrupt" not in stderr
+
+
+@pytest.mark.timeout(120)
+def test_model_loads_once_for_the_whole_batch(images, monkeypatch, capsys):
+    """In-process: the real loader is wrapped to count how often a checkpoint is really read."""
+    import dotocr.engine.inference as inference
+    from dotocr.cli import main
+
+    calls = []
+    real_load = inference.load_checkpoint
+
+    def counting_load(*args, **kwargs):
+        calls.append(args)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "load_checkpoint", counting_load)
+    code = main(["ocr", *(str(p) for p in images.values()), "--format", "json", *TINY_FLAGS])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert len(json_lines(captured.out)) == 3
+    assert len(calls) == 1
+
+
+# -- one warm model per machine: reusing a running dotocr-serve ---------------------------------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.timeout(300)
+def test_uses_a_running_server_instead_of_loading_a_second_model(cli, images, tmp_path):
+    port = free_port()
+    settings = Path(os.environ["DOTOCR_CONFIG"])
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(f"api_port = {port}\n", encoding="utf-8")
+    log_path = tmp_path / "server.log"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "dotocr.server", "--port", str(port), *TINY_FLAGS[:6]],
+                                  stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 180
+        while (found := probe_server(port)) is None or found.status != "ready":
+            assert server.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "dotocr-serve did not get ready"
+            time.sleep(0.5)
+
+        done = cli("ocr", str(images["wide"]), "--format", "json", "--model", str(TINY), "--max-new-tokens", "8")
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.splitlines() == [
+            f"dotocr: using the dotocr server at http://127.0.0.1:{port} (cpu, fp32); "
+            "pass --local to load the model here"]
+        (result,) = json_lines(done.stdout)
+        assert result["device"] == "remote" and result["precision"] == "fp32"
+        assert (result["file"], result["width"], result["height"]) == (str(images["wide"]), 200, 60)
+        assert 1 <= result["generated_tokens"] <= 8
+        served = log_path.read_text().count("POST /v1/chat/completions")
+        assert served == 1
+
+        # --local never asks the server
+        done = cli("ocr", str(images["wide"]), "--format", "json", *TINY_FLAGS)
+        assert done.returncode == 0 and done.stderr == ""
+        assert json_lines(done.stdout)[0]["device"] == "cpu"
+
+        # a server running another model is not used for this one
+        done = cli("ocr", str(images["wide"]), "--model", "/nonexistent", "--device", "cpu")
+        assert done.returncode == 1
+        lines = done.stderr.splitlines()
+        assert lines[0].startswith(f"dotocr: a dotocr server at http://127.0.0.1:{port} runs ")
+        assert lines[0].endswith("not /nonexistent; loading the model here")
+        assert "The model folder /nonexistent does not exist" in lines[1]
+        assert log_path.read_text().count("POST /v1/chat/completions") == served
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()

@@ -1,0 +1,174 @@
+"""`dotocr doctor`, run for real on this machine: real torch, real bitsandbytes 4-bit, a real Hugging
+Face cache layout on disk, the real tiny checkpoint for --ocr (which must fail honestly: its weights
+are random, so it cannot read the sample)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dotocr.doctor import (
+    CUDA_WHEEL_INDEX,
+    FAIL,
+    INFO,
+    OK,
+    SAMPLE_LINES,
+    WARN,
+    dots_checkpoints_in_cache,
+    four_bit_roundtrip,
+    render_sample,
+    torch_build_verdict,
+    words_found,
+)
+from tests.cli_helpers import TINY, run_dotocr
+
+SECTIONS = ["python", "os", "torch", "gpu", "bf16", "bitsandbytes", "transformers", "cache", "model",
+            "settings", "hotkey", "clipboard", "server"]
+TITLES = ["Python", "OS", "torch", "GPU", "bf16", "bitsandbytes", "transformers", "Model cache", "Model",
+          "Settings", "Hotkey", "Clipboard", "Server"]
+
+
+def fake_hf_cache(root: Path) -> Path:
+    """The on-disk layout huggingface_hub writes: blobs, a snapshot of links to them, a ref."""
+    complete = {"config.json": b"{}", "model.safetensors": b"w" * 2048}
+    for repo, files in (("models--rednote-hilab--dots.ocr", complete),
+                        ("models--rednote-hilab--dots.mocr", {"config.json": b"{}"}),
+                        ("models--someone--other-model", {"config.json": b"{}"})):
+        blobs, snapshot = root / repo / "blobs", root / repo / "snapshots" / "0123abcd"
+        blobs.mkdir(parents=True)
+        snapshot.mkdir(parents=True)
+        (root / repo / "refs").mkdir()
+        (root / repo / "refs" / "main").write_text("0123abcd")
+        for n, (name, data) in enumerate(files.items()):
+            blob = blobs / f"blob{n}"
+            blob.write_bytes(data)
+            (snapshot / name).symlink_to(Path("..") / ".." / "blobs" / blob.name)
+    return root
+
+
+def doctor_json(*args: str, env: dict[str, str] | None = None) -> tuple[int, dict]:
+    done = run_dotocr("doctor", "--json", *args, env=env, timeout=240)
+    assert "Traceback" not in done.stderr
+    return done.returncode, json.loads(done.stdout)
+
+
+# -- pure decisions ---------------------------------------------------------------------------------
+
+def test_cpu_only_torch_on_windows_warns_with_the_pip_command():
+    status, summary, advice = torch_build_verdict("Windows", None, nvidia_driver=False)
+    assert status == WARN and "CPU-only" in summary
+    assert f"pip install torch --index-url {CUDA_WHEEL_INDEX}" in advice
+    assert torch_build_verdict("Linux", None, nvidia_driver=True)[0] == WARN
+    assert torch_build_verdict("Linux", None, nvidia_driver=False)[0] == INFO
+    assert torch_build_verdict("Windows", "12.8", nvidia_driver=True) == (OK, "CUDA 12.8 build", None)
+
+
+def test_words_found_ignores_case_and_punctuation():
+    found, missing = words_found("Invoice 4721 paid", "INVOICE #4721, unpaid")
+    assert found == ["invoice", "4721"] and missing == ["paid"]
+
+
+def test_sample_is_dark_text_on_white():
+    image = render_sample().convert("L")
+    histogram = image.histogram()
+    assert histogram[255] > image.width * image.height * 0.8  # mostly white
+    assert sum(histogram[:64]) > 500  # and real ink
+
+
+@pytest.mark.timeout(60)
+def test_four_bit_really_quantizes_and_runs_on_this_cpu():
+    assert four_bit_roundtrip("cpu") > 0.95
+
+
+def test_cache_scan_lists_only_dots_checkpoints(tmp_path):
+    found = dots_checkpoints_in_cache(fake_hf_cache(tmp_path / "hub"))
+    assert [c["repo_id"] for c in found] == ["rednote-hilab/dots.mocr", "rednote-hilab/dots.ocr"]
+    assert [c["complete"] for c in found] == [False, True]
+    assert dots_checkpoints_in_cache(tmp_path / "no-such-cache") == []
+
+
+# -- the real command -------------------------------------------------------------------------------
+
+@pytest.mark.timeout(240)
+def test_plain_report_has_every_section_and_a_verdict():
+    done = run_dotocr("doctor", timeout=240)
+    assert "Traceback" not in done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("dotocr doctor")
+    reported = [line.split(None, 1)[1] for line in lines[1:] if line.split()[:1] and
+                line.split()[0] in ("OK", "INFO", "WARN", "FAIL")]
+    for title in TITLES:
+        assert any(r.startswith(title + " ") for r in reported), title
+    assert lines[-1].endswith("FAIL") and "OK" in lines[-1]
+    has_fail = any(line.startswith("FAIL") for line in lines)
+    assert done.returncode == (1 if has_fail else 0)
+
+
+@pytest.mark.timeout(240)
+def test_json_report_for_bug_reports(tmp_path):
+    settings = tmp_path / "settings.toml"
+    broken = 'model = "x"\nprecision = \n'
+    settings.write_text(broken, encoding="utf-8")
+    code, report = doctor_json(env={"HF_HUB_CACHE": str(fake_hf_cache(tmp_path / "hub")),
+                                    "DOTOCR_CONFIG": str(settings)})
+    checks = {c["key"]: c for c in report["checks"]}
+    assert list(checks) == SECTIONS
+    for check in report["checks"]:
+        assert check["status"] in (OK, INFO, WARN, FAIL) and check["summary"]
+    assert report["ok"] == (code == 0) == (report["counts"]["fail"] == 0)
+    # what is certainly true of this test machine
+    assert checks["python"]["status"] == OK and checks["python"]["details"]["version"].startswith("3.")
+    assert checks["torch"]["details"]["version"] == __import__("torch").__version__
+    assert checks["bitsandbytes"]["status"] == OK
+    assert checks["bitsandbytes"]["details"]["cosine_similarity"] > 0.95
+    assert checks["transformers"]["status"] == OK
+    cached = [c["repo_id"] for c in checks["cache"]["details"]["checkpoints"]]
+    assert cached == ["rednote-hilab/dots.mocr", "rednote-hilab/dots.ocr"]
+    # the broken file gave defaults, so the model is the default repo id, found in the cache
+    assert checks["model"]["status"] == OK
+    assert "rednote-hilab/dots.ocr: downloaded" in checks["model"]["summary"]
+    assert checks["server"]["details"]["port"] == 8765
+    # the broken settings file: reported with its place, and left exactly as it was
+    check = checks["settings"]
+    assert check["status"] == WARN and str(settings) in check["summary"] and "line 2" in check["summary"]
+    assert settings.read_text(encoding="utf-8") == broken
+
+
+@pytest.mark.timeout(240)
+def test_model_folder_that_is_not_a_checkpoint_fails(tmp_path):
+    code, report = doctor_json("--model", str(tmp_path))
+    check = next(c for c in report["checks"] if c["key"] == "model")
+    assert check["status"] == FAIL and "config.json" in check["summary"]
+    assert code == 1
+
+
+@pytest.mark.timeout(300)
+def test_ocr_on_the_tiny_random_model_fails_honestly():
+    """The whole path runs (load, preprocess, generate on the CPU), but random weights cannot read the
+    sample: doctor must say FAIL, show what came back, and exit 1."""
+    code, report = doctor_json("--ocr", "--model", str(TINY), "--device", "cpu", "--precision", "fp32",
+                               "--local")
+    check = report["checks"][-1]
+    assert check["key"] == "ocr"
+    assert check["status"] == FAIL and code == 1
+    details = check["details"]
+    assert details["device"] == "cpu" and details["precision"] == "fp32"
+    assert details["generated_tokens"] > 0 and details["timings"]["total"] > 0
+    assert details["missing"] and details["expected"] == " ".join(SAMPLE_LINES)
+    assert "the model answered" in check["summary"]
+
+
+@pytest.mark.timeout(240)
+def test_missing_model_fails_the_model_check_and_the_ocr_check():
+    done = run_dotocr("doctor", "--ocr", "--model", "/nonexistent", "--device", "cpu", "--local", timeout=240)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    lines = done.stdout.splitlines()
+    model = [line for line in lines if line[6:20].strip() == "Model"]  # "FAIL  Model         ..."
+    assert len(model) == 1 and model[0].startswith("FAIL") and "no such folder" in model[0]
+    ocr = [line for line in lines if "OCR sample" in line]
+    assert len(ocr) == 1 and ocr[0].startswith("FAIL") and "could not run" in ocr[0]
+    assert "/nonexistent" in ocr[0]
+    assert lines[-1].endswith("2 FAIL")

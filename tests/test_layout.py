@@ -1,0 +1,148 @@
+"""Parsing the layout prompt's answer, boxes back to input pixels, and Markdown output."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from PIL import Image
+
+from dotocr.engine.layout import cells_to_markdown, html_table_to_markdown, map_cells_to_original, parse_cells
+from dotocr.engine.preprocessing import ImagePreparer
+
+pytestmark = pytest.mark.timeout(60)
+
+CELLS = [
+    {"bbox": [10, 12, 300, 40], "category": "Title", "text": "# Quarterly report"},
+    {"bbox": [10, 50, 600, 120], "category": "Text", "text": "Revenue grew by 12 %."},
+    {"bbox": [10, 130, 200, 330], "category": "Picture"},
+    {"bbox": [10, 340, 400, 380], "category": "Formula", "text": "$$E = mc^2$$"},
+    {"bbox": [10, 390, 600, 500], "category": "Table",
+     "text": "<table><tr><th>Item</th><th>Cost</th></tr><tr><td>Tea</td><td>3</td></tr></table>"},
+    {"bbox": [10, 510, 600, 530], "category": "Page-footer", "text": "Page 1"},
+]
+RAW = json.dumps(CELLS, ensure_ascii=False)
+
+
+def test_complete_json_parses_whole():
+    cells, complete = parse_cells(RAW)
+    assert complete and cells == CELLS
+
+
+def test_fenced_and_wrapped_answers_parse():
+    assert parse_cells(f"```json\n{RAW}\n```") == (CELLS, True)
+    assert parse_cells(json.dumps({"layout": CELLS})) == (CELLS, True)
+    assert parse_cells(json.dumps(CELLS[1])) == ([CELLS[1]], True)
+
+
+def test_truncated_answer_keeps_every_finished_cell():
+    cut = RAW[: RAW.index('"Page-footer"') + 5]  # generation stopped inside the last cell
+    cells, complete = parse_cells(cut)
+    assert not complete
+    assert cells == CELLS[:-1]
+
+
+def test_broken_cell_in_the_middle_is_skipped_not_fatal():
+    broken = RAW.replace('"Revenue grew by 12 %."', '"Revenue "grew" by 12 %."')  # unescaped quotes
+    cells, complete = parse_cells(broken)
+    assert not complete
+    assert [cell["category"] for cell in cells] == ["Title", "Picture", "Formula", "Table", "Page-footer"]
+
+
+def test_unescaped_latex_backslashes_are_repaired():
+    raw = '[{"bbox": [1, 2, 3, 4], "category": "Formula", "text": "\\alpha + \\sum_i x_i"}]'
+    cells, complete = parse_cells(raw)
+    assert complete and cells[0]["text"] == "\\alpha + \\sum_i x_i"
+    truncated = raw[:-1] + ', {"bbox": [5, 6'
+    cells, complete = parse_cells(truncated)
+    assert not complete and cells[0]["text"] == "\\alpha + \\sum_i x_i"
+
+
+def test_latex_braces_in_a_truncated_cell_are_not_taken_for_cells():
+    raw = RAW[:-1] + ', {"bbox": [1, 2, 3, 4], "category": "Formula", "text": "\\\\frac{a}{b} + {\\"x\\": 1}'
+    cells, complete = parse_cells(raw)
+    assert not complete and cells == CELLS
+
+
+def test_non_json_and_empty_answers_give_no_cells():
+    assert parse_cells("Just some text the model wrote.") == ([], False)
+    assert parse_cells("") == ([], False)
+    assert parse_cells("[]") == ([], True)
+    assert parse_cells('["a", 3]') == ([], True)
+
+
+def test_salvage_is_fast_on_a_long_broken_answer():
+    raw = json.dumps(CELLS * 150)[:-40] + "\\frac{" * 2000
+    started = time.perf_counter()
+    cells, complete = parse_cells(raw)
+    assert time.perf_counter() - started < 1.0
+    assert not complete and len(cells) == len(CELLS) * 150 - 1
+
+
+def test_boxes_map_to_input_pixels():
+    preparer = ImagePreparer()
+    prepared = preparer.prepare(Image.new("RGB", (2000, 1000), "white"), 1024)
+    scale = prepared.scale
+    cells = [
+        {"bbox": [100, 50, 504, 252], "category": "Text", "text": "a"},
+        {"bbox": [1000.7, 10, 2000, 2000], "category": "Text", "text": "clamped"},
+        {"bbox": [60, 40, 20, 10], "category": "Text", "text": "swapped"},
+        {"bbox": "nonsense", "category": "Text", "text": "no box"},
+        {"category": "Text", "text": "no box at all"},
+    ]
+    mapped = map_cells_to_original(cells, prepared)
+    assert mapped[0]["bbox"] == [round(100 / scale), round(50 / scale), 1000, 500]
+    assert mapped[1]["bbox"] == [round(1000.7 / scale), round(10 / scale), 2000, 1000]
+    assert mapped[2]["bbox"] == [round(20 / scale), round(10 / scale), round(60 / scale), round(40 / scale)]
+    assert "bbox" not in mapped[3] and "bbox" not in mapped[4]
+    assert all(isinstance(v, int) for v in mapped[0]["bbox"])
+    assert cells[0]["bbox"] == [100, 50, 504, 252]  # the input cells are left alone
+    assert [cell["text"] for cell in mapped] == [cell["text"] for cell in cells]
+
+
+def test_markdown_in_reading_order():
+    markdown = cells_to_markdown(CELLS)
+    assert markdown == (
+        "# Quarterly report\n\n"
+        "Revenue grew by 12 %.\n\n"
+        "$$\nE = mc^2\n$$\n\n"
+        "| Item | Cost |\n| --- | --- |\n| Tea | 3 |\n\n"
+        "Page 1"
+    )
+
+
+@pytest.mark.parametrize("latex", ["x^2", "$$x^2$$", "\\[x^2\\]", "  $$ x^2 $$ ", "$x^2$", "\\(x^2\\)"])
+def test_formula_delimiters_are_normalised(latex):
+    assert cells_to_markdown([{"category": "Formula", "text": latex}]) == "$$\nx^2\n$$"
+
+
+def test_pictures_and_empty_cells_are_omitted():
+    cells = [{"category": "Picture", "text": "ignored caption-ish text"}, {"category": "Text", "text": "  "},
+             {"category": "Text"}, {"category": "Caption", "text": "Figure 1"}]
+    assert cells_to_markdown(cells) == "Figure 1"
+
+
+def test_html_table_to_markdown():
+    html = ("<table><thead><tr><th>Name</th><th>Note</th></tr></thead><tbody>"
+            "<tr><td>A &amp; B</td><td>one<br>two</td></tr><tr><td>x | y</td><td><b>bold</b></td></tr>"
+            "<tr><td>short row</td></tr></tbody></table>")
+    assert html_table_to_markdown(html) == (
+        "| Name | Note |\n| --- | --- |\n| A & B | one two |\n| x \\| y | bold |\n| short row |  |")
+
+
+@pytest.mark.parametrize("html", [
+    "<table><tr><td rowspan='2'>a</td><td>b</td></tr><tr><td>c</td></tr></table>",
+    "<table><tr><td colspan=\"2\">a</td></tr><tr><td>b</td><td>c</td></tr></table>",
+    "<table><tr><td><table><tr><td>nested</td></tr></table></td></tr></table>",
+    "Totals below: <table><tr><td>1</td></tr></table>",
+    "no table at all",
+])
+def test_tables_markdown_cannot_hold_stay_html(html):
+    assert html_table_to_markdown(html) is None
+    assert cells_to_markdown([{"category": "Table", "text": html}]) == html.strip()
+
+
+def test_span_of_one_is_still_plain():
+    html = "<table><tr><td colspan='1'>a</td><td rowspan=\"1\">b</td></tr></table>"
+    assert html_table_to_markdown(html) == "| a | b |\n| --- | --- |"
