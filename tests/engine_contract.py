@@ -12,8 +12,8 @@ import zlib
 import pytest
 from PIL import Image, ImageDraw
 
-from dotocr.errors import DotOCRError, ImageError
 from dotocr.engine.results import STOP_REASONS, OCRResult
+from dotocr.errors import DotOCRError, ImageError
 
 
 def sample_image(width: int = 200, height: int = 60, text: str = "Hello 42") -> Image.Image:

@@ -16,8 +16,8 @@ from tiny_models import save_tiny_checkpoint
 
 from dotocr.config import Settings
 from dotocr.engine import DotOCRInference, make_engine
-from dotocr.errors import DotOCRError, ModelUnavailableError, OutOfMemoryError
 from dotocr.engine.loading import PrecisionError, plan_load, resolve_checkpoint
+from dotocr.errors import DotOCRError, ModelUnavailableError, OutOfMemoryError
 
 
 def tiny_settings(folder, **overrides) -> Settings:

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from dotocr.errors import ImageError, ModelUnavailableError
 from dotocr.engine.preprocessing import (
     MAX_ASPECT_RATIO,
     MAX_INPUT_PIXELS,
@@ -21,6 +20,7 @@ from dotocr.engine.preprocessing import (
     PreparedImage,
     load_image,
 )
+from dotocr.errors import ImageError, ModelUnavailableError
 
 pytestmark = pytest.mark.timeout(120)
 

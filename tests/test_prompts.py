@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 import dotocr.engine  # noqa: F401 - registers dots_ocr, so AutoTokenizer never asks about remote code
-from dotocr.errors import DotOCRError, ModelUnavailableError
 from dotocr.engine.prompts import (
     PROMPT_GROUNDING_OCR,
     PROMPT_LAYOUT_ALL_EN,
@@ -19,6 +18,7 @@ from dotocr.engine.prompts import (
     instruction_for,
     strip_image_placeholder,
 )
+from dotocr.errors import DotOCRError, ModelUnavailableError
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..config import Settings
-from .configuration_dots import DotsOCRConfig, DotsVisionConfig
 from ..errors import DotOCRError
+from .configuration_dots import DotsOCRConfig, DotsVisionConfig
 from .inference import DotOCRInference, EngineState
 from .modeling_dots_ocr import DotsOCRForCausalLM
 from .results import OCRResult

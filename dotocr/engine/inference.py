@@ -174,25 +174,7 @@ class DotOCRInference:
 
     def stream(self, image: ImageInput, **kwargs: Any) -> Iterator[str | OCRResult]:
         """Yield text pieces as they are decoded, then the final `OCRResult`. Errors are raised here."""
-        pieces: queue.Queue[tuple[str, Any]] = queue.Queue()
-
-        def work() -> None:
-            try:
-                result = self.ocr(image, on_text=lambda text: pieces.put(("text", text)), **kwargs)
-                pieces.put(("done", result))
-            except BaseException as exc:  # handed to the consumer's thread
-                pieces.put(("error", exc))
-
-        threading.Thread(target=work, name="dotocr-stream", daemon=True).start()
-        while True:
-            kind, value = pieces.get()
-            if kind == "text":
-                yield value
-            elif kind == "done":
-                yield value
-                return
-            else:
-                raise value
+        return stream_results(self.ocr, image, **kwargs)
 
     @contextlib.contextmanager
     def _queue_slot(self) -> Iterator[None]:
@@ -254,7 +236,7 @@ class DotOCRInference:
         tokenizer = loaded.tokenizer
         raw = tokenizer.decode(new_tokens, skip_special_tokens=True)
         text = tokenizer.decode(kept, skip_special_tokens=True)
-        text, cells = self._format(prompt, text, prepared)
+        text, cells = format_output(prompt, text, prepared)
         first = streamer.first_token_time or finished
         return OCRResult(
             text=text, raw=raw, prompt=prompt, stop_reason=stop_reason,
@@ -276,16 +258,6 @@ class DotOCRInference:
         if len(tokens) >= max_new_tokens:
             return "max_new_tokens", tokens
         return "eos", tokens
-
-    @staticmethod
-    def _format(prompt: str, text: str, prepared: PreparedImage) -> tuple[str, list[dict] | None]:
-        if prompt not in ("layout", "layout-json"):
-            return text.strip(), None
-        cells, _complete = parse_cells(text)
-        cells = map_cells_to_original(cells, prepared)
-        if prompt == "layout-json":
-            return json.dumps(cells, ensure_ascii=False), cells
-        return (cells_to_markdown(cells) if cells else text.strip()), cells
 
     # -- housekeeping ------------------------------------------------------------------------------------
 
@@ -316,6 +288,38 @@ class DotOCRInference:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+
+
+def format_output(prompt: str, text: str, prepared: PreparedImage) -> tuple[str, list[dict] | None]:
+    """The answer as the prompt mode promises it: plain text, Markdown from layout cells, or the cells as JSON."""
+    if prompt not in ("layout", "layout-json"):
+        return text.strip(), None
+    cells, _complete = parse_cells(text)
+    cells = map_cells_to_original(cells, prepared)
+    if prompt == "layout-json":
+        return json.dumps(cells, ensure_ascii=False), cells
+    return (cells_to_markdown(cells) if cells else text.strip()), cells
+
+
+def stream_results(ocr: Callable[..., OCRResult], image: ImageInput,
+                   **kwargs: Any) -> Iterator[str | OCRResult]:
+    """Run `ocr` on a worker thread and yield its text pieces, then its result; its errors are raised here."""
+    pieces: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+    def work() -> None:
+        try:
+            pieces.put(("done", ocr(image, on_text=lambda text: pieces.put(("text", text)), **kwargs)))
+        except BaseException as exc:  # handed to the consumer's thread
+            pieces.put(("error", exc))
+
+    threading.Thread(target=work, name="dotocr-stream", daemon=True).start()
+    while True:
+        kind, value = pieces.get()
+        if kind == "error":
+            raise value
+        yield value
+        if kind == "done":
+            return
 
 
 def _one_line(exc: BaseException) -> str:

@@ -26,7 +26,7 @@ import httpx
 
 from ..config import Settings
 from ..errors import DotOCRError, EngineBusyError, RemoteEngineError
-from .inference import DotOCRInference, EngineState
+from .inference import EngineState, format_output, stream_results
 from .preprocessing import ImageInput, ImagePreparer, PreparedImage, load_image
 from .prompts import IMAGE_PLACEHOLDER, instruction_for
 from .results import OCRResult
@@ -174,7 +174,7 @@ class RemoteEngine:
                 self._set_state("error", str(exc))
                 raise
             self._set_state("ready", f"remote {self.url}")
-        text, cells = DotOCRInference._format(prompt, answer.text, prepared)
+        text, cells = format_output(prompt, answer.text, prepared)
         finished = time.perf_counter()
         return OCRResult(
             text=text, raw=answer.text, prompt=prompt,
@@ -190,8 +190,9 @@ class RemoteEngine:
                      "total": round(finished - started, 4)},
             peak_gpu_mb=None, cells=cells, file=file)
 
-    stream = DotOCRInference.stream
-    """Text pieces as they arrive, then the final `OCRResult`: the local engine's bridge over `ocr`."""
+    def stream(self, image: ImageInput, **kwargs: Any) -> Iterator[str | OCRResult]:
+        """Text pieces as they arrive, then the final `OCRResult`, exactly as the local engine streams."""
+        return stream_results(self.ocr, image, **kwargs)
 
     # -- the HTTP exchange --------------------------------------------------------------------------
 

@@ -1,0 +1,157 @@
+"""One generation at a time, a bounded line behind it, and a deadline for every request.
+
+The model can only run one generation, and generation blocks, so it runs on one worker thread while the
+event loop keeps answering (health, refusals, streams). A request first takes a ticket (refused at once
+when the line is full), then waits its turn in order, then runs. The turn is handed on only when the
+worker thread has really finished: a request that timed out or whose client left stops its generation
+through the `should_stop` check the engine calls with every piece of text, and the next request starts
+after that, never alongside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class GateFull(Exception):
+    """The line is full."""
+
+
+class GateTimeout(Exception):
+    """The deadline passed while waiting for the turn or for the result."""
+
+
+class StopGeneration(Exception):
+    """Raised inside the engine's text callback to end a generation nobody is waiting for any more."""
+
+
+class GenerationGate:
+    def __init__(self, max_waiting: int) -> None:
+        self.capacity = 1 + max_waiting
+        self.admitted = 0
+        self._running = False
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._executor: ThreadPoolExecutor | None = None
+
+    def admit(self, timeout_s: float) -> Ticket:
+        """A place in line, or GateFull. Call synchronously, before reading the request body."""
+        if self.admitted >= self.capacity:
+            raise GateFull()
+        self.admitted += 1
+        return Ticket(self, time.monotonic() + timeout_s)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    # -- the turn -----------------------------------------------------------------------------------
+
+    async def _acquire(self, deadline: float) -> None:
+        if not self._running and not self._waiters:
+            self._running = True
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), max(0.0, deadline - time.monotonic()))
+        except (asyncio.TimeoutError, asyncio.CancelledError) as exc:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # the turn arrived just as we gave up: pass it on
+            else:
+                waiter.cancel()
+                self._waiters.remove(waiter)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise GateTimeout() from None
+
+    def _release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # ownership passes straight to this waiter
+                return
+        self._running = False
+
+    def _executor_for_run(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dotocr-generate")
+        return self._executor
+
+
+class Ticket:
+    """One request's place in line. `close()` must be called once the handler is done with it."""
+
+    def __init__(self, gate: GenerationGate, deadline: float) -> None:
+        self.gate = gate
+        self.deadline = deadline
+        self.cancelled = threading.Event()
+        self._running = False
+        self._closed = False
+        self._returned = False
+
+    def remaining(self) -> float:
+        return max(0.0, self.deadline - time.monotonic())
+
+    def should_stop(self) -> bool:
+        """True once the result is no longer wanted; the engine's text callback checks it."""
+        return self.cancelled.is_set() or time.monotonic() > self.deadline
+
+    def check(self) -> None:
+        if self.should_stop():
+            raise StopGeneration()
+
+    async def start(self, work: Callable[[], T]) -> asyncio.Future[T]:
+        """Wait for the turn (GateTimeout past the deadline), then run `work` on the worker thread.
+
+        The turn and the place in line are given back when `work` returns, not when the caller stops
+        waiting for it.
+        """
+        await self.gate._acquire(self.deadline)
+        loop = asyncio.get_running_loop()
+        try:
+            future: asyncio.Future[T] = loop.run_in_executor(self.gate._executor_for_run(), work)
+        except BaseException:
+            self.gate._release()
+            raise
+        self._running = True
+        future.add_done_callback(self._work_done)
+        return future
+
+    async def run(self, work: Callable[[], T]) -> T:
+        """`start` and wait for the result until the deadline (GateTimeout, and the work is told to stop)."""
+        future = await self.start(work)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.remaining())
+        except asyncio.TimeoutError:
+            self.cancelled.set()
+            raise GateTimeout() from None
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+    def _work_done(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled():
+            future.exception()  # mark it retrieved: a result nobody waits for is not an error to log
+        self._running = False
+        self.gate._release()
+        self._give_back()
+
+    def close(self) -> None:
+        """The handler is done; the place in line is freed now, or when the work ends if it still runs."""
+        self._closed = True
+        if not self._running:
+            self._give_back()
+
+    def _give_back(self) -> None:
+        if self._closed and not self._returned and not self._running:
+            self._returned = True
+            self.gate.admitted -= 1

@@ -1,0 +1,158 @@
+"""The JSON the server takes and gives, as pydantic models: they validate requests and write /docs.
+
+Chat requests follow OpenAI's chat completions shape and keep unknown fields (clients send many we
+do not use); responses carry the fields OpenAI clients read.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dotocr.config import OUTPUT_FORMATS, PROMPT_MODES
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    service: Literal["dotocr"] = "dotocr"
+    status: Literal["loading", "ready", "error"]
+    detail: str = ""
+    engine_state: str
+    """The engine's own status: unloaded, downloading, loading, ready, busy or error."""
+    progress: float | None = None
+    model: str
+    device: str | None = None
+    precision: str | None = None
+    engine: str
+    version: str
+
+
+class OCRResponse(BaseModel):
+    """Exactly `OCRResult.to_json_dict()`, the object `dotocr ocr --format json` prints."""
+
+    text: str
+    raw: str
+    prompt: str
+    stop_reason: str
+    width: int
+    height: int
+    image_tokens: int
+    prompt_tokens: int
+    generated_tokens: int
+    device: str
+    precision: str
+    timings: dict[str, float]
+    peak_gpu_mb: float | None = None
+    cells: list[dict[str, Any]] | None = None
+    file: str | None = None
+
+
+OCR_FORM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "The image (PNG, JPEG, WebP, ...)."},
+        "prompt": {"type": "string", "enum": list(PROMPT_MODES),
+                   "description": "What to ask the model; the server's setting when left out."},
+        "format": {"type": "string", "enum": list(OUTPUT_FORMATS),
+                   "description": "Form of `text`; the server's setting when left out."},
+        "bbox": {"type": "string", "pattern": r"^\d+(\.\d+)?(,\d+(\.\d+)?){3}$",
+                 "description": "x1,y1,x2,y2 in image pixels; needed by prompt=grounding."},
+        "max_new_tokens": {"type": "integer", "minimum": 1,
+                           "description": "Cap on generated tokens; the server's own cap still applies."},
+    },
+}
+"""The multipart form of POST /ocr, for the OpenAPI document (the body itself is parsed by hand)."""
+
+
+# -- OpenAI chat completions ------------------------------------------------------------------------
+
+class ImageURL(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    url: str
+    detail: str | None = None
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["image_url"]
+    image_url: ImageURL | str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[TextPart | ImagePart] | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=1, description="Only one choice is generated.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChoiceMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: ChoiceMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "dotocr"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
