@@ -10,8 +10,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from ..config import Settings
 from ..errors import DotOCRError
+from .base import Engine, EngineState
 from .configuration_dots import DotsOCRConfig, DotsVisionConfig
-from .inference import DotOCRInference, EngineState
+from .inference import DotOCRInference
 from .modeling_dots_ocr import DotsOCRForCausalLM
 from .results import OCRResult
 
@@ -29,5 +30,5 @@ def make_engine(settings: Settings, **kwargs):
     return DotOCRInference(settings, **kwargs)
 
 
-__all__ = ["DotOCRError", "DotOCRInference", "DotsOCRConfig", "DotsOCRForCausalLM", "DotsVisionConfig",
+__all__ = ["DotOCRError", "DotOCRInference", "Engine", "DotsOCRConfig", "DotsOCRForCausalLM", "DotsVisionConfig",
            "EngineState", "OCRResult", "make_engine"]

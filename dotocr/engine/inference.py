@@ -8,22 +8,20 @@ on, and the next call works.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from transformers import StoppingCriteriaList
 
 from ..config import Settings
-from ..errors import DotOCRError, EngineBusyError, ModelUnavailableError, OutOfMemoryError
+from ..errors import DotOCRError, ModelUnavailableError, OutOfMemoryError
+from .base import Engine, EngineState
 from .generation import DeltaStreamer, RepetitionGuard, trim_repetition
 from .layout import cells_to_markdown, map_cells_to_original, parse_cells
 from .loading import LoadedModel, load_checkpoint, plan_load, resolve_checkpoint
@@ -36,37 +34,17 @@ log = logging.getLogger("dotocr.engine")
 OOM_RETRY_SCALE = 0.7  # the retry after a CUDA out-of-memory error uses 70 % of the longest side
 
 
-@dataclass(frozen=True)
-class EngineState:
-    status: str  # unloaded | downloading | loading | ready | busy | error
-    detail: str = ""
-    progress: float | None = None
-
-
-class DotOCRInference:
+class DotOCRInference(Engine):
     """Thread-safe; construct once per process. Nothing loads until `load()` or the first `ocr()`."""
 
     def __init__(self, settings: Settings, *, on_state: Callable[[EngineState], None] | None = None,
                  max_waiting: int | None = None) -> None:
-        self._settings = settings
-        self._on_state = on_state
-        self._max_waiting = max_waiting
+        super().__init__(settings, on_state=on_state, max_waiting=max_waiting)
         self._loaded: LoadedModel | None = None
         self._model_lock = threading.RLock()
-        self._waiting = 0
-        self._waiting_lock = threading.Lock()
         self._idle_timer: threading.Timer | None = None
-        self._state = EngineState("unloaded")
 
     # -- state ------------------------------------------------------------------------------------------
-
-    @property
-    def settings(self) -> Settings:
-        return self._settings
-
-    @property
-    def state(self) -> EngineState:
-        return self._state
 
     @property
     def device(self) -> str | None:
@@ -75,18 +53,6 @@ class DotOCRInference:
     @property
     def precision(self) -> str | None:
         return self._loaded.precision if self._loaded else None
-
-    @property
-    def waiting(self) -> int:
-        return self._waiting
-
-    def _set_state(self, status: str, detail: str = "", progress: float | None = None) -> None:
-        self._state = EngineState(status, detail, progress)
-        if self._on_state is not None:
-            try:
-                self._on_state(self._state)
-            except Exception:  # a front end's display problem must never break inference
-                log.exception("state callback failed")
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -171,22 +137,6 @@ class DotOCRInference:
                 if self._loaded is not None:
                     self._set_state("ready", f"{loaded.precision} on {loaded.device}")
                 self._schedule_idle_unload()
-
-    def stream(self, image: ImageInput, **kwargs: Any) -> Iterator[str | OCRResult]:
-        """Yield text pieces as they are decoded, then the final `OCRResult`. Errors are raised here."""
-        return stream_results(self.ocr, image, **kwargs)
-
-    @contextlib.contextmanager
-    def _queue_slot(self) -> Iterator[None]:
-        with self._waiting_lock:
-            if self._max_waiting is not None and self._waiting > self._max_waiting:
-                raise EngineBusyError("The model is busy and the queue is full; try again in a moment.")
-            self._waiting += 1
-        try:
-            yield
-        finally:
-            with self._waiting_lock:
-                self._waiting -= 1
 
     def _ocr_with_retry(self, loaded: LoadedModel, picture, started: float, **kwargs: Any) -> OCRResult:
         max_size = self._settings.max_image_size
@@ -299,27 +249,6 @@ def format_output(prompt: str, text: str, prepared: PreparedImage) -> tuple[str,
     if prompt == "layout-json":
         return json.dumps(cells, ensure_ascii=False), cells
     return (cells_to_markdown(cells) if cells else text.strip()), cells
-
-
-def stream_results(ocr: Callable[..., OCRResult], image: ImageInput,
-                   **kwargs: Any) -> Iterator[str | OCRResult]:
-    """Run `ocr` on a worker thread and yield its text pieces, then its result; its errors are raised here."""
-    pieces: queue.Queue[tuple[str, Any]] = queue.Queue()
-
-    def work() -> None:
-        try:
-            pieces.put(("done", ocr(image, on_text=lambda text: pieces.put(("text", text)), **kwargs)))
-        except BaseException as exc:  # handed to the consumer's thread
-            pieces.put(("error", exc))
-
-    threading.Thread(target=work, name="dotocr-stream", daemon=True).start()
-    while True:
-        kind, value = pieces.get()
-        if kind == "error":
-            raise value
-        yield value
-        if kind == "done":
-            return
 
 
 def _one_line(exc: BaseException) -> str:

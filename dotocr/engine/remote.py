@@ -19,14 +19,15 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from ..config import Settings
-from ..errors import DotOCRError, EngineBusyError, RemoteEngineError
-from .inference import EngineState, format_output, stream_results
+from ..errors import DotOCRError, RemoteEngineError
+from .base import Engine, EngineState
+from .inference import format_output
 from .preprocessing import ImageInput, ImagePreparer, PreparedImage, load_image
 from .prompts import IMAGE_PLACEHOLDER, instruction_for
 from .results import OCRResult
@@ -41,34 +42,21 @@ BUSY_RETRY_S = 60.0
 MAX_ERROR_BODY = 4096
 
 
-class RemoteEngine:
+class RemoteEngine(Engine):
     """Thread-safe, one request at a time like the local engine. Connects on `load()` or `ocr()`."""
 
     def __init__(self, settings: Settings, *, on_state: Callable[[EngineState], None] | None = None,
                  max_waiting: int | None = None, read_timeout_s: float = READ_TIMEOUT_S,
                  busy_retry_s: float = BUSY_RETRY_S) -> None:
-        self._settings = settings
-        self._on_state = on_state
-        self._max_waiting = max_waiting
+        super().__init__(settings, on_state=on_state, max_waiting=max_waiting)
         self._read_timeout_s = read_timeout_s
         self._busy_retry_s = busy_retry_s
         self._client: httpx.Client | None = None
         self._preparer: ImagePreparer | None = None
         self._precision: str | None = None
         self._lock = threading.RLock()
-        self._waiting = 0
-        self._waiting_lock = threading.Lock()
-        self._state = EngineState("unloaded")
 
     # -- state --------------------------------------------------------------------------------------
-
-    @property
-    def settings(self) -> Settings:
-        return self._settings
-
-    @property
-    def state(self) -> EngineState:
-        return self._state
 
     @property
     def device(self) -> str | None:
@@ -81,14 +69,6 @@ class RemoteEngine:
     @property
     def url(self) -> str:
         return self._settings.remote_url.rstrip("/")
-
-    def _set_state(self, status: str, detail: str = "") -> None:
-        self._state = EngineState(status, detail)
-        if self._on_state is not None:
-            try:
-                self._on_state(self._state)
-            except Exception:
-                log.exception("state callback failed")
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -189,10 +169,6 @@ class RemoteEngine:
                      "decode": round(answer.done_at - answer.first_at, 4),
                      "total": round(finished - started, 4)},
             peak_gpu_mb=None, cells=cells, file=file)
-
-    def stream(self, image: ImageInput, **kwargs: Any) -> Iterator[str | OCRResult]:
-        """Text pieces as they arrive, then the final `OCRResult`, exactly as the local engine streams."""
-        return stream_results(self.ocr, image, **kwargs)
 
     # -- the HTTP exchange --------------------------------------------------------------------------
 
@@ -307,18 +283,6 @@ class RemoteEngine:
         raise RemoteEngineError(f"The OCR server at {self.url} answered HTTP {response.status_code}: "
                                 f"{message}")
 
-    @contextlib.contextmanager
-    def _queue_slot(self) -> Iterator[None]:
-        with self._waiting_lock:
-            if self._max_waiting is not None and self._waiting > self._max_waiting:
-                raise EngineBusyError("The OCR server connection is busy and the queue is full; try again "
-                                      "in a moment.")
-            self._waiting += 1
-        try:
-            yield
-        finally:
-            with self._waiting_lock:
-                self._waiting -= 1
 
 
 class _Answer:
