@@ -1,0 +1,349 @@
+"""`dotocr-tray`: the tray daemon that keeps the model warm and turns a hotkey + drag into clipboard text.
+
+Threads: Tk's mainloop owns the main thread (the overlay and, on X11, the popup menu); pystray runs
+detached on its own thread; hotkey, menu and second-instance callbacks only post to the controller's
+queue, which the Tk thread drains every few milliseconds. The model loads on a worker thread after the
+icon is up, so the tray is there at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dotocr.config import Settings, SettingsFile, add_engine_arguments, data_dir, settings_from_args
+from dotocr.tray.controller import Controller, EngineFactory, Services
+from dotocr.tray.icon import IconState, draw_icon, tooltip
+
+log = logging.getLogger("dotocr.tray")
+
+POLL_MS = 15
+"""How often the Tk thread drains the queue: small against the 150 ms the overlay may take to appear."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dotocr-tray",
+        description="Tray daemon: press the hotkey, drag over the screen, the text lands on the clipboard.",
+    )
+    add_engine_arguments(parser)
+    tray = parser.add_argument_group("tray")
+    tray.add_argument("--hotkey", help="global hotkey for this run, e.g. ctrl+alt+shift+o")
+    tray.add_argument("--capture", action="store_true",
+                      help="start a capture now; in the running tray if there is one")
+    tray.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    return parser
+
+
+def default_engine_factory(settings: Settings, on_state: Callable[[Any], None]) -> Any:
+    """The engine the settings ask for (imports torch, so it runs on the loader thread)."""
+    from dotocr.engine import make_engine
+
+    return make_engine(settings, on_state=on_state)
+
+
+class TrayApp:
+    """One running tray: Tk root, pystray icon, controller, overlay and the single-instance listener."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        engine_factory: EngineFactory | None = None,
+        settings_file: SettingsFile | None = None,
+        file_settings: Settings | None = None,
+        problems: Sequence[str] = (),
+        launch_flags: Sequence[str] = (),
+        capture_at_start: bool = False,
+    ) -> None:
+        import tkinter as tk
+
+        import pystray
+
+        from dotocr.capture import RegionSelector, enable_dpi_awareness
+        from dotocr.tray.history import History
+        from dotocr.tray.menu import build_menu
+        from dotocr.tray.notification import get_notifier
+
+        enable_dpi_awareness()  # before any window or mss exists
+        self.root = tk.Tk(className="dotocr")
+        self.root.withdraw()
+        self.selector = RegionSelector(self.root)
+        self._icon_lock = threading.Lock()
+        self._shown: tuple[IconState, str] | None = None
+        self._problems = list(problems)
+        self._capture_at_start = capture_at_start
+
+        first = IconState("loading", "starting")
+        self.icon = pystray.Icon("dotocr", draw_icon(first), tooltip(first, settings.hotkey))
+        hotkey, hotkey_unavailable = _hotkey_backend()
+        services = Services(
+            clipboard=_clipboard_backend(),
+            notifier=get_notifier(self.icon),
+            history=History(data_dir() / "history.json", settings.history_size),
+            autostart=_autostart_backend(),
+            hotkey=hotkey,
+            hotkey_unavailable=hotkey_unavailable,
+            select_region=self._select_region,
+            grab_region=self._grab_region,
+        )
+        self.controller = Controller(
+            settings=settings,
+            services=services,
+            engine_factory=engine_factory or default_engine_factory,
+            settings_file=settings_file,
+            file_settings=file_settings,
+            launch_flags=list(launch_flags),
+            last_region_path=data_dir() / "last_region.json",
+        )
+        self.controller.on_change = self.refresh_icon
+        self.controller.on_quit = self._shutdown
+        show_tk_menu = None if self.icon.HAS_MENU else (lambda: self.controller.post(self.show_tk_menu))
+        self.icon.menu = build_menu(self.controller, on_open_menu=show_tk_menu)
+        self.instance: Any = None
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start everything and block in Tk's mainloop until Quit. Returns the exit code."""
+        from dotocr.tray.single_instance import InstanceServer, send_to_running
+
+        self.instance = InstanceServer()
+        if not self.instance.start(lambda message: self.controller.post(self._on_message, message)):
+            # another tray won the race after our first check: hand it the capture and leave
+            send_to_running("capture")
+            self.root.destroy()
+            return 0
+        _start_icon(self.icon)
+        self.refresh_icon()
+        self.controller.report_settings_problems(self._problems)
+        history_warning = self.controller.services.history.warning
+        if history_warning:
+            self.controller.notify("History file problem", history_warning)
+        self.controller.start()
+        self.controller.register_hotkey()
+        if self._capture_at_start:
+            self.controller.post(self.controller.capture)
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, lambda *_: self.controller.post(self.controller.quit))
+        self.root.after(POLL_MS, self._tick)
+        log.info("dotocr tray started; hotkey %s", self.controller.settings.hotkey)
+        self.root.mainloop()
+        return 0
+
+    def _tick(self) -> None:
+        self.controller.drain()
+        if not self.controller.quitting:
+            self.root.after(POLL_MS, self._tick)
+
+    def _on_message(self, message: str) -> None:
+        if message.strip().lower() == "capture":
+            self.controller.capture()
+        else:
+            log.warning("Ignoring unknown message %r from another dotocr-tray", message)
+
+    def _shutdown(self) -> None:
+        """Quit, after the controller unregistered the hotkey: icon first, then Tk."""
+        if self.instance is not None:
+            self.instance.stop()
+        try:
+            self.icon.stop()
+        except Exception:
+            log.exception("Stopping the tray icon failed")
+        if self.selector.is_open:
+            self.selector.close()
+        self.root.destroy()
+
+    # -- Tk-thread helpers -----------------------------------------------------------------------
+
+    def _select_region(self, on_done: Callable[[Any, Any], None]) -> None:
+        from dotocr.capture import grab_all
+
+        self.selector.open(grab_all(), on_done)
+
+    @staticmethod
+    def _grab_region(region: Any) -> Any:
+        from dotocr.capture import grab_rect
+
+        return grab_rect(region.left, region.top, region.width, region.height)
+
+    def show_tk_menu(self) -> Any:
+        from dotocr.tray.menu import popup_tk_menu
+
+        return popup_tk_menu(self.root, self.icon.menu, self.icon)
+
+    def refresh_icon(self) -> None:
+        """Redraw icon, tooltip and menu when the state changed; any thread (pystray marshals to its own)."""
+        state = self.controller.icon_state()
+        title = tooltip(state, self.controller.settings.hotkey, problem=self.controller.hotkey_error)
+        with self._icon_lock:
+            if self._shown != (state, title):
+                if self._shown is None or self._shown[0] != state:
+                    self.icon.icon = draw_icon(state)
+                self.icon.title = title
+                self._shown = (state, title)
+            try:
+                self.icon.update_menu()
+            except Exception:
+                log.debug("Menu update failed", exc_info=True)
+
+
+def _hotkey_backend() -> tuple[Any | None, str]:
+    from dotocr.tray.hotkey import HotkeyError, get_hotkey_backend
+
+    try:
+        return get_hotkey_backend(), ""
+    except HotkeyError as exc:
+        return None, str(exc)
+
+
+def _start_icon(icon: Any) -> None:
+    """Run pystray beside Tk. pystray 0.19's X11 backend starts a second setup thread in run_detached()
+    that never ends and keeps the process alive after Quit; there, run() on our own daemon thread does
+    the same work without it."""
+    if type(icon).__module__.endswith("_xorg"):
+        logging.getLogger("pystray._base").addFilter(_DockFailureFilter())
+        threading.Thread(target=icon.run, name="pystray", daemon=True).start()
+    else:
+        icon.run_detached()
+
+
+class _DockFailureFilter(logging.Filter):
+    """Without a system tray, pystray's X11 backend logs a traceback on every icon update; say it once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() != "Failed to dock icon":
+            return True
+        if self._said:
+            return False
+        self._said = True
+        record.msg = ("No system tray found on this desktop, so the icon is hidden; the hotkey and "
+                      "`dotocr-tray --capture` still work.")
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info = record.exc_text = None
+        return True
+
+
+class _NoClipboard:
+    """Stands in when no clipboard tool exists: every copy fails with the sentence saying what to install."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def copy(self, text: str) -> bool:
+        from dotocr.tray.clipboard import ClipboardError
+
+        raise ClipboardError(self.reason)
+
+
+def _clipboard_backend() -> Any:
+    from dotocr.tray.clipboard import ClipboardError, get_clipboard
+
+    try:
+        return get_clipboard()
+    except ClipboardError as exc:
+        log.warning("%s", exc)
+        return _NoClipboard(str(exc))
+
+
+def _autostart_backend() -> Any | None:
+    try:
+        from dotocr.tray.autostart import get_autostart
+
+        return get_autostart()
+    except Exception as exc:
+        log.warning("Start at login is not available: %s", exc)
+        return None
+
+
+def _setup_logging(verbose: bool) -> None:
+    """Log to stderr when there is one and to a small rotating file (the tray usually has no console)."""
+    handlers: list[logging.Handler] = []
+    if sys.stderr is not None:
+        handlers.append(logging.StreamHandler())
+    try:
+        folder = data_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.handlers.RotatingFileHandler(folder / "tray.log", maxBytes=1_000_000,
+                                                             backupCount=1, encoding="utf-8"))
+    except OSError:
+        pass
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def launch_flags_from(argv: Sequence[str]) -> list[str]:
+    """The flags to repeat when starting at login: everything but the one-off --capture."""
+    return [arg for arg in argv if arg != "--capture"]
+
+
+def run(
+    settings: Settings,
+    *,
+    engine_factory: EngineFactory | None = None,
+    settings_file: SettingsFile | None = None,
+    file_settings: Settings | None = None,
+    problems: Sequence[str] = (),
+    launch_flags: Sequence[str] = (),
+    capture_at_start: bool = False,
+) -> int:
+    """Run the tray in this process until Quit (tests pass their own engine factory)."""
+    app = TrayApp(settings, engine_factory=engine_factory, settings_file=settings_file,
+                  file_settings=file_settings, problems=problems, launch_flags=launch_flags,
+                  capture_at_start=capture_at_start)
+    return app.run()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(arguments)
+    if args.hotkey is not None:
+        from dotocr.tray.hotkey import parse_hotkey
+
+        try:
+            parse_hotkey(args.hotkey)
+        except ValueError as exc:
+            parser.error(str(exc))
+    _setup_logging(args.verbose)
+
+    from dotocr.tray.single_instance import send_to_running
+
+    if send_to_running("capture"):
+        log.info("dotocr-tray is already running; asked it to capture a region")
+        return 0
+
+    settings_file = SettingsFile()
+    file_settings = settings_file.load()
+    settings = settings_from_args(args, file_settings).replace(hotkey=args.hotkey)
+    try:
+        return run(settings, settings_file=settings_file, file_settings=file_settings,
+                   problems=settings_file.problems, launch_flags=launch_flags_from(arguments),
+                   capture_at_start=args.capture)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # no display at all: one sentence, not a traceback
+        if _is_display_error(exc):
+            print(f"dotocr-tray: cannot open a window ({exc}); run it inside a desktop session.",
+                  file=sys.stderr)
+            return 1
+        raise
+
+
+def _is_display_error(exc: BaseException) -> bool:
+    return type(exc).__name__ == "TclError" or "display" in str(exc).lower()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

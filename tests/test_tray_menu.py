@@ -1,0 +1,267 @@
+"""The pystray menu, driven by calling its items as pystray would on a click, under Xvfb; the same
+menu drawn with Tk (pystray's X11 backend has no menu of its own); and the icon pictures/tooltips."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tkinter as tk
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from dotocr.tray.controller import Controller
+from dotocr.tray.icon import STATUSES, TOOLTIP_MAX, IconState, draw_icon, tooltip
+from dotocr.tray.menu import build_menu, fill_tk_menu
+from tests.test_tray_controller import make_controller
+from tests.tray_helpers import tiny_settings, wait_for, xclip_read, xclip_write
+from tests.xvfb import needs_xvfb, xvfb_fixture
+
+pytestmark = [needs_xvfb, pytest.mark.x11, pytest.mark.timeout(120)]
+
+xvfb = xvfb_fixture(640, 480)
+
+
+@pytest.fixture
+def icon(xvfb):
+    import pystray  # on X11 pystray connects to the display when imported
+
+    icon = pystray.Icon("dotocr-test", draw_icon(IconState("ready")), "dotocr")
+    yield icon
+    # pystray's X11 icon closes its display connection only when garbage-collected, which may be after
+    # this module's Xvfb is gone; close it now, while the server still answers.
+    display = getattr(icon, "_display", None)
+    if display is not None:
+        display.close()
+        icon._display = SimpleNamespace(close=lambda: None)
+
+
+def item_named(menu, text: str):
+    for item in menu.items:
+        if item.text.split("\t")[0] == text:
+            return item
+    raise AssertionError(f"no menu item {text!r} in {[i.text for i in menu.items]}")
+
+
+def click(controller, menu, icon, *path: str) -> None:
+    """Activate a menu item the way pystray does, then let the Tk thread's queue run it."""
+    for name in path[:-1]:
+        menu = item_named(menu, name).submenu
+    item = item_named(menu, path[-1])
+    assert item.enabled, f"{path} is disabled"
+    item(icon)
+    controller.drain()
+
+
+def visible_labels(menu) -> list[str]:
+    import pystray
+
+    return ["---" if i is pystray.Menu.SEPARATOR else i.text.split("\t")[0] for i in menu]
+
+
+@pytest.fixture
+def controller(xvfb, dots_tiny, tmp_path):
+    return make_controller(tiny_settings(dots_tiny), tmp_path)
+
+
+def test_the_menu_has_every_entry_in_order(controller, icon):
+    menu = build_menu(controller)
+    labels = visible_labels(menu)
+    api = ["Expose local API (127.0.0.1:8765)"] if controller.api_available() else []
+    assert labels == [
+        "Loading the model", "---", "Capture region", "Repeat last region", "---", "Precision", "Output",
+        "History", "---", "Start at login", *api, "Free GPU memory", "Open settings file", "---", "Quit",
+    ]
+    assert item_named(menu, "Capture region").text.endswith(controller.settings.hotkey)
+    assert visible_labels(item_named(menu, "Precision").submenu) == ["4-bit GPU", "FP16 GPU", "CPU"]
+    assert visible_labels(item_named(menu, "Output").submenu) == ["Plain text", "Markdown"]
+    assert not item_named(menu, "Repeat last region").enabled  # nothing captured yet
+    assert item_named(menu, "Capture region").default  # a click on the icon captures
+
+
+def test_without_cuda_the_gpu_items_are_disabled_and_cpu_is_checked(controller, icon):
+    controller.start()
+    assert controller.wait_loaded(60)
+    precision = item_named(build_menu(controller), "Precision").submenu
+    assert [(i.text, i.enabled, i.checked, i.radio) for i in precision.items] == [
+        ("4-bit GPU", False, False, True), ("FP16 GPU", False, False, True), ("CPU", True, True, True)]
+    assert item_named(build_menu(controller), "Ready (CPU)") is not None
+
+
+def test_output_radio_switches_to_markdown_and_back(controller, icon):
+    menu = build_menu(controller)
+    output = item_named(menu, "Output").submenu
+    assert [i.checked for i in output.items] == [True, False]
+    click(controller, menu, icon, "Output", "Markdown")
+    assert (controller.settings.prompt, controller.settings.output_format) == ("layout", "markdown")
+    assert [i.checked for i in output.items] == [False, True]
+    click(controller, menu, icon, "Output", "Plain text")
+    assert (controller.settings.prompt, controller.settings.output_format) == ("text", "text")
+
+
+def test_history_lists_results_newest_first_and_a_click_copies_again(controller, icon):
+    menu = build_menu(controller)
+    history = item_named(menu, "History").submenu
+    assert [(i.text, i.enabled) for i in history.items] == [("No results yet", False)]
+    controller.services.history.add("an older result")
+    controller.services.history.add("the newest result " + "x" * 80)
+    labels = [i.text for i in history.items]  # the submenu is rebuilt from the history each time
+    assert labels[0].startswith("the newest result") and labels[0].endswith("\u2026")
+    assert labels[1] == "an older result"
+    xclip_write("something else")
+    click(controller, menu, icon, "History", "an older result")
+    assert xclip_read() == "an older result"
+
+
+def test_start_at_login_checkbox_writes_and_removes_the_autostart_entry(controller, icon):
+    menu = build_menu(controller)
+    entry = Path(os.environ["XDG_CONFIG_HOME"]) / "autostart" / "dotocr.desktop"
+    assert item_named(menu, "Start at login").checked is False
+    click(controller, menu, icon, "Start at login")
+    assert entry.exists() and item_named(menu, "Start at login").checked is True
+    click(controller, menu, icon, "Start at login")
+    assert item_named(menu, "Start at login").checked is False
+
+
+def test_free_gpu_memory_unloads_the_model(controller, icon):
+    menu = build_menu(controller)
+    assert not item_named(menu, "Free GPU memory").enabled  # nothing loaded yet
+    controller.start()
+    assert controller.wait_loaded(60)
+    click(controller, menu, icon, "Free GPU memory")
+    wait_for(lambda: controller.icon_state().status == "unloaded", 10)
+    assert visible_labels(menu)[0].startswith("Model not in memory")
+
+
+def test_capture_and_repeat_go_through_the_queue(controller, icon):
+    from dotocr.capture import Monitor, Region
+
+    opened: list[object] = []
+    controller.services.select_region = opened.append
+    menu = build_menu(controller)
+    item_named(menu, "Capture region")(icon)
+    assert opened == []  # pystray's thread only posted the work
+    controller.drain()
+    assert len(opened) == 1
+    controller.last_region = Region(Monitor(0, 0, 0, 640, 480), 10, 10, 50, 40)
+    assert item_named(menu, "Repeat last region").enabled
+
+
+@pytest.mark.skipif(not Controller.api_available(), reason="dotocr.server is not installed")
+def test_expose_local_api_serves_the_tray_engine_on_loopback(xvfb, dots_tiny, tmp_path, icon):
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    controller = make_controller(tiny_settings(dots_tiny, api_port=port), tmp_path)
+    controller.start()
+    assert controller.wait_loaded(60)
+    menu = build_menu(controller)
+    label = f"Expose local API (127.0.0.1:{port})"
+    assert item_named(menu, label).checked is False
+    click(controller, menu, icon, label)
+    wait_for(lambda: controller.api_handle is not None, 20)
+    assert item_named(menu, label).checked is True
+    health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
+    assert health["status"] == "ready"
+    click(controller, menu, icon, label)
+    assert controller.api_handle is None
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+def test_open_settings_file_creates_the_file(controller, icon, tmp_path):
+    from dotocr.config import SettingsFile
+
+    controller.settings_file = SettingsFile(tmp_path / "made" / "settings.toml")
+    controller.services.open_file = lambda path: True
+    click(controller, build_menu(controller), icon, "Open settings file")
+    assert controller.settings_file.path.exists()
+
+
+def test_quit_runs_the_quit_sequence(controller, icon):
+    stopped: list[bool] = []
+    controller.on_quit = lambda: stopped.append(True)
+    click(controller, build_menu(controller), icon, "Quit")
+    assert stopped == [True] and controller.quitting
+
+
+def test_a_load_error_shows_the_reason_and_a_retry_item(controller, icon, tmp_path):
+    controller.settings = controller.settings.replace(model=str(tmp_path / "missing-model"))
+    controller.start()
+    assert controller.wait_loaded(30)
+    menu = build_menu(controller)
+    assert visible_labels(menu)[0].startswith("Error: ")
+    assert "missing-model" in visible_labels(menu)[0]
+    retry = item_named(menu, "Retry loading the model")
+    retry(icon)
+    controller.drain()
+    assert controller.wait_loaded(30)
+    assert controller.services.notifier.titles().count("The model could not be loaded") == 2
+
+
+def test_a_hotkey_problem_is_a_status_line(controller, icon):
+    controller.hotkey_error = "The hotkey ctrl+alt+shift+o is already taken by another program."
+    labels = visible_labels(build_menu(controller))
+    assert labels[1] == "Hotkey problem: The hotkey ctrl+alt+shift+o is already taken by another program."
+
+
+def test_without_a_native_menu_a_click_opens_the_tk_menu(controller, icon):
+    opened: list[bool] = []
+    menu = build_menu(controller, on_open_menu=lambda: opened.append(True))
+    assert "Open menu" not in visible_labels(menu)
+    icon.menu = menu
+    icon()  # what pystray's X11 backend does on a left click
+    assert opened == [True]
+
+
+def test_the_tk_rendering_mirrors_the_pystray_menu_and_its_entries_act(controller, icon):
+    menu = build_menu(controller)
+    root = tk.Tk()
+    try:
+        tk_menu = tk.Menu(root, tearoff=False)
+        fill_tk_menu(tk_menu, menu, icon)
+        labels = []
+        for index in range(tk_menu.index("end") + 1):
+            kind = tk_menu.type(index)
+            label = "---" if kind == "separator" else tk_menu.entrycget(index, "label")
+            labels.append(label.split("    ")[0])
+        assert labels == visible_labels(menu)
+        assert tk_menu.entrycget(0, "state") == "disabled"  # the status line
+        output_index = labels.index("Output")
+        output = root.nametowidget(tk_menu.entrycget(output_index, "menu"))
+        assert output.type(1) == "radiobutton"
+        output.invoke(1)  # Markdown
+        controller.drain()
+        assert controller.settings.output_format == "markdown"
+    finally:
+        root.destroy()
+
+
+# -- icon pictures and tooltips -------------------------------------------------------------------
+
+
+def test_every_state_has_its_own_picture():
+    pictures = {status: draw_icon(IconState(status)).tobytes() for status in STATUSES}
+    assert len(set(pictures.values())) == len(STATUSES)
+    for size in (16, 32, 64):
+        image = draw_icon(IconState("ready"), size)
+        assert image.size == (size, size) and image.mode == "RGBA"
+        assert image.getpixel((0, 0))[3] == 0  # transparent corner, the tray shows through
+
+
+def test_the_download_percentage_is_drawn():
+    ten = draw_icon(IconState("downloading", progress=0.10)).tobytes()
+    ninety = draw_icon(IconState("downloading", progress=0.90)).tobytes()
+    assert ten != ninety
+
+
+def test_tooltips_say_the_state_and_fit_windows():
+    ready = tooltip(IconState("ready"), "ctrl+alt+shift+o")
+    assert ready == "dotocr: ready, press ctrl+alt+shift+o to capture"
+    assert tooltip(IconState("downloading", progress=0.42), "x") == "dotocr: downloading the model 42%"
+    long = tooltip(IconState("error", detail="The model could not be loaded " * 10), "x")
+    assert len(long) == TOOLTIP_MAX and long.endswith("\u2026")
+    assert "taken" in tooltip(IconState("ready"), "ctrl+o", problem="hotkey taken")
