@@ -84,6 +84,11 @@ def fill_tk_menu(tk_menu: tk.Menu, menu: Any, icon: Any) -> None:
     so both menus share one set of actions."""
     pystray = _pystray()
     tk_menu.delete(0, "end")
+    # Drop the previous drawing here, on the Tk thread: left to the garbage collector, its variables and
+    # submenus could be finalised on a worker thread, which Tk refuses ("main thread is not in main loop").
+    for child in tk_menu.winfo_children():
+        child.destroy()
+    tk_menu._dotocr_vars = []  # type: ignore[attr-defined]
     for item in menu:  # iterating a pystray Menu yields the visible items, separators tidied
         if item is pystray.Menu.SEPARATOR:
             tk_menu.add_separator()
@@ -99,7 +104,7 @@ def fill_tk_menu(tk_menu: tk.Menu, menu: Any, icon: Any) -> None:
             add = tk_menu.add_radiobutton if item.radio else tk_menu.add_checkbutton
             options: dict[str, Any] = {"value": True} if item.radio else {"onvalue": True, "offvalue": False}
             add(label=label, variable=var, state=state, command=lambda i=item: i(icon), **options)
-            tk_menu._dotocr_vars = [*getattr(tk_menu, "_dotocr_vars", []), var]  # keep the vars alive
+            tk_menu._dotocr_vars.append(var)  # keep the vars alive while the menu shows
         else:
             tk_menu.add_command(label=label, state=state, command=lambda i=item: i(icon))
 
