@@ -71,6 +71,8 @@ class Settings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise SettingsError(f"{name} = {value!r} must be a whole number of at least {low}.")
+        if self.api_port > 65535:
+            raise SettingsError(f"api_port = {self.api_port} is not a port; use a number from 1 to 65535.")
         if not isinstance(self.model, str) or not self.model.strip():
             raise SettingsError("model must name a Hugging Face repo id or a local folder.")
 
@@ -165,9 +167,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                        f"(default {DEFAULT_MODEL})")
     group.add_argument("--device", choices=DEVICES)
     group.add_argument("--precision", choices=PRECISIONS)
-    group.add_argument("--max-image-size", type=_positive_int, metavar="PX",
+    group.add_argument("--max-image-size", type=_whole_number(28), metavar="PX",
                        help="longest image side in pixels (default 1024)")
-    group.add_argument("--max-new-tokens", type=_positive_int, metavar="N")
+    group.add_argument("--max-new-tokens", type=_whole_number(1), metavar="N")
 
 
 def settings_from_args(args: argparse.Namespace, base: Settings) -> Settings:
@@ -181,11 +183,19 @@ def settings_from_args(args: argparse.Namespace, base: Settings) -> Settings:
     )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+def _whole_number(low: int, high: int | None = None):
+    """An argparse type for whole numbers in [low, high] with a message that says the range."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(
+                f"{value} must be at least {low}" if high is None else f"{value} must be from {low} to {high}")
+        return value
+
+    return parse
+
+
+port_number = _whole_number(1, 65535)

@@ -76,6 +76,37 @@ class EngineContract:
         if prompt == "layout-json":
             assert isinstance(json.loads(result.text), list)
 
+    def test_each_mode_sends_its_own_instruction(self, engine):
+        image = sample_image()
+        tokens = {mode: engine.ocr(image, prompt=mode, bbox=(10, 5, 120, 40) if mode == "grounding" else None,
+                                   max_new_tokens=1).prompt_tokens
+                  for mode in ("text", "layout", "grounding")}
+        # same image, so the difference is the instruction: layout-all is far longer than the text prompt
+        assert tokens["layout"] > tokens["grounding"] > tokens["text"]
+
+    def test_a_bbox_alone_means_grounding(self, engine):
+        assert engine.ocr(sample_image(), bbox=(10, 5, 120, 40), max_new_tokens=1).prompt == "grounding"
+
+    @pytest.mark.parametrize("bbox", [(500, 500, 900, 900), (50, 40, 10, 45)])
+    def test_a_box_that_shows_nothing_is_refused(self, engine, bbox):
+        with pytest.raises(DotOCRError, match="box") as info:
+            engine.ocr(sample_image(200, 60), bbox=bbox, max_new_tokens=1)
+        assert "\n" not in str(info.value)
+
+    def test_a_bbox_with_another_prompt_is_refused(self, engine):
+        with pytest.raises(DotOCRError, match="grounding"):
+            engine.ocr(sample_image(), prompt="text", bbox=(10, 5, 120, 40), max_new_tokens=1)
+
+    def test_max_new_tokens_stop(self, engine):
+        result = engine.ocr(sample_image(), max_new_tokens=3)
+        assert result.generated_tokens <= 3 and result.stop_reason in ("max_new_tokens", "eos")
+
+    def test_image_tokens_follow_the_size_limit(self, engine):
+        small = engine.ocr(sample_image(120, 40), max_new_tokens=1).image_tokens
+        large = engine.ocr(sample_image(1200, 400), max_new_tokens=1).image_tokens
+        limit = engine.settings.max_image_size
+        assert small < large <= (limit // 28) ** 2
+
     def test_grounding_without_bbox_is_refused(self, engine):
         with pytest.raises(DotOCRError, match="bounding box"):
             engine.ocr(sample_image(), prompt="grounding", max_new_tokens=2)

@@ -52,6 +52,8 @@ def test_invalid_values_raise_a_clear_error():
         Settings(device="tpu")
     with pytest.raises(SettingsError, match="max_image_size"):
         Settings(max_image_size=True)
+    with pytest.raises(SettingsError, match="api_port"):
+        Settings(api_port=70000)
 
 
 def test_flags_override_only_what_was_given():

@@ -44,8 +44,7 @@ def test_nothing_loads_until_asked(dots_tiny):
     engine = DotOCRInference(tiny_settings(dots_tiny), on_state=states.append)
     assert engine.state.status == "unloaded" and engine.device is None
     engine.ocr(sample_image(), max_new_tokens=2)
-    assert [s.status for s in states][:2] == ["loading", "ready"] or "loading" in [s.status for s in states]
-    assert "busy" in [s.status for s in states]
+    assert [s.status for s in states] == ["loading", "loading", "ready", "busy", "ready"]
     assert engine.state.status == "ready"
 
 
@@ -77,12 +76,20 @@ def test_max_image_size_limits_the_tokens(dots_tiny):
 
 
 def test_four_bit_on_cpu(dots_tiny):
-    engine = DotOCRInference(tiny_settings(dots_tiny, precision="4bit"))
-    result = engine.ocr(sample_image(), max_new_tokens=4)
-    assert result.precision == "4bit" and result.generated_tokens >= 1
     import bitsandbytes as bnb
 
-    assert isinstance(engine._loaded.model.model.layers[0].self_attn.q_proj, bnb.nn.Linear4bit)
+    engine = DotOCRInference(tiny_settings(dots_tiny, precision="4bit"))
+    engine.load()
+    model = engine._loaded.model
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj, bnb.nn.Linear4bit)
+    # NF4 with double quantization, fp16 compute (checked before the first call repacks weights for the CPU)
+    assert q_proj.weight.quant_state.quant_type == "nf4" and q_proj.weight.quant_state.nested
+    assert q_proj.compute_dtype == torch.float16
+    assert not isinstance(model.lm_head, bnb.nn.Linear4bit)
+    assert not isinstance(model.vision_tower.merger.mlp[0], bnb.nn.Linear4bit)
+    result = engine.ocr(sample_image(), max_new_tokens=4)
+    assert result.precision == "4bit" and result.generated_tokens >= 1
 
 
 def _constant_token_checkpoint(tmp_path, dots_tiny, token_id: int):
@@ -123,10 +130,87 @@ def test_eos_stops_generation(tmp_path, dots_tiny):
     assert result.generated_tokens == 1 and result.text == ""
 
 
-def test_max_new_tokens_stop(engine):
+def test_exact_max_new_tokens_stop(engine):
     result = engine.ocr(sample_image(), max_new_tokens=3)
     assert result.generated_tokens == 3 and result.stop_reason in ("max_new_tokens", "eos")
 
+
+def test_one_generation_at_a_time_on_the_model(dots_tiny):
+    engine = DotOCRInference(tiny_settings(dots_tiny))
+    engine.load()
+    model = engine._loaded.model
+    original, running, overlaps = model.generate, [0], []
+
+    def watched(*args, **kwargs):
+        running[0] += 1
+        overlaps.append(running[0])
+        try:
+            return original(*args, **kwargs)
+        finally:
+            running[0] -= 1
+
+    model.generate = watched
+    threads = [threading.Thread(target=engine.ocr, args=(sample_image(),), kwargs={"max_new_tokens": 4})
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(overlaps) == 4 and max(overlaps) == 1
+
+
+def test_a_full_queue_is_refused_with_one_sentence(dots_tiny):
+    from dotocr.errors import EngineBusyError
+
+    engine = DotOCRInference(tiny_settings(dots_tiny), max_waiting=0)
+    engine.load()
+    started, release = threading.Event(), threading.Event()
+    model = engine._loaded.model
+    original = model.generate
+
+    def slow(*args, **kwargs):
+        started.set()
+        release.wait(30)
+        return original(*args, **kwargs)
+
+    model.generate = slow
+    worker = threading.Thread(target=engine.ocr, args=(sample_image(),), kwargs={"max_new_tokens": 2})
+    worker.start()
+    assert started.wait(30)
+    with pytest.raises(EngineBusyError, match="busy"):
+        engine.ocr(sample_image(), max_new_tokens=2)
+    release.set()
+    worker.join(60)
+    assert engine.waiting == 0
+
+
+def test_the_choice_is_logged_with_its_reason(dots_tiny, caplog):
+    caplog.set_level("INFO", logger="dotocr.engine")
+    DotOCRInference(tiny_settings(dots_tiny)).load()
+    assert any(r.getMessage().startswith("Loading ") and "fp32 on cpu: fp32 on CPU as requested" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_no_retry_once_text_was_streamed(dots_tiny):
+    """An out-of-memory error after text went out must not stream the answer twice."""
+    engine = DotOCRInference(tiny_settings(dots_tiny))
+    engine.load()
+    model = engine._loaded.model
+    pieces, vision_calls = [], []
+
+    def fail_once_text_is_out(module, args):
+        if pieces:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    handles = [model.lm_head.register_forward_pre_hook(fail_once_text_is_out),
+               model.vision_tower.register_forward_pre_hook(lambda *a: vision_calls.append(1))]
+    try:
+        with pytest.raises(OutOfMemoryError, match="while reading"):
+            engine.ocr(sample_image(), max_new_tokens=40, on_text=pieces.append)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert pieces and len(vision_calls) == 1  # no second attempt
 
 class _FakeOOM:
     """Raises CUDA's out-of-memory error at the allocation boundary (the vision tower's first allocation)
@@ -251,8 +335,9 @@ def test_missing_folder_is_one_sentence(tmp_path):
 
 def test_uncached_repo_offline_names_the_repo(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(ModelUnavailableError, match="someone/not-cached"):
+    with pytest.raises(ModelUnavailableError, match="someone/not-cached") as info:
         resolve_checkpoint("someone/not-cached")
+    assert "HF_HUB_OFFLINE" in str(info.value) and "--model" in str(info.value)
 
 
 def test_unreachable_endpoint_is_named(tmp_path):
@@ -269,7 +354,31 @@ def test_unreachable_endpoint_is_named(tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_cuda_allocator_setting_is_made_early_and_never_overrides_the_user():
+    code = "import os, dotocr; print(os.environ['PYTORCH_CUDA_ALLOC_CONF'])"
+    env = {k: v for k, v in os.environ.items() if k != "PYTORCH_CUDA_ALLOC_CONF"}
+    ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    mine = {**env, "PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:64"}
+    theirs = subprocess.run([sys.executable, "-c", code], env=mine, capture_output=True, text=True, timeout=60)
+    assert ours.stdout.strip() == "expandable_segments:True"
+    assert theirs.stdout.strip() == "max_split_size_mb:64"
+
+
 def test_errors_are_dotocr_errors(dots_tiny):
     engine = DotOCRInference(tiny_settings(dots_tiny))
     with pytest.raises(DotOCRError):
         engine.ocr(b"nope")
+
+
+def test_a_checkpoint_built_entirely_here_runs_end_to_end(tmp_path):
+    """Our own tokenizer (trained offline) and random weights: nothing borrowed from the golden fixture."""
+    from tiny_models import save_own_checkpoint
+
+    folder = save_own_checkpoint(tmp_path / "own")
+    engine = DotOCRInference(tiny_settings(folder))
+    for size in ((120, 40), (3000, 14), (28, 900)):
+        result = engine.ocr(sample_image(*size), max_new_tokens=4)
+        assert (result.width, result.height) == size and result.image_tokens >= 1
+        assert result.prompt_tokens == result.image_tokens + len(
+            engine._loaded.tokenizer.encode("Extract the text content from this image.")) + 5
+    assert engine._loaded.eos_token_ids == [0, 7] and engine._loaded.image_token_id == 1

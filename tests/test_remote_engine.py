@@ -64,7 +64,7 @@ def test_remote_answer_equals_the_local_answer(engine: RemoteEngine, local: DotO
     assert (remote.image_tokens, remote.prompt_tokens, remote.generated_tokens) == (
         here.image_tokens, here.prompt_tokens, here.generated_tokens)
     assert remote.stop_reason == here.stop_reason
-    assert (remote.device, remote.precision) == ("remote", "fp32")
+    assert (remote.device, remote.precision) == ("remote cpu", "fp32")
 
 
 def test_on_text_receives_the_answer_as_it_streams(engine: RemoteEngine) -> None:
@@ -79,7 +79,7 @@ def test_states_follow_the_connection(server_url: str) -> None:
     assert remote.state.status == "unloaded" and remote.device is None
     remote.ocr(sample_image(), max_new_tokens=2)
     assert states == ["loading", "ready", "busy", "ready"]
-    assert remote.device == "remote" and remote.precision == "fp32"
+    assert remote.device == "remote cpu" and remote.precision == "fp32"
     remote.unload()
     assert remote.state.status == "unloaded" and remote.device is None
     assert remote.ocr(sample_image(), max_new_tokens=2).generated_tokens >= 1  # connects again

@@ -123,7 +123,8 @@ def test_other_routes_take_no_big_bodies(url: str) -> None:
     (b"", 400, "empty"),
     (png_bytes((300, 300))[:400], 400, "truncated"),
     (bomb_png(), 400, "larger than"),
-], ids=["text", "empty", "truncated", "bomb-header"])
+    (bomb_png(0, 0), 400, "0 x 0 pixels"),
+], ids=["text", "empty", "truncated", "bomb-header", "zero-size"])
 def test_bad_images_are_refused_with_their_name(url: str, engine: RecordingEngine, data: bytes, status: int,
                                                 words: str) -> None:
     calls = len(engine.calls)
@@ -328,6 +329,14 @@ def test_port_in_use_is_one_sentence(engine: RecordingEngine) -> None:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("port", ["70000", "0", "-1", "http"])
+def test_dotocr_serve_refuses_a_port_that_is_not_one(port: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "dotocr.server", "--port", port], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2
+    assert "--port" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_dotocr_serve_refuses_a_network_address_without_token(dots_tiny: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DOTOCR_API_TOKEN"}
     command = [sys.executable, "-m", "dotocr.server", "--host", "0.0.0.0", "--model", str(dots_tiny)]

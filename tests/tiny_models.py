@@ -36,3 +36,42 @@ def save_tiny_checkpoint(folder: Path, tokenizer_source: Path, seed: int = 0, **
     for name in TOKENIZER_FILES:
         shutil.copy(tokenizer_source / name, folder / name)
     return folder
+
+
+DOTS_SPECIAL_TOKENS = ("<|endoftext|>", "<|imgpad|>", "<|img|>", "<|endofimg|>", "<|user|>", "<|endofuser|>",
+                       "<|assistant|>", "<|endofassistant|>")
+
+
+def build_tiny_tokenizer(folder: Path, corpus: list[str]):
+    """A byte-level BPE tokenizer trained here, offline, with the dots.ocr special tokens (ids 0..7)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=list(DOTS_SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>",
+                                   additional_special_tokens=list(DOTS_SPECIAL_TOKENS[1:]))
+    fast.save_pretrained(folder)
+    return fast
+
+
+def save_own_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """A complete checkpoint made entirely here: random weights, our own tokenizer, official processor config."""
+    import json
+
+    from dotocr.engine.preprocessing import DOTS_PREPROCESSOR_CONFIG
+    from dotocr.engine.prompts import PROMPT_GROUNDING_OCR, PROMPT_LAYOUT_ALL_EN, PROMPT_OCR
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tiny_tokenizer(folder, [PROMPT_OCR, PROMPT_LAYOUT_ALL_EN, PROMPT_GROUNDING_OCR,
+                                              "Hello world 0123456789 | --- | $$ x^2 $$ ....... ______"])
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in DOTS_SPECIAL_TOKENS}
+    tiny_model(seed, vocab_size=512, image_token_id=ids["<|imgpad|>"], video_token_id=511).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(DOTS_PREPROCESSOR_CONFIG))
+    (folder / "generation_config.json").write_text(json.dumps(
+        {"eos_token_id": [ids["<|endoftext|>"], ids["<|endofassistant|>"]]}))
+    return folder

@@ -55,11 +55,28 @@ class Reporter:
         self.bar.close()
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a line is logged (pipes and tests replace it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def run_ocr(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     settings = _settings(args, parser)
     prompt = request_prompt(args, settings)
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="dotocr: %(message)s", stream=sys.stderr)
+    else:  # still say which device and precision the engine chose, and why: one line on stderr
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter("dotocr: %(message)s"))
+        handler.addFilter(lambda record: record.getMessage().startswith("Loading "))
+        handler.set_name("dotocr-choice")
+        engine_log = logging.getLogger("dotocr.engine")
+        if not any(h.get_name() == "dotocr-choice" for h in engine_log.handlers):
+            engine_log.addHandler(handler)
+        engine_log.setLevel(logging.INFO)
 
     expanded = expand_inputs(args.paths)
     reporter = Reporter(len(expanded.images))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Settings
-from ..errors import EngineBusyError
+from ..errors import DotOCRError, EngineBusyError
 from .results import OCRResult
 
 log = logging.getLogger("dotocr.engine")
@@ -52,6 +52,24 @@ class Engine:
 
     def ocr(self, image: Any, **kwargs: Any) -> OCRResult:
         raise NotImplementedError
+
+    def _resolve_prompt(self, prompt: str | None, output_format: str | None, bbox: Any,
+                        instruction: str | None) -> str:
+        """The prompt mode for one call: a bbox means grounding, Markdown output means layout, else settings."""
+        if prompt is None:
+            if bbox is not None:
+                prompt = "grounding"
+            elif output_format == "markdown":
+                prompt = "layout"
+            else:
+                prompt = self._settings.prompt
+        if instruction is None:
+            if prompt == "grounding" and bbox is None:
+                raise DotOCRError("The grounding prompt needs a bounding box (x1, y1, x2, y2 in image pixels).")
+            if prompt != "grounding" and bbox is not None:
+                raise DotOCRError(f"A bounding box only applies to the grounding prompt, not to {prompt!r}; "
+                                  "drop the box or use the grounding prompt.")
+        return prompt
 
     def stream(self, image: Any, **kwargs: Any) -> Iterator[str | OCRResult]:
         """Yield text pieces as they are decoded, then the final `OCRResult`; errors are raised here."""

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -85,7 +86,8 @@ class DotOCRInference(Engine):
         settings = self._settings
         try:
             plan = plan_load(settings)
-            self._set_state("downloading" if "/" in settings.model else "loading", f"getting {settings.model}")
+            local = Path(settings.model).expanduser().is_dir()
+            self._set_state("loading" if local else "downloading", f"getting {settings.model}")
             folder = resolve_checkpoint(
                 settings.model,
                 on_progress=lambda p: self._set_state("downloading", f"downloading {settings.model}", p))
@@ -120,10 +122,7 @@ class DotOCRInference(Engine):
         """Read one image. `output_format="markdown"` without a prompt picks the layout prompt (tables, formulas)."""
         started = time.perf_counter()
         picture = load_image(image)  # outside the queue: a bad file fails at once
-        if prompt is None:
-            prompt = "layout" if output_format == "markdown" else self._settings.prompt
-        if prompt == "grounding" and bbox is None and instruction is None:
-            raise DotOCRError("The grounding prompt needs a bounding box (x1, y1, x2, y2 in image pixels).")
+        prompt = self._resolve_prompt(prompt, output_format, bbox, instruction)
         with self._queue_slot(), self._model_lock:
             self._cancel_idle_timer()
             loaded = self._ensure_loaded()
@@ -140,10 +139,21 @@ class DotOCRInference(Engine):
 
     def _ocr_with_retry(self, loaded: LoadedModel, picture, started: float, **kwargs: Any) -> OCRResult:
         max_size = self._settings.max_image_size
+        on_text, streamed = kwargs.pop("on_text"), []
+
+        def forward(text: str) -> None:
+            streamed.append(text)
+            on_text(text)
+
+        kwargs["on_text"] = forward if on_text is not None else None
         try:
             return self._run(loaded, picture, started, max_size, **kwargs)
         except torch.cuda.OutOfMemoryError:
             self._free_cuda()
+            if streamed:  # a listener already has part of the answer: a retry would repeat it
+                raise OutOfMemoryError(
+                    f"The GPU ran out of memory while reading; lower --max-image-size (now {max_size}) or "
+                    "switch to 4-bit or the CPU.") from None
         smaller = max(28, int(min(max_size, max(picture.size)) * OOM_RETRY_SCALE))
         log.warning("CUDA out of memory; retrying once at %d px", smaller)
         try:
@@ -159,11 +169,7 @@ class DotOCRInference(Engine):
              on_text, file: str | None) -> OCRResult:
         prepared = loaded.preparer.prepare(picture, max_size)
         if instruction is None:
-            model_bbox = None
-            if bbox is not None:
-                (x1, y1), (x2, y2) = prepared.to_model(bbox[0], bbox[1]), prepared.to_model(bbox[2], bbox[3])
-                model_bbox = (round(x1), round(y1), round(x2), round(y2))
-            instruction = instruction_for(prompt, model_bbox)
+            instruction = instruction_for(prompt, prepared.box_to_model(bbox) if bbox is not None else None)
         ids = encode_prompt(loaded.tokenizer, instruction, prepared.image_tokens)
         device = loaded.device
         input_ids = torch.tensor([ids], device=device)

@@ -21,9 +21,6 @@ from ..errors import DotOCRError, ModelUnavailableError
 
 log = logging.getLogger("dotocr.engine")
 
-# Must be set before CUDA initialises; torch reads it lazily on first CUDA use.
-os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-
 GIB = 1024**3
 DTYPE_NAMES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "4bit": "float16"}
 # Memory a 16-bit load needs: 3.0 B parameters x 2 bytes, plus room for activations and the KV cache of a
@@ -83,26 +80,29 @@ def plan_load(settings: Settings, *, cuda: dict[str, Any] | None = None) -> Load
                             f"no CUDA GPU; {'bf16' if fast else 'fp32'} measured faster on this CPU")
         return LoadPlan("cpu", precision, f"{precision} on CPU as requested")
 
-    name, total, bf16 = cuda["name"], cuda["total_bytes"], cuda["bf16"]
+    name, bf16 = cuda["name"], cuda["bf16"]
+    # Free, not total: the desktop and other programs hold part of the card (a 6 GiB card has ~5 free).
+    free = cuda.get("free_bytes", cuda["total_bytes"])
     if precision == "bf16" and not bf16:
         raise PrecisionError(f"The GPU {name} does not support bf16; choose fp16, 4bit or auto.")
     if precision != "auto":
         return LoadPlan("cuda", precision, f"{precision} on {name} as requested")
-    gib = total / GIB
-    if total >= WEIGHTS_16BIT_BYTES + WORKING_HEADROOM_BYTES:
+    gib = free / GIB
+    if free >= WEIGHTS_16BIT_BYTES + WORKING_HEADROOM_BYTES:
         chosen = "bf16" if bf16 else "fp16"
-        return LoadPlan("cuda", chosen, f"{name} has {gib:.1f} GiB, room for 16-bit weights ({chosen})")
-    return LoadPlan("cuda", "4bit", f"{name} has {gib:.1f} GiB, too little for 16-bit weights; 4-bit NF4")
+        return LoadPlan("cuda", chosen, f"{name} has {gib:.1f} GiB free, room for 16-bit weights ({chosen})")
+    return LoadPlan("cuda", "4bit", f"{name} has {gib:.1f} GiB free, too little for 16-bit weights; 4-bit NF4")
 
 
 def describe_cuda() -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {"built": torch.version.cuda is not None, "available": torch.cuda.is_available(),
-                            "name": None, "total_bytes": 0, "bf16": False}
+                            "name": None, "total_bytes": 0, "free_bytes": 0, "bf16": False}
     if info["available"]:
         props = torch.cuda.get_device_properties(0)
-        info.update(name=props.name, total_bytes=props.total_memory, bf16=torch.cuda.is_bf16_supported())
+        free, total = torch.cuda.mem_get_info(0)
+        info.update(name=props.name, total_bytes=total, free_bytes=free, bf16=torch.cuda.is_bf16_supported())
     return info
 
 

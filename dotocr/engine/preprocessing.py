@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from dotocr.errors import ImageError, ModelUnavailableError
+from dotocr.errors import DotOCRError, ImageError, ModelUnavailableError
 
 ImageInput = Image.Image | str | os.PathLike | bytes
 
@@ -147,7 +147,7 @@ def _unidentified_message(source: object, name: str) -> str:
                 head = file.read(32)
         except OSError:
             pass
-    size = _declared_png_size(head)
+    size = declared_png_size(head)
     if size is not None and 0 in size:
         return (f"{name} is {size[0]} x {size[1]} pixels and has nothing to read; "
                 f"capture or save a non-empty image.")
@@ -155,7 +155,11 @@ def _unidentified_message(source: object, name: str) -> str:
             f"save it as PNG or JPEG and try again.")
 
 
-def _declared_png_size(head: bytes) -> tuple[int, int] | None:
+def _box_text(box: tuple[float, float, float, float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in box) + ")"
+
+
+def declared_png_size(head: bytes) -> tuple[int, int] | None:
     """The width and height a PNG header claims, so a 0 x 0 PNG gets its own message."""
     if len(head) < 24 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
         return None
@@ -240,6 +244,18 @@ class PreparedImage:
         """A point in model pixels as a point in input pixels, clamped to the input image."""
         width, height = self.original_size
         return _clamp(x / self.scale, 0.0, width), _clamp(y / self.scale, 0.0, height)
+
+    def box_to_model(self, box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
+        """A box (x1, y1, x2, y2) in input pixels as a box in model pixels; one that shows nothing is refused."""
+        x1, y1, x2, y2 = box
+        width, height = self.original_size
+        if not (x1 < x2 and y1 < y2):
+            raise DotOCRError(f"The box {_box_text(box)} is empty: x2 must exceed x1 and y2 exceed y1.")
+        if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+            raise DotOCRError(f"The box {_box_text(box)} lies outside the {width} x {height} image; "
+                              "give a box in the image's pixels.")
+        (mx1, my1), (mx2, my2) = self.to_model(x1, y1), self.to_model(x2, y2)
+        return round(mx1), round(my1), round(mx2), round(my2)
 
     def to_model(self, x: float, y: float) -> tuple[float, float]:
         """A point in input pixels as a point in model pixels, clamped to the shown content."""

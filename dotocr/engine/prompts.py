@@ -15,9 +15,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from dotocr.config import PROMPT_MODES
 from dotocr.errors import DotOCRError, ModelUnavailableError
 
-PROMPT_MODES = ("text", "layout", "layout-json", "grounding")
+__all__ = ["PROMPT_MODES", "build_prompt", "encode_prompt", "instruction_for", "strip_image_placeholder"]
 
 PROMPT_OCR = "Extract the text content from this image."
 

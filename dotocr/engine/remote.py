@@ -54,13 +54,14 @@ class RemoteEngine(Engine):
         self._client: httpx.Client | None = None
         self._preparer: ImagePreparer | None = None
         self._precision: str | None = None
+        self._remote_device: str | None = None
         self._lock = threading.RLock()
 
     # -- state --------------------------------------------------------------------------------------
 
     @property
     def device(self) -> str | None:
-        return "remote" if self._client is not None else None
+        return (self._remote_device or "remote") if self._client is not None else None
 
     @property
     def precision(self) -> str | None:
@@ -105,7 +106,7 @@ class RemoteEngine(Engine):
                 raise RemoteEngineError(f"{self.url} is not an OpenAI-compatible API (GET /models answered "
                                         "404); remote_url should end in /v1, e.g. http://127.0.0.1:8000/v1.")
             self._raise_for_status(response)
-            self._precision = self._probe_precision(client)
+            self._remote_device, self._precision = self._probe_health(client)
             if self._preparer is None:
                 self._preparer = ImagePreparer()
         except DotOCRError as exc:
@@ -116,15 +117,15 @@ class RemoteEngine(Engine):
         self._set_state("ready", f"remote {self.url}")
         return client
 
-    def _probe_precision(self, client: httpx.Client) -> str:
+    def _probe_health(self, client: httpx.Client) -> tuple[str, str]:
         """A dotocr-serve says what it runs in /health; other servers do not, which is fine."""
         base = self.url[:-3] if self.url.endswith("/v1") else self.url
         with contextlib.suppress(httpx.HTTPError, ValueError):
             response = client.get(f"{base}/health", timeout=CONNECT_TIMEOUT_S)
             data = response.json()
             if response.status_code == 200 and data.get("service") == "dotocr" and data.get("precision"):
-                return str(data["precision"])
-        return "unknown"
+                return f"remote {data.get('device') or 'unknown'}", str(data["precision"])
+        return "remote", "unknown"
 
     # -- OCR ----------------------------------------------------------------------------------------
 
@@ -135,16 +136,13 @@ class RemoteEngine(Engine):
         """Same arguments and result as `DotOCRInference.ocr`; the generation happens on the server."""
         started = time.perf_counter()
         picture = load_image(image)
-        if prompt is None:
-            prompt = "layout" if output_format == "markdown" else self._settings.prompt
-        if prompt == "grounding" and bbox is None and instruction is None:
-            raise DotOCRError("The grounding prompt needs a bounding box (x1, y1, x2, y2 in image pixels).")
+        prompt = self._resolve_prompt(prompt, output_format, bbox, instruction)
         with self._queue_slot(), self._lock:
             client = self._ensure_connected()
             assert self._preparer is not None
             prepared = self._preparer.prepare(picture, self._settings.max_image_size)
             if instruction is None:
-                instruction = instruction_for(prompt, self._model_bbox(prepared, bbox))
+                instruction = instruction_for(prompt, prepared.box_to_model(bbox) if bbox is not None else None)
             body = self._request_body(prepared, instruction, max_new_tokens or self._settings.max_new_tokens,
                                       temperature, top_p)
             self._set_state("busy", "reading")
@@ -163,7 +161,7 @@ class RemoteEngine(Engine):
             image_tokens=prepared.image_tokens,
             prompt_tokens=_first_int(answer.prompt_tokens, prepared.image_tokens),
             generated_tokens=_first_int(answer.completion_tokens, answer.pieces),
-            device="remote", precision=self._precision or "unknown",
+            device=self._remote_device or "remote", precision=self._precision or "unknown",
             timings={"preprocess": round(answer.sent_at - started, 4),
                      "prefill": round(answer.first_at - answer.sent_at, 4),
                      "decode": round(answer.done_at - answer.first_at, 4),
@@ -171,13 +169,6 @@ class RemoteEngine(Engine):
             peak_gpu_mb=None, cells=cells, file=file)
 
     # -- the HTTP exchange --------------------------------------------------------------------------
-
-    @staticmethod
-    def _model_bbox(prepared: PreparedImage, bbox: tuple[float, float, float, float] | None):
-        if bbox is None:
-            return None
-        (x1, y1), (x2, y2) = prepared.to_model(bbox[0], bbox[1]), prepared.to_model(bbox[2], bbox[3])
-        return round(x1), round(y1), round(x2), round(y2)
 
     def _request_body(self, prepared: PreparedImage, instruction: str, max_new_tokens: int,
                       temperature: float, top_p: float) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 
-from dotocr.config import SettingsFile, add_engine_arguments, settings_from_args
+from dotocr.config import SettingsFile, add_engine_arguments, port_number, settings_from_args
 
 from .auth import BearerTokenMiddleware
 from .errors import install_exception_handlers
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; anything else "
                         "needs --api-token)")
-    parser.add_argument("--port", type=int, help="port (default: api_port from the settings file, 8765)")
+    parser.add_argument("--port", type=port_number, help="port (default: api_port from the settings file, 8765)")
     parser.add_argument("--api-token", default=os.environ.get(TOKEN_ENV) or None,
                         help="require 'Authorization: Bearer TOKEN' on every route but /health "
                         f"(or set {TOKEN_ENV})")
@@ -94,12 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
     from dotocr.engine import make_engine  # heavy (torch); only once the arguments are known to be good
 
     from .serving import ServerStartError, bind_socket, is_loopback, make_server
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    _show_engine_log(args.log_level)
     if not is_loopback(args.host) and not args.api_token:
         parser.error(f"--host {args.host} makes the model reachable from the network; give --api-token TOKEN "
                      f"(or set {TOKEN_ENV}) so only clients with the token can use it.")
@@ -129,6 +132,15 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(server.serve(sockets=[sock]))
     return 0
+
+
+def _show_engine_log(level: str) -> None:
+    """The engine's own lines (what device and precision it chose, and why) next to uvicorn's."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("dotocr-serve: %(message)s"))
+    engine_log = logging.getLogger("dotocr")
+    engine_log.addHandler(handler)
+    engine_log.setLevel(level.upper())
 
 
 if __name__ == "__main__":

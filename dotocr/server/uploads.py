@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
+from ..engine.preprocessing import declared_png_size
 from .errors import ApiError
 
 MAX_PARTS = 16
@@ -137,6 +138,10 @@ def check_image_bytes(data: bytes, what: str) -> None:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # load_image refuses those
             Image.open(io.BytesIO(data)).close()
     except UnidentifiedImageError:
+        declared = declared_png_size(data[:32])
+        if declared is not None and 0 in declared:
+            raise ApiError(400, f"{what} is {declared[0]} x {declared[1]} pixels and has nothing to read; send "
+                           "an image with content.", "invalid_image") from None
         raise ApiError(415, f"{what} is not an image format this server reads; send a PNG, JPEG, WebP, "
                        "BMP, GIF or TIFF.", "unsupported_media_type") from None
     except Exception:

@@ -7,6 +7,8 @@ outlives both the call and our process.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +27,10 @@ _OWNER_TIMEOUT = 2.0
 
 def _missing_tool_message() -> str:
     if sys.platform.startswith("linux"):
+        tools = [tool for tool in ("xclip", "xsel", "wl-copy") if shutil.which(tool)]
+        if tools and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            return (f"{tools[0]} is installed but there is no display session (DISPLAY is not set); the "
+                    "clipboard works inside a desktop session.")
         return ("No clipboard tool was found: install xclip (e.g. `sudo apt install xclip`), "
                 "or wl-clipboard on Wayland.")
     return "No way to reach the clipboard was found on this system."
