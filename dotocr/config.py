@@ -83,6 +83,10 @@ class Settings:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_dict_subset(self, keys: Any) -> dict[str, Any]:
+        """These settings' values for `keys` only (validated, since the object exists)."""
+        return {key: getattr(self, key) for key in keys}
+
 
 class SettingsError(ValueError):
     """A setting has a value we cannot use; the message says which and what is allowed."""
@@ -148,13 +152,33 @@ class SettingsFile:
         return settings
 
     def save(self, settings: Settings) -> bool:
-        """Write the settings atomically. Returns False, and writes nothing, if the file was broken."""
+        """Write every setting (to create the file). False, writing nothing, if the file was broken."""
         if self.broken:
             return False
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".toml.tmp")
-        tmp.write_text(tomli_w.dumps(settings.to_dict()), encoding="utf-8")
-        os.replace(tmp, self.path)
+        return self._write(settings.to_dict())
+
+    def update(self, changes: dict[str, Any]) -> bool:
+        """Change these keys in the file as it is now, keeping everything else the person wrote there
+        (unknown keys, values we could not use, edits made since we read it). False, writing nothing, when
+        the file cannot be read or parsed now, or cannot be written."""
+        current: dict[str, Any] = {}
+        if self.path.exists():
+            try:
+                current = tomllib.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+                self.broken = True
+                return False
+        return self._write({**current, **Settings().replace(**changes).to_dict_subset(changes)})
+
+    def _write(self, data: dict[str, Any]) -> bool:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".toml.tmp")
+            tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            self.problems.append(f"The settings file {self.path} could not be written ({exc.strerror}).")
+            return False
         return True
 
 

@@ -6,7 +6,14 @@ import argparse
 
 import pytest
 
-from dotocr.config import Settings, SettingsError, SettingsFile, add_engine_arguments, settings_from_args
+from dotocr.config import (
+    Settings,
+    SettingsError,
+    SettingsFile,
+    add_engine_arguments,
+    settings_from_args,
+    tomllib,  # the stdlib module, or tomli on 3.10
+)
 
 
 def test_defaults_match_the_product():
@@ -44,7 +51,38 @@ def test_bad_values_fall_back_one_by_one(tmp_path):
     assert any("precision" in p and "8bit" in p for p in store.problems)
     assert any("colour" in p for p in store.problems)
     assert any("history_size" in p for p in store.problems)
-    assert not store.broken  # a readable file with a bad value may still be saved over
+    assert not store.broken
+
+
+def test_menu_changes_keep_everything_else_in_the_file(tmp_path):
+    """A change from the menu touches its own keys only: odd values, unknown keys and later edits survive."""
+    path = tmp_path / "settings.toml"
+    path.write_text('precision = "8bit"\ncolour = "blue"\nmax_image_size = 2048\n')
+    store = SettingsFile(path)
+    store.load()
+    path.write_text(path.read_text() + 'hotkey = "ctrl+alt+q"\n')  # edited by hand after start
+    assert store.update({"output_format": "markdown", "prompt": "layout"})
+    saved = tomllib.loads(path.read_text())
+    assert saved == {"precision": "8bit", "colour": "blue", "max_image_size": 2048, "hotkey": "ctrl+alt+q",
+                     "output_format": "markdown", "prompt": "layout"}
+
+
+def test_update_refuses_a_file_broken_since_it_was_read(tmp_path):
+    path = tmp_path / "settings.toml"
+    path.write_text('device = "cpu"\n')
+    store = SettingsFile(path)
+    store.load()
+    path.write_text("device = = \n")
+    assert store.update({"precision": "fp16"}) is False
+    assert path.read_text() == "device = = \n"
+
+
+def test_an_unwritable_folder_is_reported_not_raised(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    store = SettingsFile(blocker / "settings.toml")
+    assert store.update({"precision": "fp16"}) is False
+    assert any("could not be written" in p for p in store.problems)
 
 
 def test_invalid_values_raise_a_clear_error():

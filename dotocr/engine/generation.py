@@ -21,6 +21,7 @@ updated in O(MAX_PERIOD) per new token, so the cost does not grow with the seque
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,30 +40,39 @@ def _run_needed(period: int, min_repeats: int, min_span: int) -> int:
 
 
 class _TailTracker:
-    """Per-sequence state: run[p] = trailing positions i where token[i] == token[i - p]."""
+    """Per-sequence state: for each period p with a live run, how many trailing tokens equal the token p back.
 
-    __slots__ = ("tokens", "runs", "needed", "period", "start")
+    Only live runs and the recent occurrences of the new token are visited, so ordinary text costs a few
+    dictionary steps per token; only an actual loop touches many periods, and a loop is stopped soon.
+    """
+
+    __slots__ = ("tokens", "runs", "seen_at", "needed", "max_period", "period", "start")
 
     def __init__(self, needed: list[int]) -> None:
         self.tokens: list[int] = []
-        self.runs = [0] * len(needed)
+        self.runs: dict[int, int] = {}  # period -> run length, only runs > 0
+        self.seen_at: dict[int, deque[int]] = {}  # token -> its positions within the last max_period
         self.needed = needed  # needed[p]; index 0 unused
+        self.max_period = len(needed) - 1
         self.period: int | None = None
         self.start: int | None = None
 
     def push(self, token: int) -> None:
-        tokens, runs, needed = self.tokens, self.runs, self.needed
-        count = len(tokens)
-        for period in range(1, min(len(needed) - 1, count) + 1):
-            if tokens[count - period] == token:
-                run = runs[period] + 1
-                runs[period] = run
-                if self.period is None and run >= needed[period]:
-                    self.period = period
-                    self.start = count + 1 - run - period
-            else:
-                runs[period] = 0
+        tokens, count = self.tokens, len(self.tokens)
+        runs = {p: run + 1 for p, run in self.runs.items() if tokens[count - p] == token}
+        positions = self.seen_at.setdefault(token, deque())
+        while positions and positions[0] < count - self.max_period:
+            positions.popleft()
+        for position in positions:  # a run starts wherever the same token sat p places back
+            runs.setdefault(count - position, 1)
+        self.runs = runs
+        positions.append(count)
         tokens.append(token)
+        if self.period is None:
+            hits = [p for p, run in runs.items() if run >= self.needed[p]]
+            if hits:
+                period = min(hits)
+                self.period, self.start = period, count + 1 - runs[period] - period
 
 
 class RepetitionGuard(StoppingCriteria):
@@ -75,6 +85,7 @@ class RepetitionGuard(StoppingCriteria):
         self.prompt_length = prompt_length
         self._needed = [0] + [_run_needed(p, min_repeats, min_span) for p in range(1, max_period + 1)]
         self._trackers: list[_TailTracker] = []
+        self._no_stop: torch.Tensor | None = None
         self._seen = prompt_length
         self.triggered = False
         self.period: int | None = None
@@ -97,6 +108,10 @@ class RepetitionGuard(StoppingCriteria):
                         break
                     tracker.push(token)
         flags = [tracker.period is not None for tracker in self._trackers]
+        if not any(flags):  # the common case: one cached all-False answer, no new tensor per step
+            if self._no_stop is None or self._no_stop.shape[0] != batch or self._no_stop.device != input_ids.device:
+                self._no_stop = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)
+            return self._no_stop
         if not self.triggered:
             for tracker in self._trackers:
                 if tracker.period is not None:
@@ -171,11 +186,14 @@ class DeltaStreamer(BaseStreamer):
             return
         if self.first_token_time is None:
             self.first_token_time = time.perf_counter()
+        if self.on_text is None:  # nobody listens: keep the clock, skip the decoding
+            return
         self._tokens.extend(ids)
         self._emit(final=False)
 
     def end(self) -> None:
-        self._emit(final=True)
+        if self.on_text is not None:
+            self._emit(final=True)
 
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)

@@ -27,8 +27,10 @@ DTYPE_NAMES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32", "4bit":
 # 1024 px crop with a few thousand generated tokens (measured figures in docs/performance.md).
 WEIGHTS_16BIT_BYTES = 6.1e9
 WORKING_HEADROOM_BYTES = 2.0 * GIB
-# Kept in 16 bits under 4-bit loading: lm_head decides every token (and the vocabulary projection quantises
-# badly), the merger is small and feeds every image token into the decoder. The patch conv is not a Linear.
+# Kept in 16 bits under 4-bit loading (measured in docs/performance.md): lm_head picks every token, and 4-bit
+# flips its choice where the model hesitates between look-alike characters, for 330 MiB a 6 GiB card can spare;
+# the merger adds the most error of any layer (13 % vs 9 %) and feeds every image token into the decoder, for
+# 67 MiB. The patch conv is a Conv2d, which bitsandbytes does not quantise.
 UNQUANTIZED_MODULES = ("lm_head", "vision_tower.merger")
 BNB_CPU_BLOCK = 64  # bitsandbytes' CPU 4-bit kernel needs input widths in multiples of its block size
 CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]  # never *.py
@@ -107,13 +109,16 @@ def describe_cuda() -> dict[str, Any]:
 
 
 def cpu_prefers_bf16() -> bool:
-    """Time a decode-shaped matrix-vector product in bf16 and fp32 once per CPU, and remember the answer.
+    """Time the two shapes an OCR call spends its time in, in bf16 and fp32, once per CPU; remember the answer.
 
-    Whether bf16 beats fp32 on a CPU depends on its instruction set, so it is measured, not assumed.
+    Whether bf16 beats fp32 depends on the CPU's instruction set, so it is measured, not assumed. Both shapes
+    count: one token's matrix-vector product (decoding) and a block of rows (the vision tower and prefill).
+    A vector product alone misleads: on CPUs with AMX, bf16 loses it slightly yet wins whole calls
+    (docs/performance.md).
     """
     import torch
 
-    key = f"{platform.processor() or platform.machine()}|{os.cpu_count()}|torch {torch.__version__}"
+    key = f"v2|{platform.processor() or platform.machine()}|{os.cpu_count()}|torch {torch.__version__}"
     cache = data_dir() / "cpu_precision.json"
     try:
         cached = json.loads(cache.read_text())
@@ -123,13 +128,14 @@ def cpu_prefers_bf16() -> bool:
         pass
     timings = {}
     for dtype in (torch.float32, torch.bfloat16):
-        weight = torch.randn(1536, 8960, dtype=dtype)
-        x = torch.randn(1, 1536, dtype=dtype)
-        for _ in range(3):
+        weight = torch.randn(1536, 4224, dtype=dtype)
+        rows = {n: torch.randn(n, 1536, dtype=dtype) for n in (1, 64)}
+        for x in rows.values():
             x @ weight
         start = time.perf_counter()
-        for _ in range(20):
-            x @ weight
+        for _ in range(8):
+            for x in rows.values():
+                x @ weight
         timings[dtype] = time.perf_counter() - start
     bf16 = timings[torch.bfloat16] < timings[torch.float32]
     try:

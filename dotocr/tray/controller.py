@@ -509,11 +509,11 @@ class Controller:
         self.file_settings = self.file_settings.replace(**changes)
         saved = True
         if self.settings_file is not None:
-            saved = self.settings_file.save(self.file_settings)
+            saved = self.settings_file.update(changes)
             if not saved and not self._save_warned:
                 self._save_warned = True
-                self.notify("Settings not saved", f"The settings file {self.settings_file.path} has errors, "
-                            "so menu changes last until you quit; fix the file to keep them.")
+                self.notify("Settings not saved", f"The settings file {self.settings_file.path} could not be "
+                            "read or written, so menu changes last until you quit; fix the file to keep them.")
         self._changed()
         return saved
 
