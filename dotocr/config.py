@@ -196,15 +196,15 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-new-tokens", type=_whole_number(1), metavar="N")
 
 
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags for this run; a flag left out is None and overrides nothing."""
+    names = {f.name for f in fields(Settings)}
+    return {name: value for name, value in vars(args).items() if name in names and value is not None}
+
+
 def settings_from_args(args: argparse.Namespace, base: Settings) -> Settings:
-    """Apply whichever engine flags were given on top of `base`."""
-    return base.replace(
-        model=getattr(args, "model", None),
-        device=getattr(args, "device", None),
-        precision=getattr(args, "precision", None),
-        max_image_size=getattr(args, "max_image_size", None),
-        max_new_tokens=getattr(args, "max_new_tokens", None),
-    )
+    """Apply whichever setting flags were given on top of `base`."""
+    return base.replace(**overrides_from_args(args))
 
 
 def _whole_number(low: int, high: int | None = None):

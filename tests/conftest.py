@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -27,6 +28,16 @@ def golden_dir() -> Path:
 @pytest.fixture(scope="session")
 def dots_tiny() -> Path:
     return golden_dir()
+
+
+@pytest.fixture(autouse=True)
+def _collect_on_the_main_thread(request):
+    """Tk objects a test left behind must be finalised here, on the thread that made them: collected later
+    on a worker thread (the engine's unload runs gc), Tcl aborts the whole test process. Only the modules
+    that use Tk pay for the collection."""
+    yield
+    if request.module.__name__.startswith(("test_tray", "test_capture")):
+        gc.collect()
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from dotocr.tray import autostart as autostart_pkg
+from dotocr.tray.app import launch_flags_from
 from dotocr.tray.autostart import AutostartError, default_tray_command, get_autostart
-from dotocr.tray.autostart.windows import APPROVED_KEY, RUN_KEY, WindowsAutostart
+from dotocr.tray.autostart.windows import APPROVED_KEY, RUN_KEY, WindowsAutostart, run_command_line
 from dotocr.tray.autostart.xdg import XdgAutostart, exec_line
 
 pytestmark = pytest.mark.timeout(30)
@@ -192,6 +193,68 @@ def test_windows_enable_writes_a_quoted_command_to_the_run_key():
     assert backend.is_enabled() is True
 
 
+@pytest.mark.parametrize(("argv", "expected"), [
+    ([r"C:\dotocr\dotocr-tray.exe"], r'"C:\dotocr\dotocr-tray.exe"'),
+    ([r"C:\Python311\pythonw.exe", "-m", "dotocr.tray", "--model", r"D:\my models\dots"],
+     r'"C:\Python311\pythonw.exe" -m dotocr.tray --model "D:\my models\dots"'),
+])
+def test_windows_run_value_always_quotes_the_program(argv, expected):
+    reg = FakeWinreg()
+    WindowsAutostart(winreg=reg).enable(argv)
+    assert reg.keys[RUN_KEY]["dotocr"][0] == expected == run_command_line(argv)
+
+
+def test_windows_run_value_parses_back_to_the_same_arguments():
+    """What CommandLineToArgvW makes of the value, checked with the C runtime's rules (written here)."""
+    argv = [r"C:\Program Files\dotocr\pythonw.exe", "-m", "dotocr.tray", "--model", "C:\\m\\a b\\", 'say "hi"']
+    value = run_command_line(argv)
+    program, rest = value[1:].split('"', 1)
+    assert program == argv[0]
+    assert _crt_split(rest.lstrip()) == argv[1:]
+
+
+def _crt_split(line: str) -> list[str]:
+    """The Microsoft C runtime's argument rules: 2n backslashes + quote -> n backslashes and a quote toggle,
+    2n+1 backslashes + quote -> n backslashes and a literal quote; other backslashes are literal."""
+    args: list[str] = []
+    current, quoted, started, i = [], False, False, 0
+    while i < len(line):
+        char = line[i]
+        if char == "\\":
+            run = len(line[i:]) - len(line[i:].lstrip("\\"))
+            if i + run < len(line) and line[i + run] == '"':
+                current.append("\\" * (run // 2))
+                if run % 2:
+                    current.append('"')
+                    i += run + 1
+                else:
+                    i += run
+                started = True
+                continue
+            current.append("\\" * run)
+            i += run
+            started = True
+            continue
+        if char == '"':
+            quoted, started = not quoted, True
+        elif char in " \t" and not quoted:
+            if started:
+                args.append("".join(current))
+            current, started = [], False
+        else:
+            current.append(char)
+            started = True
+        i += 1
+    if started:
+        args.append("".join(current))
+    return args
+
+
+def test_windows_program_path_with_a_quote_is_refused():
+    with pytest.raises(AutostartError, match="double quote"):
+        run_command_line(['C:\\odd"name\\x.exe'])
+
+
 @pytest.mark.parametrize(("first_byte", "enabled"),
                          [(0x02, True), (0x06, True), (0x03, False), (0x07, False)])
 def test_windows_task_manager_switch_wins(first_byte, enabled):
@@ -275,3 +338,23 @@ def test_unsupported_platform_refuses_clearly(monkeypatch):
     with pytest.raises(AutostartError, match="not supported"):
         backend.enable(["/Applications/dotocr"])
     assert autostart_pkg.BACKENDS[-1].__name__ == "UnsupportedAutostart"
+
+
+# --- the flags repeated at login ----------------------------------------------------------------------
+
+def test_launch_flags_drop_capture_and_make_local_model_paths_absolute(tmp_path, monkeypatch):
+    (tmp_path / "models" / "dots").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    absolute = str(tmp_path / "models" / "dots")
+    assert launch_flags_from(["--model", "./models/dots", "--max-image-size", "1024", "--capture"]) == [
+        "--model", absolute, "--max-image-size", "1024"]
+    assert launch_flags_from(["--model=models/dots"]) == [f"--model={absolute}"]  # an existing folder
+    assert launch_flags_from(["--model", "~/models/dots"]) == ["--model", absolute]
+    assert launch_flags_from(["--model", "../elsewhere"]) == ["--model", str(tmp_path.parent / "elsewhere")]
+
+
+def test_launch_flags_keep_repo_ids_and_other_values(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    flags = ["--model", "rednote-hilab/dots.ocr", "--hotkey", "ctrl+alt+o", "--device", "cpu", "-v"]
+    assert launch_flags_from(flags) == flags

@@ -381,7 +381,8 @@ def test_progress_bar_on_a_terminal_never_on_stdout(images):
     child.wait(timeout=60)
     os.close(master)
     assert child.returncode == 0, terminal.decode(errors="replace")
-    assert b"2/2" in terminal and b"image/s" in terminal
+    # the bar was drawn (how far it got before it cleared itself depends on timing; tqdm flips slow rates)
+    assert b"/2 [" in terminal and (b"image/s" in terminal or b"s/image" in terminal)
     assert len(json_lines(stdout)) == 2  # stdout holds the two objects and nothing of the bar
 
 

@@ -4,15 +4,18 @@ read what was shown; the overlay is exercised end to end in test_tray_e2e.py."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from dotocr.capture import Monitor, Region, grab_all, grab_rect
 from dotocr.config import Settings, SettingsFile
 from dotocr.tray.autostart import get_autostart
 from dotocr.tray.clipboard import get_clipboard
@@ -43,6 +46,9 @@ def make_controller(
     engine_cls: type = RecordingEngine,
     settings_file: SettingsFile | None = None,
     file_settings: Settings | None = None,
+    overrides: dict | None = None,
+    last_region_path: Path | None = None,
+    engine_factory=None,
     **services: object,
 ) -> Controller:
     engines: list[RecordingEngine] = []
@@ -59,9 +65,10 @@ def make_controller(
         autostart=get_autostart(),
     )
     defaults.update(services)
-    controller = Controller(settings=settings, services=Services(**defaults), engine_factory=factory,
-                            settings_file=settings_file, file_settings=file_settings,
-                            launch_flags=["--max-image-size", "1024"])
+    controller = Controller(settings=settings, services=Services(**defaults),
+                            engine_factory=engine_factory or factory, settings_file=settings_file,
+                            file_settings=file_settings, launch_flags=["--max-image-size", "1024"],
+                            overrides=overrides, last_region_path=last_region_path)
     controller.engines = engines  # type: ignore[attr-defined]
     return controller
 
@@ -140,34 +147,6 @@ def test_an_engine_error_becomes_one_sentence_and_the_clipboard_is_kept(loaded):
     assert "Traceback" not in text and text.endswith(".")
     assert xclip_read() == "untouched"
     assert not loaded.busy
-
-
-def test_a_load_failure_shows_the_reason_and_the_tray_stays_usable(xvfb, dots_tiny, tmp_path):
-    missing = tmp_path / "no-such-model"
-    controller = make_controller(tiny_settings(dots_tiny).replace(model=str(missing)), tmp_path)
-    quits: list[bool] = []
-    controller.on_quit = lambda: quits.append(True)
-    controller.start()
-    assert controller.wait_loaded(30)
-    state = controller.icon_state()
-    assert state.status == "error"
-    assert str(missing) in state.detail or "no-such-model" in state.detail
-    assert controller.status_text().startswith("Error: ")
-    assert titles(controller) == ["The model could not be loaded"]
-
-    # retry: the same failure is reported again, nothing crashes
-    controller.retry_load()
-    assert controller.wait_loaded(30)
-    assert titles(controller).count("The model could not be loaded") == 2
-
-    # change settings (here: point the engine at the real checkpoint) and retry: it loads
-    controller.settings = controller.settings.replace(model=str(dots_tiny))
-    controller.engine.reconfigure(controller.settings)
-    controller.retry_load()
-    assert controller.wait_loaded(60)
-    assert controller.icon_state().status == "ready"
-    controller.quit()
-    assert quits == [True]
 
 
 def test_menu_changes_are_saved_but_command_line_overrides_are_not(xvfb, dots_tiny, tmp_path):
@@ -278,15 +257,117 @@ def test_precision_choices_follow_the_engine_and_gpu_choices_need_cuda(loaded, t
     assert auto.status_text() == "Ready (CPU)"
 
 
-def test_switching_precision_reloads_in_the_background(loaded):
-    engine = loaded.engine
-    loaded.settings = loaded.settings.replace(device="auto")
-    loaded.set_precision("cpu")
-    assert (loaded.settings.device, loaded.settings.precision) == ("cpu", "auto")
-    assert engine.settings.precision == "auto"  # the engine was reconfigured
-    assert loaded.wait_loaded(60)
-    assert loaded.icon_state().status == "ready"
+@pytest.fixture
+def auto_device(xvfb, dots_tiny, tmp_path) -> Controller:
+    """Loaded with device "auto" (the CPU here) in fp32, so choosing the CPU item is a real switch."""
+    controller = make_controller(tiny_settings(dots_tiny, device="auto"), tmp_path)
+    controller.start()
+    assert controller.wait_loaded(60)
+    return controller
+
+
+def test_switching_precision_reloads_in_the_background(auto_device):
+    engine = auto_device.engine
+    auto_device.set_precision("cpu")
+    assert (auto_device.settings.device, auto_device.settings.precision) == ("cpu", "auto")
+    assert auto_device.wait_loaded(60)
+    assert (engine.settings.device, engine.settings.precision) == ("cpu", "auto")  # reconfigured
+    assert auto_device.icon_state().status == "ready"
     assert engine.precision in ("fp32", "bf16")
+
+
+def test_choosing_a_precision_during_a_read_returns_at_once_and_switches_afterwards(auto_device):
+    engine = auto_device.engine
+    engine.gate = threading.Event()
+    safety = threading.Timer(3, engine.gate.set)  # without the fix the click would wait for the read
+    safety.start()
+    try:
+        assert auto_device.start_ocr(pattern_image(60, 40))
+        assert engine.entered.wait(10)  # the read now holds the model
+        started = time.perf_counter()
+        auto_device.set_precision("cpu")  # what the menu click runs on the Tk thread
+        elapsed = time.perf_counter() - started
+        assert elapsed < 0.5, f"the Tk thread was blocked for {elapsed:.1f} s"
+        assert auto_device.precision_choice() == "cpu"  # the radio item moves at once
+        assert titles(auto_device)[-1] == "Precision"  # and a toast says when it applies
+        time.sleep(0.2)
+        assert engine.settings.device == "auto"  # the read is not disturbed
+    finally:
+        engine.gate.set()
+        safety.cancel()
+    assert auto_device.wait_idle(30)
+    assert auto_device.wait_loaded(60)
+    assert len(engine.results) == 1
+    assert (engine.settings.device, engine.settings.precision) == ("cpu", "auto")
+    assert auto_device.icon_state().status == "ready"
+
+
+def test_a_capture_fails_at_once_when_the_engine_cannot_be_created(xvfb, dots_tiny, tmp_path):
+    """The factory raises as `make_engine` does when torch cannot be imported (a broken install, which
+    cannot be had here for real); the capture asked for meanwhile must fail at once, not wait 10 minutes."""
+    creating = threading.Event()
+
+    def broken_factory(settings, on_state):
+        creating.wait(10)
+        raise ImportError("No module named 'torch'")
+
+    controller = make_controller(tiny_settings(dots_tiny), tmp_path, engine_factory=broken_factory)
+    controller.start()
+    xclip_write("untouched")
+    assert controller.start_ocr(pattern_image(40, 40))  # while the engine is still being created
+    time.sleep(0.2)
+    assert controller.busy
+    creating.set()
+    assert controller.wait_idle(5)
+    shown = controller.services.notifier.shown
+    assert [title for title, _ in shown] == ["The model could not be loaded", "OCR failed"]
+    assert "torch" in shown[-1][1]
+    # the next capture reports the stored reason at once, too
+    creating.set()
+    assert controller.start_ocr(pattern_image(40, 40))
+    assert controller.wait_idle(5)
+    assert titles(controller)[-1] == "OCR failed" and "torch" in controller.services.notifier.shown[-1][1]
+    assert xclip_read() == "untouched"
+    assert controller.history_items() == []
+    assert not controller.busy and controller.icon_state().status == "error"
+
+
+def test_when_copying_fails_the_text_is_kept_in_history_and_the_toast_says_so(loaded, monkeypatch):
+    monkeypatch.delenv("DISPLAY")  # the clipboard tool (xclip) can no longer reach the X server
+    assert loaded.start_ocr(pattern_image(80, 60))
+    assert loaded.wait_idle(60)
+    text = loaded.engine.results[0].text
+    assert text.strip()
+    assert [entry.text for entry in loaded.history_items()] == [text]
+    title, body = loaded.services.notifier.shown[-1]
+    assert title == "Could not copy the text"
+    assert "History" in body and body.endswith(".") and "Traceback" not in body
+
+
+def test_a_capture_error_is_shown_as_it_is_without_a_traceback(xvfb, dots_tiny, tmp_path, caplog, monkeypatch):
+    # a region saved in an earlier session, on a monitor that is gone now
+    saved = tmp_path / "last_region.json"
+    saved.write_text(json.dumps(Region(Monitor(1, 640, 0, 800, 600), 10, 10, 50, 40).to_dict()), encoding="utf-8")
+    controller = make_controller(tiny_settings(dots_tiny), tmp_path, last_region_path=saved,
+                                 grab_region=lambda r: grab_rect(r.left, r.top, r.width, r.height),
+                                 select_region=lambda on_done: grab_all())  # the overlay's first step
+    with caplog.at_level(logging.ERROR):
+        controller.repeat_last_region()
+        monkeypatch.delenv("DISPLAY")  # the screen cannot be opened at all
+        controller.capture()
+    assert titles(controller) == ["Capture failed", "Capture failed"]
+    repeat_text, capture_text = (text for _title, text in controller.services.notifier.shown)
+    assert repeat_text.startswith("The region 50x40+650+10 is not on any current monitor")
+    assert capture_text.startswith("Could not open the screen for capture")
+    for text in (repeat_text, capture_text):
+        assert text.endswith(".") and "(The" not in text
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(failures) == 2 and all(r.exc_info is None for r in failures)
+    assert not controller.busy
+    opened: list[object] = []
+    controller.services.select_region = opened.append
+    controller.capture()
+    assert len(opened) == 1  # the failure left nothing half-open: the next capture asks for the overlay
 
 
 def test_free_gpu_memory_unloads_until_the_next_capture(loaded):
@@ -296,31 +377,6 @@ def test_free_gpu_memory_unloads_until_the_next_capture(loaded):
     assert loaded.start_ocr(pattern_image(40, 40))
     assert loaded.wait_idle(60)
     assert loaded.icon_state().status == "ready"
-
-
-def test_a_taken_hotkey_is_reported_and_can_be_changed(xvfb, dots_tiny, tmp_path):
-    from Xlib import XK, X, display
-
-    other_app = display.Display()  # another X client holds a grab on ctrl+alt+shift+o
-    root = other_app.screen().root
-    keycode = other_app.keysym_to_keycode(XK.string_to_keysym("o"))
-    modifiers = X.ControlMask | X.Mod1Mask | X.ShiftMask
-    root.grab_key(keycode, modifiers, False, X.GrabModeAsync, X.GrabModeAsync)
-    other_app.sync()
-    backend = get_hotkey_backend()
-    try:
-        controller = make_controller(tiny_settings(dots_tiny, hotkey="ctrl+alt+shift+o"), tmp_path,
-                                     hotkey=backend)
-        assert controller.register_hotkey() is False
-        assert "ctrl+alt+shift+o" in controller.hotkey_error
-        assert titles(controller) == ["Hotkey not available"]
-
-        controller.change_settings(hotkey="ctrl+alt+shift+p")
-        assert controller.register_hotkey() is True
-        assert controller.hotkey_error is None
-    finally:
-        backend.unregister()
-        other_app.close()
 
 
 def test_posted_work_runs_only_when_drained_and_a_failing_action_does_not_stop_the_rest(xvfb, dots_tiny,

@@ -29,6 +29,7 @@ from PIL import Image
 from dotocr.capture.overlay import WINDOW_CLASS, dimmed
 from dotocr.engine import DotOCRInference
 from dotocr.tray.app import TrayApp
+from dotocr.tray.controller import Controller
 from dotocr.tray.single_instance import send_to_running
 from tests.capture_helpers import ImageWindow, drag_args, pattern_image, pump_until
 from tests.tray_helpers import RecordingEngine, RecordingNotifier, tiny_settings, wait_for, xclip_read, xclip_write
@@ -44,6 +45,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
+
+def load_text() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f}/{five:.2f} on {os.cpu_count()} cores"
 
 
 def pixel(x: int, y: int) -> tuple[int, int, int]:
@@ -172,6 +178,11 @@ def test_hotkey_drag_clipboard_escape_second_launch_and_repeat(xvfb_one, dots_ti
         report["overlay_again_ms"] = press_hotkey_and_time_overlay(probe, dim_value)
         xdotool("key", "Escape")
         wait_for(lambda: pixel(*probe) == original and not overlay_visible(), 10)
+
+        # 2b. the hotkey again while the overlay is up closes it (even if it lost the keyboard focus)
+        press_hotkey_and_time_overlay(probe, dim_value)
+        xdotool("key", HOTKEY)
+        wait_for(lambda: pixel(*probe) == original and not overlay_visible(), 10)
         time.sleep(0.3)
         assert len(engine.images) == 1
         assert xclip_read() == "sentinel"
@@ -209,7 +220,8 @@ def test_hotkey_drag_clipboard_escape_second_launch_and_repeat(xvfb_one, dots_ti
     del image_window
     with capsys.disabled():
         print(f"\noverlay visible {report['overlay_ms']:.0f} ms after the hotkey "
-              f"(second time {report['overlay_again_ms']:.0f} ms; budget {OVERLAY_BUDGET_MS} ms)")
+              f"(second time {report['overlay_again_ms']:.0f} ms; budget {OVERLAY_BUDGET_MS} ms; "
+              f"in-process tray; {load_text()})")
     assert report["overlay_ms"] < LOOSE_OVERLAY_BOUND_MS
     assert report["overlay_again_ms"] < LOOSE_OVERLAY_BOUND_MS
     assert send_to_running("capture", timeout=1.0) is False  # Quit stopped the single-instance listener
@@ -268,7 +280,7 @@ def test_two_monitors_crop_on_the_second_and_repeat_it(xvfb_two, dots_tiny, tmp_
 
 
 @pytest.mark.timeout(300)
-def test_the_dotocr_tray_command_end_to_end(xvfb_one, dots_tiny, tmp_path):
+def test_the_dotocr_tray_command_end_to_end(xvfb_one, dots_tiny, tmp_path, capsys):
     root = tk.Tk()
     known = pattern_image(320, 240)
     left, top = 300, 200
@@ -296,7 +308,8 @@ def test_the_dotocr_tray_command_end_to_end(xvfb_one, dots_tiny, tmp_path):
         pump_wait(lambda: "tray started" in log_file.read_text(encoding="utf-8"), 30)
         xclip_write("sentinel")
         overlay_ms = press_hotkey_and_time_overlay(probe, dim_value, wait=pump_wait)
-        print(f"\noverlay visible {overlay_ms:.0f} ms after the hotkey (subprocess tray)")
+        with capsys.disabled():
+            print(f"\noverlay visible {overlay_ms:.0f} ms after the hotkey (subprocess tray; {load_text()})")
         assert overlay_ms < LOOSE_OVERLAY_BOUND_MS
         drag = subprocess.Popen(["xdotool", *drag_args((left + 40, top + 30), (left + 139, top + 109))])
         pump_wait(lambda: drag.poll() is not None, 10)
@@ -331,3 +344,61 @@ def test_the_dotocr_tray_command_end_to_end(xvfb_one, dots_tiny, tmp_path):
             print(f"tray stderr:\n{err}")
     assert tray.returncode == 0, err
     assert "Traceback" not in err, err
+
+
+# -- quitting --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not Controller.api_available(), reason="dotocr.server is not installed")
+def test_quit_unregisters_the_hotkey_stops_the_api_then_the_icon_then_tk(xvfb_one, dots_tiny, tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app, _engines = make_app(tiny_settings(dots_tiny, hotkey=HOTKEY, api_enabled=True, api_port=port), tmp_path)
+    order: list[str] = []
+
+    def recorded(name: str, action: Callable[[], object]) -> Callable[[], object]:
+        def run() -> object:
+            order.append(name)
+            return action()
+        return run
+
+    def scenario() -> None:
+        wait_until_ready(app)
+        wait_for(lambda: app.controller.api_handle is not None, 30)
+        hotkey, handle = app.controller.services.hotkey, app.controller.api_handle
+        # the real steps, each noting when it runs
+        hotkey.unregister = recorded("hotkey unregistered", hotkey.unregister)
+        handle.stop = recorded("local API stopped", handle.stop)
+        app.icon.stop = recorded("icon stopped", app.icon.stop)
+        app.root.destroy = recorded("Tk destroyed", app.root.destroy)
+
+    run_tray(app, scenario)  # ends with the menu's Quit
+    assert order == ["hotkey unregistered", "local API stopped", "icon stopped", "Tk destroyed"]
+    import httpx
+
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+
+
+# -- without Tk --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("blocked", "sentence"), [
+    ("tkinter", "dotocr-tray needs Tk: install python3-tk (Debian/Ubuntu) or use a Python that includes Tk."),
+    ("pystray", "dotocr-tray needs pystray: install it with `pip install pystray`."),
+])
+def test_without_tk_or_pystray_the_command_says_so_in_one_sentence(tmp_path, blocked, sentence):
+    # the module is made unimportable the way a Python built without Tk behaves: `import tkinter` fails
+    code = (f"import sys; sys.modules[{blocked!r}] = None; "
+            "from dotocr.tray.app import main; sys.exit(main([]))")
+    env = {**os.environ, "DOTOCR_DATA_DIR": str(tmp_path / "data"), "DOTOCR_CONFIG": str(tmp_path / "s.toml")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=50)
+    assert done.returncode == 1
+    assert sentence in done.stderr
+    assert "Traceback" not in done.stderr

@@ -10,13 +10,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import tomli_w
 
+from dotocr.config import SettingsFile
 from dotocr.tray.controller import Controller
+from dotocr.tray.hotkey import get_hotkey_backend
 from dotocr.tray.icon import STATUSES, TOOLTIP_MAX, IconState, draw_icon, tooltip
 from dotocr.tray.menu import build_menu, fill_tk_menu
 from tests.test_tray_controller import make_controller
 from tests.tray_helpers import tiny_settings, wait_for, xclip_read, xclip_write
-from tests.xvfb import needs_xvfb, xvfb_fixture
+from tests.xvfb import needs_xdotool, needs_xvfb, xdotool, xvfb_fixture
 
 pytestmark = [needs_xvfb, pytest.mark.x11, pytest.mark.timeout(120)]
 
@@ -71,7 +74,8 @@ def test_the_menu_has_every_entry_in_order(controller, icon):
     api = ["Expose local API (127.0.0.1:8765)"] if controller.api_available() else []
     assert labels == [
         "Loading the model", "---", "Capture region", "Repeat last region", "---", "Precision", "Output",
-        "History", "---", "Start at login", *api, "Free GPU memory", "Open settings file", "---", "Quit",
+        "History", "---", "Start at login", *api, "Free GPU memory", "Open settings file", "Reload settings",
+        "---", "Quit",
     ]
     assert item_named(menu, "Capture region").text.endswith(controller.settings.hotkey)
     assert visible_labels(item_named(menu, "Precision").submenu) == ["4-bit GPU", "FP16 GPU", "CPU"]
@@ -188,18 +192,115 @@ def test_quit_runs_the_quit_sequence(controller, icon):
     assert stopped == [True] and controller.quitting
 
 
-def test_a_load_error_shows_the_reason_and_a_retry_item(controller, icon, tmp_path):
-    controller.settings = controller.settings.replace(model=str(tmp_path / "missing-model"))
+def settings_file_with(tmp_path: Path, text: str) -> SettingsFile:
+    settings_file = SettingsFile(tmp_path / "settings.toml")
+    settings_file.path.write_text(text, encoding="utf-8")
+    return settings_file
+
+
+def controller_from_file(settings_file: SettingsFile, tmp_path: Path, overrides: dict | None = None, **services):
+    """As app.main builds it: the file's settings with this run's command-line values on top."""
+    file_settings = settings_file.load()
+    assert settings_file.problems == []
+    overrides = overrides or {}
+    return make_controller(file_settings.replace(**overrides), tmp_path, settings_file=settings_file,
+                           file_settings=file_settings, overrides=overrides, **services)
+
+
+def tiny_toml(model: Path, **values) -> str:
+    settings = {"model": str(model), "device": "cpu", "precision": "fp32", "max_new_tokens": 8,
+                "max_image_size": 448, **values}
+    return tomli_w.dumps(settings)
+
+
+def test_a_load_error_shows_the_reason_and_retry_reads_the_fixed_file(icon, dots_tiny, tmp_path):
+    missing = tmp_path / "missing-model"
+    settings_file = settings_file_with(tmp_path, tiny_toml(missing))
+    controller = controller_from_file(settings_file, tmp_path)
     controller.start()
     assert controller.wait_loaded(30)
     menu = build_menu(controller)
     assert visible_labels(menu)[0].startswith("Error: ")
     assert "missing-model" in visible_labels(menu)[0]
-    retry = item_named(menu, "Retry loading the model")
-    retry(icon)
-    controller.drain()
+    assert controller.icon_state().status == "error"
+    notifier = controller.services.notifier
+
+    # retry as it is: the same failure again, nothing crashes
+    click(controller, menu, icon, "Retry loading the model")
     assert controller.wait_loaded(30)
-    assert controller.services.notifier.titles().count("The model could not be loaded") == 2
+    assert notifier.titles().count("The model could not be loaded") == 2
+
+    # the person fixes the model path in the file; Retry reads it and loads
+    settings_file.path.write_text(tiny_toml(dots_tiny), encoding="utf-8")
+    click(controller, menu, icon, "Retry loading the model")
+    assert controller.wait_loaded(60)
+    assert controller.icon_state().status == "ready"
+    assert controller.engine.settings.model == str(dots_tiny)
+    assert "Retry loading the model" not in visible_labels(menu)
+    assert notifier.titles().count("The model could not be loaded") == 2
+
+
+def test_reload_settings_applies_the_file_with_the_command_line_on_top(icon, dots_tiny, tmp_path):
+    settings_file = settings_file_with(tmp_path, tiny_toml(dots_tiny, history_size=5))
+    # as if started with --max-image-size 1024
+    controller = controller_from_file(settings_file, tmp_path, overrides={"max_image_size": 1024})
+    controller.start()
+    assert controller.wait_loaded(60)
+    engine = controller.engine
+    for number in range(5):
+        controller.services.history.add(f"result {number}")
+
+    settings_file.path.write_text(tiny_toml(dots_tiny, history_size=2, max_image_size=640, max_new_tokens=4,
+                                            prompt="layout", output_format="markdown"), encoding="utf-8")
+    click(controller, build_menu(controller), icon, "Reload settings")
+    settings = controller.settings
+    assert settings.max_image_size == 1024  # the command line still wins for this run
+    assert (settings.history_size, settings.max_new_tokens, settings.output_format) == (2, 4, "markdown")
+    assert controller.output_choice() == "markdown"
+    assert [entry.text for entry in controller.history_items()] == ["result 4", "result 3"]
+    wait_for(lambda: engine.settings == settings, 10)  # reconfigured (on a worker thread), same engine
+    assert controller.engine is engine and controller.icon_state().status == "ready"
+    assert controller.services.notifier.titles() == []
+
+    # a half-saved, broken file: one toast naming the line, and the tray keeps what it had
+    settings_file.path.write_text('history_size = 3\nmax_new_tokens = = 9\n', encoding="utf-8")
+    click(controller, build_menu(controller), icon, "Reload settings")
+    assert controller.services.notifier.titles() == ["Settings problem"]
+    assert "line 2" in controller.services.notifier.shown[0][1]
+    assert controller.settings == settings
+
+
+@needs_xdotool
+def test_a_taken_hotkey_is_reported_and_a_new_one_in_the_file_works_after_reload(icon, dots_tiny, tmp_path):
+    from Xlib import XK, X, display
+
+    other_app = display.Display()  # another X client holds a grab on ctrl+alt+shift+o
+    root = other_app.screen().root
+    keycode = other_app.keysym_to_keycode(XK.string_to_keysym("o"))
+    modifiers = X.ControlMask | X.Mod1Mask | X.ShiftMask
+    root.grab_key(keycode, modifiers, False, X.GrabModeAsync, X.GrabModeAsync)
+    other_app.sync()
+    backend = get_hotkey_backend()
+    opened: list[object] = []
+    try:
+        settings_file = settings_file_with(tmp_path, tiny_toml(dots_tiny, hotkey="ctrl+alt+shift+o"))
+        controller = controller_from_file(settings_file, tmp_path, hotkey=backend, select_region=opened.append)
+        assert controller.register_hotkey() is False
+        assert "ctrl+alt+shift+o" in controller.hotkey_error
+        assert controller.services.notifier.titles() == ["Hotkey not available"]
+        menu = build_menu(controller)
+        assert visible_labels(menu)[1].startswith("Hotkey problem: ")
+
+        settings_file.path.write_text(tiny_toml(dots_tiny, hotkey="ctrl+alt+shift+p"), encoding="utf-8")
+        click(controller, menu, icon, "Reload settings")
+        assert controller.hotkey_error is None
+        assert not visible_labels(menu)[1].startswith("Hotkey problem")
+        assert item_named(menu, "Capture region").text.endswith("ctrl+alt+shift+p")
+        xdotool("key", "ctrl+alt+shift+p")  # the new combination really is listened for
+        wait_for(lambda: controller.drain() >= 0 and bool(opened), 5)
+    finally:
+        backend.unregister()
+        other_app.close()
 
 
 def test_a_hotkey_problem_is_a_status_line(controller, icon):

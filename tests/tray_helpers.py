@@ -25,7 +25,8 @@ def tiny_settings(model: Path, **changes: Any) -> Settings:
 
 
 class RecordingEngine(DotOCRInference):
-    """The real engine; it remembers each image and result, and can be held at a gate to keep it busy."""
+    """The real engine; it remembers each image and result, and can be held at a gate to keep it busy.
+    While held it owns the model lock, as a long read does, so load/unload/reconfigure wait for it."""
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
@@ -36,10 +37,15 @@ class RecordingEngine(DotOCRInference):
 
     def ocr(self, image: Any, **kwargs: Any) -> Any:
         self.images.append(image.copy() if isinstance(image, Image.Image) else image)
-        self.entered.set()
-        if self.gate is not None:
-            self.gate.wait(30)
-        result = super().ocr(image, **kwargs)
+        gate = self.gate
+        if gate is None:
+            self.entered.set()
+            result = super().ocr(image, **kwargs)
+        else:
+            with self._model_lock:  # what a long read holds (re-entered by the real read below)
+                self.entered.set()
+                gate.wait(30)
+                result = super().ocr(image, **kwargs)
         self.results.append(result)
         return result
 

@@ -9,8 +9,10 @@ from typing import Any
 import mss
 from PIL import Image
 
+from dotocr.errors import DotOCRError
 
-class CaptureError(Exception):
+
+class CaptureError(DotOCRError):
     """The screen could not be read; the message is one sentence a person can act on."""
 
 
@@ -60,7 +62,8 @@ def _open_mss() -> Any:
     try:
         return factory()
     except Exception as error:  # mss raises ScreenShotError, or OSError/ctypes errors without a display
-        raise CaptureError(f"Could not open the screen for capture ({error}); is a desktop session running?") from error
+        raise CaptureError(f"Could not open the screen for capture ({error}); run dotocr inside a desktop "
+                           "session.") from error
 
 
 def _monitors_from(sct: Any) -> list[Monitor]:

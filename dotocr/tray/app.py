@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import logging
 import logging.handlers
+import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from dotocr.config import Settings, SettingsFile, add_engine_arguments, data_dir, settings_from_args
+from dotocr.config import Settings, SettingsFile, add_engine_arguments, data_dir, overrides_from_args
 from dotocr.tray.controller import Controller, EngineFactory, Services
 from dotocr.tray.icon import IconState, draw_icon, tooltip
 
@@ -61,6 +62,7 @@ class TrayApp:
         problems: Sequence[str] = (),
         launch_flags: Sequence[str] = (),
         capture_at_start: bool = False,
+        overrides: Mapping[str, Any] | None = None,
     ) -> None:
         import tkinter as tk
 
@@ -91,6 +93,7 @@ class TrayApp:
             hotkey=hotkey,
             hotkey_unavailable=hotkey_unavailable,
             select_region=self._select_region,
+            cancel_selection=self.selector.close,
             grab_region=self._grab_region,
         )
         self.controller = Controller(
@@ -101,6 +104,7 @@ class TrayApp:
             file_settings=file_settings,
             launch_flags=list(launch_flags),
             last_region_path=data_dir() / "last_region.json",
+            overrides=overrides,
         )
         self.controller.on_change = self.refresh_icon
         self.controller.on_quit = self._shutdown
@@ -283,9 +287,59 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+PATH_FLAGS = ("--model",)
+"""Flags whose value may be a file-system path: made absolute for start at login, which runs elsewhere."""
+
+
 def launch_flags_from(argv: Sequence[str]) -> list[str]:
-    """The flags to repeat when starting at login: everything but the one-off --capture."""
-    return [arg for arg in argv if arg != "--capture"]
+    """The flags to repeat when starting at login: everything but the one-off --capture, with relative
+    paths made absolute (at login the working folder is not the one the tray was started from)."""
+    flags: list[str] = []
+    expects_path = False
+    for arg in argv:
+        if arg == "--capture":
+            continue
+        if expects_path:
+            flags.append(_absolute_if_path(arg))
+        elif "=" in arg and arg.split("=", 1)[0] in PATH_FLAGS:
+            name, value = arg.split("=", 1)
+            flags.append(f"{name}={_absolute_if_path(value)}")
+        else:
+            flags.append(arg)
+        expects_path = arg in PATH_FLAGS
+    return flags
+
+
+def _absolute_if_path(value: str) -> str:
+    """A local folder or anything written like a path becomes absolute; a Hugging Face repo id
+    ("rednote-hilab/dots.ocr") is left alone."""
+    looks_like_path = value.startswith(("~", "./", "../", ".\\", "..\\")) or value in (".", "..")
+    expanded = os.path.expanduser(value)
+    if looks_like_path or os.path.isdir(expanded):
+        return os.path.abspath(expanded)
+    return value
+
+
+GUI_MISSING = {
+    "tkinter": "dotocr-tray needs Tk: install python3-tk (Debian/Ubuntu) or use a Python that includes Tk.",
+    "pystray": "dotocr-tray needs pystray: install it with `pip install pystray`.",
+}
+
+
+def missing_gui_module() -> str | None:
+    """The sentence for the first GUI library this Python lacks, or None (checked before any window opens)."""
+    import importlib
+    import importlib.util
+
+    for name, sentence in GUI_MISSING.items():
+        try:
+            if name == "tkinter":
+                importlib.import_module(name)  # the module may exist while _tkinter (the Tk binding) does not
+            elif importlib.util.find_spec(name) is None:  # importing pystray would connect to the display
+                return sentence
+        except (ImportError, ValueError):  # ValueError: blocked in sys.modules (None)
+            return sentence
+    return None
 
 
 def run(
@@ -297,11 +351,12 @@ def run(
     problems: Sequence[str] = (),
     launch_flags: Sequence[str] = (),
     capture_at_start: bool = False,
+    overrides: Mapping[str, Any] | None = None,
 ) -> int:
     """Run the tray in this process until Quit (tests pass their own engine factory)."""
     app = TrayApp(settings, engine_factory=engine_factory, settings_file=settings_file,
                   file_settings=file_settings, problems=problems, launch_flags=launch_flags,
-                  capture_at_start=capture_at_start)
+                  capture_at_start=capture_at_start, overrides=overrides)
     return app.run()
 
 
@@ -323,14 +378,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if send_to_running("capture"):
         log.info("dotocr-tray is already running; asked it to capture a region")
         return 0
+    missing = missing_gui_module()
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return 1
 
     settings_file = SettingsFile()
     file_settings = settings_file.load()
-    settings = settings_from_args(args, file_settings).replace(hotkey=args.hotkey)
+    overrides = overrides_from_args(args)
+    settings = file_settings.replace(**overrides)
     try:
         return run(settings, settings_file=settings_file, file_settings=file_settings,
                    problems=settings_file.problems, launch_flags=launch_flags_from(arguments),
-                   capture_at_start=args.capture)
+                   capture_at_start=args.capture, overrides=overrides)
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # no display at all: one sentence, not a traceback

@@ -7,6 +7,7 @@ responsive. Nothing here imports torch or transformers at import time, so the tr
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from dotocr.config import Settings, SettingsFile
+from dotocr.errors import DotOCRError, ModelUnavailableError
 from dotocr.tray.icon import IconState
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,8 @@ class Services:
     """Why there is no hotkey backend, when `hotkey` is None."""
     select_region: Callable[[RegionDone], None] | None = None
     """Opens the overlay on the Tk thread; calls back once with (region, crop) or (None, None)."""
+    cancel_selection: Callable[[], None] | None = None
+    """Closes an open overlay as a cancel (its callback then gets (None, None)); Tk thread."""
     grab_region: Callable[[Any], Image.Image] | None = None
     """Grabs a saved region's desktop rectangle again, for "Repeat last region"."""
     open_file: Callable[[Path], bool] | None = None
@@ -118,10 +122,14 @@ class Controller:
         file_settings: Settings | None = None,
         launch_flags: list[str] | None = None,
         last_region_path: Path | None = None,
+        overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.file_settings = file_settings if file_settings is not None else settings
         """What the settings file holds; menu changes go here too, CLI overrides never do."""
+        self.overrides: dict[str, Any] = dict(overrides) if overrides is not None else _differences(
+            self.file_settings, settings)
+        """This run's command-line values, applied again on top of the file by "Reload settings"."""
         self.settings_file = settings_file
         self.services = services
         self.launch_flags = list(launch_flags or [])
@@ -139,8 +147,10 @@ class Controller:
         self._engine_factory = engine_factory
         self._queue: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...]]] = queue.Queue()
         self._lock = threading.RLock()
-        self._engine_created = threading.Event()
+        self._load_attempted = threading.Event()
+        """Set at the end of every load attempt (success or failure); cleared when a new one is asked for."""
         self._loader: threading.Thread | None = None
+        self._loading = False
         self._reload_requested = False
         self._job: threading.Thread | None = None
         self._ocr_running = False
@@ -249,7 +259,7 @@ class Controller:
         from dotocr.tray.hotkey import HotkeyError, parse_hotkey
 
         try:
-            backend.register(parse_hotkey(combo), lambda: self.post(self.capture))
+            backend.register(parse_hotkey(combo), lambda: self.post(self.hotkey_pressed))
         except (HotkeyError, ValueError) as exc:
             self.hotkey_error = str(exc)
             self.notify("Hotkey not available", str(exc))
@@ -264,37 +274,47 @@ class Controller:
         self._start_loader()
 
     def _start_loader(self) -> None:
+        """Create (once), reconfigure and load the engine on the loader thread: both may wait for a read
+        to finish (the engine's model lock), which must never happen on the Tk thread."""
         with self._lock:
-            if self._loader is not None and self._loader.is_alive():
+            self._load_attempted.clear()
+            if self._loading:
                 self._reload_requested = True
                 return
-            self._reload_requested = False
+            self._loading, self._reload_requested = True, False
             self._loader = threading.Thread(target=self._load_loop, name="dotocr-load", daemon=True)
             self._loader.start()
 
     def _load_loop(self) -> None:
-        while True:
-            self._load_once()
-            with self._lock:
-                if not self._reload_requested or self._quitting:
-                    return
-                self._reload_requested = False
+        again = True
+        while again:
+            try:
+                self._load_once()
+            finally:
+                with self._lock:
+                    again = self._reload_requested and not self._quitting
+                    self._reload_requested = False
+                    if not again:  # a capture waiting for the engine waits for the last queued attempt
+                        self._loading = False
+                        self._load_attempted.set()
 
     def _load_once(self) -> None:
         try:
-            if self.engine is None:
+            engine = self.engine
+            if engine is None:
                 engine = self._engine_factory(self.settings, self._on_engine_state)
                 with self._lock:
                     self.engine = engine
                     if self.engine_state is None:
                         self.engine_state = getattr(engine, "state", None)
-                self._engine_created.set()
                 self._update_cuda()
                 if self.settings.api_enabled:
                     self._start_api()
+            else:
+                engine.reconfigure(self.settings)  # waits here, not on the Tk thread, while a read runs
             self.load_error = None
             self._changed()
-            self.engine.load()  # type: ignore[union-attr]
+            engine.load()
         except Exception as exc:
             self.load_error = _error_sentence(exc)
             log.error("Loading the model failed: %s", self.load_error, exc_info=not _is_dotocr_error(exc))
@@ -310,9 +330,8 @@ class Controller:
             self.cuda_available = False
 
     def retry_load(self) -> None:
-        self.load_error = None
-        self._changed()
-        self._start_loader()
+        """Menu "Retry loading the model": the settings file may have been fixed, so read it again first."""
+        self.reload_settings()
 
     def wait_loaded(self, timeout: float) -> bool:
         """For tests and `--capture` at start: wait for the current load attempt to finish."""
@@ -328,6 +347,24 @@ class Controller:
         return False
 
     # -- capture and OCR -------------------------------------------------------------------------
+
+    def hotkey_pressed(self) -> None:
+        """The hotkey opens the overlay, or closes it when it is open: an overlay that lost the keyboard
+        focus (so Esc does not reach it) can always be dismissed the way it was called up."""
+        if self._selecting and not self._quitting:
+            self.cancel_capture()
+        else:
+            self.capture()
+
+    def cancel_capture(self) -> None:
+        cancel = self.services.cancel_selection
+        if cancel is None:
+            return
+        try:
+            cancel()
+        except Exception:
+            log.exception("Closing the overlay failed")
+        self._selecting = False
 
     def capture(self) -> None:
         """Hotkey / menu / second launch: open the overlay (Tk thread). Refused while OCR runs."""
@@ -345,11 +382,13 @@ class Controller:
             select(self._on_region_selected)
         except Exception as exc:
             self._selecting = False
-            log.exception("Opening the overlay failed")
-            self.notify("Capture failed", f"The screen could not be captured ({exc}).")
+            self._capture_failed("Opening the overlay failed", exc, "The screen could not be captured")
 
     def _on_region_selected(self, region: Any, crop: Image.Image | None) -> None:
         self._selecting = False
+        # The overlay's Tk objects are gone now: collect any cycles among them here, on the Tk thread. Left to
+        # a later collection on a worker thread (the engine's unload collects garbage), Tk aborts the process.
+        gc.collect()
         if region is None or crop is None:
             return  # cancelled: nothing changes, the clipboard keeps its content
         self._remember_region(region)
@@ -369,10 +408,19 @@ class Controller:
         try:
             crop = self.services.grab_region(region)
         except Exception as exc:
-            log.exception("Grabbing the last region failed")
-            self.notify("Capture failed", f"The last region could not be grabbed again ({exc}).")
+            self._capture_failed("Grabbing the last region failed", exc,
+                                 "The last region could not be grabbed again")
             return
         self.start_ocr(crop)
+
+    def _capture_failed(self, what: str, exc: Exception, sentence: str) -> None:
+        """A CaptureError already says what to do, as is; anything else is a bug and gets a traceback."""
+        if isinstance(exc, DotOCRError):
+            log.error("%s: %s", what, exc)
+            self.notify("Capture failed", str(exc))
+        else:
+            log.exception(what)
+            self.notify("Capture failed", f"{sentence} ({exc}).")
 
     def _refuse_busy(self) -> None:
         self.notify("Still reading", "The last capture is still being read; try again in a moment.")
@@ -416,10 +464,18 @@ class Controller:
             self._changed()
 
     def _run_engine(self, image: Image.Image) -> Any:
-        if not self._engine_created.wait(timeout=600):
-            raise TimeoutError("the engine did not start within 10 minutes")
         engine = self.engine
-        assert engine is not None
+        if engine is None:
+            # still being created: wait for this attempt to end; a failed one is reported at once
+            if self._loader is None:
+                self._start_loader()
+            if not self._load_attempted.wait(timeout=600):
+                raise ModelUnavailableError("The OCR engine did not start within 10 minutes; see the log, then "
+                                            "choose Retry loading the model in the tray menu.")
+            engine = self.engine
+        if engine is None:
+            raise ModelUnavailableError(self.load_error or "The OCR engine could not be started; the log has "
+                                        "the details.")
         return engine.ocr(image, prompt=self.settings.prompt, output_format=self.settings.output_format)
 
     def _deliver(self, text: str, seconds: float, result: Any = None) -> None:
@@ -428,18 +484,22 @@ class Controller:
         if not text.strip():
             self.notify(*summarize_result("", seconds))  # the clipboard keeps what it had
             return
+        in_history = True
+        try:  # history first: a clipboard failure must not lose the text
+            self.services.history.add(text, prompt=getattr(result, "prompt", self.settings.prompt))
+        except Exception:
+            in_history = False
+            log.exception("Saving the result to the history failed")
+        self._changed()
         try:
             self.services.clipboard.copy(text)
         except Exception as exc:
             log.error("Copying to the clipboard failed: %s", exc)
-            self.notify("Could not copy the text", _error_sentence(exc))
+            reason = _error_sentence(exc).rstrip(".")
+            where = "; the text is in History, click it there to copy it again." if in_history else "."
+            self.notify("Could not copy the text", reason + where)
             return
-        try:
-            self.services.history.add(text, prompt=getattr(result, "prompt", self.settings.prompt))
-        except Exception:
-            log.exception("Saving the result to the history failed")
         self.notify(*summarize_result(text, seconds))
-        self._changed()
 
     # -- menu actions ----------------------------------------------------------------------------
 
@@ -490,11 +550,10 @@ class Controller:
         if (self.settings.device, self.settings.precision) == (device, precision):
             return
         self.change_settings(device=device, precision=precision)
-        engine = self.engine
-        if engine is not None:
-            engine.reconfigure(self.settings)
         self.load_error = None
-        self._start_loader()
+        if self._ocr_running:
+            self.notify("Precision", f"Switching to {PRECISION_CHOICES[choice][0]} once this capture is read.")
+        self._start_loader()  # reconfigures on the loader thread, after a running read has finished
 
     def output_choice(self) -> str:
         return "markdown" if self.settings.prompt == "layout" else "text"
@@ -507,6 +566,8 @@ class Controller:
         """Apply a menu change for this run and save it; CLI overrides of other items stay out of the file."""
         self.settings = self.settings.replace(**changes)
         self.file_settings = self.file_settings.replace(**changes)
+        for key in changes:  # a menu choice is newer than the command line it replaces
+            self.overrides.pop(key, None)
         saved = True
         if self.settings_file is not None:
             saved = self.settings_file.update(changes)
@@ -516,6 +577,54 @@ class Controller:
                             "read or written, so menu changes last until you quit; fix the file to keep them.")
         self._changed()
         return saved
+
+    def reload_settings(self) -> None:
+        """Menu "Reload settings": the file again, this run's command-line values on top, applied live.
+
+        A file that cannot be parsed now keeps the current settings (one toast says why), so a half-saved
+        edit never throws the tray back to defaults. The engine is reconfigured on the loader thread."""
+        old = self.settings
+        settings_file = self.settings_file
+        if settings_file is not None:
+            file_settings = settings_file.load()
+            self.report_settings_problems(settings_file.problems)
+            if not settings_file.broken:
+                self.file_settings = file_settings
+                self.settings = file_settings.replace(**self.overrides)
+                self._save_warned = False
+        new = self.settings
+        if new.hotkey != old.hotkey or (self.hotkey_error is not None and self.services.hotkey is not None):
+            self._reregister_hotkey()  # a combination taken earlier may be free now
+        try:
+            self.services.history.resize(new.history_size)
+        except Exception:
+            log.exception("Resizing the history failed")
+        if (new.api_enabled, new.api_port) != (old.api_enabled, old.api_port):
+            self._stop_api()
+            if new.api_enabled:
+                self._start_api()
+        engine_keys = ("model", "device", "precision", "engine", "remote_url", "remote_api_key", "remote_model")
+        needs_load = any(getattr(new, key) != getattr(old, key) for key in engine_keys)
+        if new.engine != old.engine and self.engine is not None:
+            self.notify("Restart dotocr-tray", f"The engine setting changed to {new.engine!r}; quit and start "
+                        "dotocr-tray again to switch between the local model and a remote server.")
+        if self.engine is None or self.load_error is not None or needs_load:
+            self.load_error = None
+            self._start_loader()
+        elif new != old:
+            engine = self.engine
+            threading.Thread(target=engine.reconfigure, args=(new,), name="dotocr-reconfigure",
+                             daemon=True).start()
+        self._changed()
+
+    def _reregister_hotkey(self) -> None:
+        backend = self.services.hotkey
+        if backend is not None:
+            try:
+                backend.unregister()
+            except Exception:
+                log.exception("Unregistering the old hotkey failed")
+        self.register_hotkey()
 
     def history_items(self) -> list[Any]:
         try:
@@ -572,7 +681,7 @@ class Controller:
             return
         opener = self.services.open_file or open_with_os
         if not opener(path):
-            self.notify("Settings file", f"Open {path} in a text editor; changes apply after a restart.")
+            self.notify("Settings file", f"Open {path} in a text editor, then choose Reload settings in the menu.")
 
     # -- local API -------------------------------------------------------------------------------
 
@@ -649,23 +758,29 @@ class Controller:
     # -- quit ------------------------------------------------------------------------------------
 
     def quit(self) -> None:
-        """Menu Quit (Tk thread): stop timers, the API and the hotkey; app.py then stops icon and Tk."""
+        """Menu Quit (Tk thread): the hotkey first (no capture can start), then the local API; app.py then
+        stops the icon and, last, Tk."""
         if self._quitting:
             return
         self._quitting = True
-        self._stop_api()
         backend = self.services.hotkey
         if backend is not None:
             try:
                 backend.unregister()
             except Exception:
                 log.exception("Unregistering the hotkey failed")
+        self._stop_api()
         if self.on_quit is not None:
             self.on_quit()
 
 
 def _is_dotocr_error(exc: BaseException) -> bool:
-    return any(cls.__name__ == "DotOCRError" for cls in type(exc).__mro__)
+    return isinstance(exc, DotOCRError)
+
+
+def _differences(base: Settings, settings: Settings) -> dict[str, Any]:
+    """The values `settings` has on top of `base`: the overrides, when the caller did not name them."""
+    return {key: value for key, value in settings.to_dict().items() if getattr(base, key) != value}
 
 
 def _error_sentence(exc: BaseException) -> str:

@@ -73,6 +73,7 @@ def build_menu(controller: Controller, *, on_open_menu: Callable[[], None] | Non
         Item("Free GPU memory", post(c.free_memory),
              enabled=lambda _i: getattr(c.engine_state, "status", None) in ("ready", "error")),
         Item("Open settings file", post(c.open_settings_file)),
+        Item("Reload settings", post(c.reload_settings)),
         Menu.SEPARATOR,
         Item("Quit", post(c.quit)),
     ]

@@ -19,6 +19,17 @@ APPROVED_KEY = r"Software\Microsoft\Windows\CurrentVersion\Explorer\StartupAppro
 _DISABLED_FLAGS = {0x03, 0x07}
 
 
+def run_command_line(argv: list[str]) -> str:
+    """The Run value: the program path always in double quotes (Windows reads an unquoted path with spaces
+    as several candidate programs, and quoting it always is what installers do), the rest quoted as the C
+    runtime parses it."""
+    program, *rest = argv
+    if '"' in program:
+        raise AutostartError(f"The program path {program!r} contains a double quote, which a Windows path "
+                             "cannot hold.")
+    return " ".join([f'"{program}"', *([subprocess.list2cmdline(rest)] if rest else [])])
+
+
 class WindowsAutostart:
     """`winreg` is injectable so the tests can fake the registry (the real one exists only on Windows)."""
 
@@ -50,7 +61,7 @@ class WindowsAutostart:
         reg = self._reg
         try:
             with reg.CreateKeyEx(reg.HKEY_CURRENT_USER, RUN_KEY, 0, reg.KEY_SET_VALUE) as key:
-                reg.SetValueEx(key, APP_ID, 0, reg.REG_SZ, subprocess.list2cmdline(argv))
+                reg.SetValueEx(key, APP_ID, 0, reg.REG_SZ, run_command_line(argv))
         except OSError as exc:
             raise AutostartError(
                 f"Could not write the Run key in the registry ({exc.strerror or exc}).") from None
