@@ -55,12 +55,17 @@ class Reporter:
         self.bar.close()
 
 
-class _CurrentStderr(logging.StreamHandler):
-    """Writes to whatever `sys.stderr` is when a line is logged (pipes and tests replace it)."""
+class _CurrentStderr(logging.Handler):
+    """Writes to whatever `sys.stderr` is when a line is logged (pipes and tests replace it), above the
+    progress bar rather than through it."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stderr
-        super().emit(record)
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
 
 
 def run_ocr(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
