@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import GIB, MIB, REPO, PeakMemory, machine, median, rss_bytes, run_child, write_json  # noqa: E402
+from measure import GIB, MIB, REPO, PeakMemory, machine, median, page_image, rss_bytes, run_child, write_json  # noqa: E402
 
 FIXTURE = REPO / "tests" / "data" / "dots_tiny"
 FIXTURE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -71,17 +71,6 @@ def write_checkpoint(folder: Path) -> Path:
         shutil.copy(FIXTURE / name, folder / name)
     (folder / STAMP).write_text(json.dumps(stamp))
     return folder
-
-
-def page_image(width: int, height: int):
-    """A screenshot-like crop: black text lines on white."""
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    for y in range(4, height - 10, 16):
-        draw.text((6, y), "Invoice 2024-0117  total 1,234.56 EUR  due 30 days  ref. AB-77 " * 4, fill="black")
-    return image
 
 
 class TokenClock:

@@ -25,19 +25,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import REPO, machine, median, write_json  # noqa: E402
+from measure import REPO, machine, median, page_image, write_json  # noqa: E402
 
 FIXTURE = REPO / "tests" / "data" / "dots_tiny"
-
-
-def page_image(width: int, height: int):
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    for y in range(4, height - 10, 16):
-        draw.text((6, y), "Order 5531 shipped 2024-03-02, 3 items, total 87.10" * 3, fill="black")
-    return image
 
 
 def main() -> None:

@@ -126,3 +126,14 @@ def write_json(path: str | None, data: dict[str, Any]) -> None:
 
 def mib(nbytes: float) -> str:
     return f"{nbytes / MIB:,.0f} MiB"
+
+
+def page_image(width: int, height: int):
+    """A screenshot-like crop: black text lines on white."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    for y in range(4, height - 10, 16):
+        draw.text((6, y), "Invoice 2024-0117  total 1,234.56 EUR  due 30 days  ref. AB-77 " * 4, fill="black")
+    return image

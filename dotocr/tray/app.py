@@ -342,22 +342,9 @@ def missing_gui_module() -> str | None:
     return None
 
 
-def run(
-    settings: Settings,
-    *,
-    engine_factory: EngineFactory | None = None,
-    settings_file: SettingsFile | None = None,
-    file_settings: Settings | None = None,
-    problems: Sequence[str] = (),
-    launch_flags: Sequence[str] = (),
-    capture_at_start: bool = False,
-    overrides: Mapping[str, Any] | None = None,
-) -> int:
-    """Run the tray in this process until Quit (tests pass their own engine factory)."""
-    app = TrayApp(settings, engine_factory=engine_factory, settings_file=settings_file,
-                  file_settings=file_settings, problems=problems, launch_flags=launch_flags,
-                  capture_at_start=capture_at_start, overrides=overrides)
-    return app.run()
+def run(settings: Settings, **options: Any) -> int:
+    """Run the tray in this process until Quit; `options` are `TrayApp`'s (tests pass an engine factory)."""
+    return TrayApp(settings, **options).run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
