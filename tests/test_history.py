@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import stat
 import threading
 
 import pytest
 
 from dotocr.config import data_dir
-from dotocr.tray.history import History
+from dotocr.tray.history import MAX_BYTES, History
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -49,7 +50,7 @@ def test_blank_text_is_not_recorded_and_a_repeat_moves_to_the_top(tmp_path):
     assert [e.text for e in history.items()] == ["a", "b"]
 
 
-def test_resize_trims_and_persists_and_clear_empties(tmp_path):
+def test_resize_trims_and_persists(tmp_path):
     path = tmp_path / "h.json"
     history = History(path, size=5)
     for n in range(5):
@@ -60,8 +61,7 @@ def test_resize_trims_and_persists_and_clear_empties(tmp_path):
     assert history.add("ignored") is None and history.items() == []
     history.resize(3)
     history.add("x")
-    history.clear()
-    assert History(path, size=3).items() == []
+    assert [e.text for e in History(path, size=3).items()] == ["x"]
 
 
 def test_a_smaller_size_applies_to_a_loaded_file(tmp_path):
@@ -72,17 +72,47 @@ def test_a_smaller_size_applies_to_a_loaded_file(tmp_path):
     assert [e.text for e in History(path, size=2).items()] == ["5", "4"]
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"items": 5}', '[1, 2]',
-                                     '{"items": [{"text": 3, "time": 1}]}', '{"items": [{"time": 1}]}'])
-def test_damaged_file_is_moved_aside_not_lost(tmp_path, content):
+DAMAGED = {
+    "not json": b"{not json",
+    "items not a list": b'{"items": 5}',
+    "a list": b"[1, 2]",
+    "text not a string": b'{"items": [{"text": 3, "time": 1}]}',
+    "no text": b'{"items": [{"time": 1}]}',
+    "time a string": b'{"items": [{"text": "a", "time": "yesterday"}]}',
+    "time too large": b'{"items": [{"text": "a", "time": 1' + b"0" * 400 + b"}]}",
+    "5000-digit number": b'{"items": [{"text": "a", "time": ' + b"9" * 5000 + b"}]}",
+    "invalid UTF-8": b'{"items": [{"text": "\xff\xfe caf\xe9", "time": 1}]}',
+    "UTF-16": '{"version": 1, "items": [{"text": "a", "time": 1}]}'.encode("utf-16"),
+    "5000-deep nesting": b'{"items": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    "5000-deep objects": b'{"items": [' + b'{"a": ' * 5000 + b"1" + b"}" * 5000 + b"]}",
+    "null bytes": b"\0" * 100,
+}
+
+
+@pytest.mark.parametrize("kind", list(DAMAGED))
+def test_damaged_file_is_moved_aside_not_lost_and_the_tray_goes_on(tmp_path, kind, caplog):
     path = tmp_path / "history.json"
-    path.write_text(content, encoding="utf-8")
-    history = History(path, size=5)
+    path.write_bytes(DAMAGED[kind])
+    with caplog.at_level(logging.WARNING, logger="dotocr.tray.history"):
+        history = History(path, size=5)
     assert history.items() == []
-    assert history.warning and str(path) in history.warning and "history.json.bad" in history.warning
-    assert (tmp_path / "history.json.bad").read_text(encoding="utf-8") == content
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("history.json.broken-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == DAMAGED[kind]
+    assert history.warning and str(path) in history.warning and str(aside[0]) in history.warning
+    assert "\n" not in history.warning and len(history.warning) - len(str(path)) - len(str(aside[0])) < 200
+    assert [r.getMessage() for r in caplog.records] == [history.warning]  # one log sentence, no traceback
     history.add("fresh")
     assert [e.text for e in History(path, size=5).items()] == ["fresh"]
+    assert aside[0].read_bytes() == DAMAGED[kind]
+
+
+def test_a_huge_file_is_set_aside_without_being_read(tmp_path):
+    path = tmp_path / "history.json"
+    with open(path, "wb") as handle:
+        handle.truncate(MAX_BYTES + 1)  # sparse: no time spent writing it
+    history = History(path)
+    assert history.items() == [] and "larger than" in (history.warning or "")
+    assert not path.exists()
 
 
 def test_a_second_damaged_file_does_not_overwrite_the_first(tmp_path):
@@ -91,8 +121,14 @@ def test_a_second_damaged_file_does_not_overwrite_the_first(tmp_path):
     History(path)
     path.write_text("broken two", encoding="utf-8")
     History(path)
-    assert (tmp_path / "history.json.bad").read_text() == "broken one"
-    assert (tmp_path / "history.json.bad.2").read_text() == "broken two"
+    aside = sorted(p.read_text() for p in tmp_path.iterdir() if ".broken-" in p.name)
+    assert aside == ["broken one", "broken two"]
+
+
+def test_a_lone_surrogate_in_a_result_does_not_stop_saving(tmp_path):
+    path = tmp_path / "history.json"
+    History(path).add("bad \ud800 char")
+    assert [e.text for e in History(path).items()] == ["bad ? char"]
 
 
 def test_writes_are_private_and_leave_no_temporary_file(tmp_path):
