@@ -81,7 +81,7 @@ class Settings:
                                   flag="--max-new-tokens", metavar="N")
     prompt: str = setting("text", "what to ask the model: plain text, layout as Markdown, layout cells as "
                           "JSON, or the text inside a box (grounding)", choices=PROMPT_MODES, flag="--prompt")
-    output_format: str = setting("text", "text, markdown, or json (one object per image per line)",
+    output_format: str = setting("text", "text, markdown, or json: one object per image per line",
                                  choices=OUTPUT_FORMATS, flag="--format")
     # tray
     hotkey: str = setting("ctrl+alt+shift+o", "global hotkey of the tray, e.g. ctrl+alt+shift+o",

@@ -22,7 +22,8 @@ from pathlib import Path
 
 PRIVATE_FILE = 0o600
 PRIVATE_FOLDER = 0o700
-PUBLIC_FILE = 0o644
+NORMAL_FILE = None
+"""`mode=NORMAL_FILE`: what any new file of this user gets (0666 less the umask), for files that are not secret."""
 LOCK_TIMEOUT_S = 10.0
 
 _IS_WINDOWS = sys.platform == "win32"
@@ -54,7 +55,7 @@ def make_private_folder(folder: Path | str) -> Path:
     return folder
 
 
-def write_atomic(path: Path | str, data: bytes | str, *, mode: int = PRIVATE_FILE, overwrite: bool = True,
+def write_atomic(path: Path | str, data: bytes | str, *, mode: int | None = PRIVATE_FILE, overwrite: bool = True,
                  encoding: str = "utf-8") -> Path:
     """Replace `path` with `data` in one step; a reader sees the old content or the new, never a mix.
 
@@ -65,6 +66,8 @@ def write_atomic(path: Path | str, data: bytes | str, *, mode: int = PRIVATE_FIL
     """
     path = Path(path)
     payload = data.encode(encoding) if isinstance(data, str) else bytes(data)
+    if mode is None:
+        mode = 0o666 & ~_umask()
     folder = make_private_folder(path.parent)
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(tmp_name)
@@ -87,6 +90,15 @@ def write_atomic(path: Path | str, data: bytes | str, *, mode: int = PRIVATE_FIL
         raise
     _sync_folder(folder)
     return path
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where the system allows (Linux's /proc)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration), open("/proc/self/status", encoding="ascii") as status:
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    current = os.umask(0o077)  # elsewhere: set and restore (a file made meanwhile is only more private)
+    os.umask(current)
+    return current
 
 
 def _replace(tmp: Path, path: Path) -> None:

@@ -68,8 +68,12 @@ def test_files_are_private_and_new_folders_owner_only(tmp_path):
         os.umask(old_umask)
     assert mode_of(target) == 0o600
     assert mode_of(tmp_path / "a") == 0o700 and mode_of(tmp_path / "a" / "b") == 0o700
-    write_atomic(tmp_path / "public.desktop", "x", mode=0o644)
-    assert mode_of(tmp_path / "public.desktop") == 0o644
+    old_umask = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "public.desktop", "x", mode=None)  # a normal file: the umask decides
+    finally:
+        os.umask(old_umask)
+    assert mode_of(tmp_path / "public.desktop") == 0o640
 
 
 def test_overwrite_false_never_replaces_and_leaves_no_temporary_file(tmp_path):

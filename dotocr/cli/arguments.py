@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dotocr.config import OUTPUT_FORMATS, PROMPT_MODES, add_engine_arguments
+from dotocr.config import add_engine_arguments, add_setting_argument
 
 Box = tuple[int, int, int, int]
 
@@ -53,15 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "and - for an image on standard input.",
         epilog="Exit status: 0 all images done, 1 some failed, 2 bad usage, 130 interrupted.")
     ocr.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder, glob, or - for stdin")
-    ocr.add_argument("--prompt", choices=PROMPT_MODES,
-                     help="what to ask the model: plain text (default), layout as Markdown, layout cells "
-                          "as JSON, or the text inside --bbox")
+    add_setting_argument(ocr, "prompt", help="what to ask the model: plain text, layout as Markdown, layout "
+                                             "cells as JSON, or the text inside --bbox")
     ocr.add_argument("--bbox", type=parse_bbox, metavar="X1,Y1,X2,Y2",
                      help="box to read, in input-image pixels (implies --prompt grounding)")
-    ocr.add_argument("--format", choices=OUTPUT_FORMATS, dest="output_format",
-                     help="text (default), markdown, or json: one object per image per line")
+    add_setting_argument(ocr, "output_format")
     ocr.add_argument("--out", type=Path, metavar="DIR",
-                     help="write one file per image into DIR (name.txt, .md or .json) instead of stdout")
+                     help="write one file per image into DIR (name.txt, .md or .json) instead of stdout; "
+                          "an existing file there is left alone and that image fails, unless --overwrite")
+    ocr.add_argument("--overwrite", action="store_true",
+                     help="with --out: replace result files that already exist")
     ocr.add_argument("--local", action="store_true",
                      help="load the model in this process even if a dotocr server is running")
     ocr.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")

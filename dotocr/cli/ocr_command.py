@@ -14,7 +14,7 @@ from typing import Any
 
 from dotocr.cli.engine_choice import choose_engine
 from dotocr.cli.inputs import STDIN_NAME, InputImage, expand_inputs
-from dotocr.cli.outputs import FolderWriter, StdoutWriter
+from dotocr.cli.outputs import FolderWriter, StdoutWriter, shown_name
 from dotocr.cli.quiet import quiet_libraries
 from dotocr.config import Settings, SettingsError, SettingsFile, settings_from_args
 
@@ -108,9 +108,24 @@ def _run_batch(args: argparse.Namespace, settings: Settings, prompt: str | None,
         except OSError as exc:
             reporter.error(f"the output folder {args.out} could not be created ({exc.strerror or exc}).")
             return EXIT_FAILED
-        writer = FolderWriter(args.out, settings.output_format, images)
+        writer = FolderWriter(args.out, settings.output_format, images, overwrite=args.overwrite)
     else:
         writer = StdoutWriter(settings.output_format, batch=len(images) > 1, write_line=reporter.stdout_line)
+    total = len(images) + len(problems)
+    ready = []
+    for image in images:  # a result that would replace a file fails now, before any model loads
+        try:
+            writer.prepare(image)
+        except OSError as exc:
+            reporter.error(_about(image, str(exc)))
+            failed += 1
+        else:
+            ready.append(image)
+    images = ready
+    if not images:
+        if total > 1:
+            reporter.error(f"{failed} of {total} inputs failed.")
+        return EXIT_FAILED
 
     if not args.verbose:
         quiet_libraries(keep_download_bars=_isatty(sys.stderr))
@@ -140,13 +155,16 @@ def _run_batch(args: argparse.Namespace, settings: Settings, prompt: str | None,
             writer.write(image, result.to_json_dict())
         except BrokenPipeError:
             raise  # the reader went away (`| head`): stop quietly, see main()
+        except FileExistsError as exc:  # appeared since prepare(): still never replaced
+            reporter.error(_about(image, str(exc)))
+            failed += 1
         except OSError as exc:
             reporter.error(_about(image, f"the result could not be written ({exc.strerror or exc})."))
             failed += 1
         reporter.advance()
 
-    if failed and len(images) + len(problems) > 1:
-        reporter.error(f"{failed} of {len(images) + len(problems)} inputs failed.")
+    if failed and total > 1:
+        reporter.error(f"{failed} of {total} inputs failed.")
     return EXIT_OK if failed == 0 else EXIT_FAILED
 
 
@@ -181,7 +199,7 @@ def request_prompt(args: argparse.Namespace, settings: Settings) -> str | None:
 
 def _about(image: InputImage, message: str) -> str:
     """`name: message`, unless the message already names the file."""
-    name = "<stdin>" if image.name == STDIN_NAME else image.name
+    name = "<stdin>" if image.name == STDIN_NAME else shown_name(image.name)
     return message if image.name != STDIN_NAME and image.name in message else f"{name}: {message}"
 
 

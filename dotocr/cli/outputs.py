@@ -4,13 +4,30 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dotocr.cli.inputs import STDIN_NAME, InputImage
+from dotocr.storage import NORMAL_FILE, write_atomic
 
 SUFFIXES = {"text": ".txt", "markdown": ".md", "json": ".json"}
+
+
+def shown_name(name: str) -> str:
+    """A file name safe to print on one line: line breaks, other control characters and bidi overrides
+    become escapes (\\n, \\x1b, \\u202e), so a crafted name cannot forge a `==> name <==` header or
+    repaint the terminal. Backslashes stay as they are: they are Windows' path separator."""
+    out = []
+    for char in name:
+        if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
+            code = ord(char)
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char)
+                       or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"))
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def json_line(data: dict[str, Any]) -> str:
@@ -35,26 +52,43 @@ class StdoutWriter:
         text = str(data.get("text", "")).rstrip("\n")
         if self.batch:
             prefix = "\n" if self._count else ""
-            self._write_line(f"{prefix}==> {image.name} <==")
+            self._write_line(f"{prefix}==> {shown_name(image.name)} <==")
         self._write_line(text)
         self._count += 1
+
+    def prepare(self, image: InputImage) -> None:
+        """Nothing to check before reading an image: stdout always takes its result."""
+
+
+class OutputExistsError(FileExistsError):
+    """A result would replace a file that is already there; the message says what to do."""
 
 
 class FolderWriter:
     """One file per image in `folder`, named after the image with the format's suffix.
 
     Two images with the same stem (a.png, a.jpg) get a.txt and a.jpg.txt; a name that would land on
-    one of the batch's own inputs is never used, so an input is never overwritten.
+    one of the batch's own inputs is never used, so an input is never overwritten. A file that already
+    exists is replaced only with `overwrite` (--overwrite); otherwise that image fails with one sentence
+    before it is read, and the check is repeated atomically when the result is written. Each result is
+    written through dotocr.storage: a fresh temporary file, never a planted one, renamed into place.
     """
 
-    def __init__(self, folder: Path, output_format: str, inputs: list[InputImage]) -> None:
+    def __init__(self, folder: Path, output_format: str, inputs: list[InputImage], *,
+                 overwrite: bool = False) -> None:
         self.folder = folder
         self.output_format = output_format
         self.suffix = SUFFIXES[output_format]
+        self.overwrite = overwrite
         self._taken = {_key(p) for p in (i.path for i in inputs) if p is not None}
+        self._targets: dict[int, Path] = {}
         self.written: list[Path] = []
 
     def target_for(self, image: InputImage) -> Path:
+        """The file this image's result goes to, the same on every call for the same image."""
+        known = self._targets.get(id(image))
+        if known is not None:
+            return known
         base = "stdin" if image.name == STDIN_NAME else Path(image.name).name
         stem = Path(base).stem or base
         candidates = [stem + self.suffix, base + self.suffix]
@@ -63,8 +97,15 @@ class FolderWriter:
             path = self.folder / name
             if _key(path) not in self._taken:
                 self._taken.add(_key(path))
+                self._targets[id(image)] = path
                 return path
         raise OSError(f"no free file name for {image.name} in {self.folder}")
+
+    def prepare(self, image: InputImage) -> None:
+        """Refuse, before the image is read, a result that would replace an existing file."""
+        target = self.target_for(image)
+        if not self.overwrite and os.path.lexists(target):
+            raise self._exists(target)
 
     def write(self, image: InputImage, data: dict[str, Any]) -> Path:
         target = self.target_for(image)
@@ -72,11 +113,17 @@ class FolderWriter:
             content = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
         else:
             content = str(data.get("text", "")).rstrip("\n") + "\n"
-        tmp = target.with_name(target.name + ".part")
-        tmp.write_text(content, encoding="utf-8", newline="\n")
-        os.replace(tmp, target)
+        try:
+            write_atomic(target, content.encode("utf-8", "replace"), mode=NORMAL_FILE, overwrite=self.overwrite)
+        except FileExistsError:
+            raise self._exists(target) from None
         self.written.append(target)
         return target
+
+    @staticmethod
+    def _exists(target: Path) -> OutputExistsError:
+        return OutputExistsError(f"{shown_name(str(target))} already exists; pass --overwrite to replace it or "
+                                 "choose another --out folder.")
 
 
 def _key(path: Path) -> str:

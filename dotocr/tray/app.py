@@ -9,8 +9,8 @@ icon is up, so the tray is there at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-import logging.handlers
 import os
 import signal
 import sys
@@ -18,7 +18,15 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from dotocr.config import Settings, SettingsFile, add_engine_arguments, data_dir, overrides_from_args
+from dotocr.config import (
+    Settings,
+    SettingsFile,
+    add_engine_arguments,
+    add_setting_argument,
+    data_dir,
+    overrides_from_args,
+)
+from dotocr.storage import private_log_handler
 from dotocr.tray.controller import Controller, EngineFactory, Services
 from dotocr.tray.icon import IconState, draw_icon, tooltip
 
@@ -35,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_engine_arguments(parser)
     tray = parser.add_argument_group("tray")
-    tray.add_argument("--hotkey", help="global hotkey for this run, e.g. ctrl+alt+shift+o")
+    add_setting_argument(tray, "hotkey", help="global hotkey for this run, e.g. ctrl+alt+shift+o")
     tray.add_argument("--capture", action="store_true",
                       help="start a capture now; in the running tray if there is one")
     tray.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -276,13 +284,8 @@ def _setup_logging(verbose: bool) -> None:
     handlers: list[logging.Handler] = []
     if sys.stderr is not None:
         handlers.append(logging.StreamHandler())
-    try:
-        folder = data_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.handlers.RotatingFileHandler(folder / "tray.log", maxBytes=1_000_000,
-                                                             backupCount=1, encoding="utf-8"))
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):  # the log holds toast bodies, i.e. OCR text: it and its rotation are 0600
+        handlers.append(private_log_handler(data_dir() / "tray.log", max_bytes=1_000_000, backups=1))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

@@ -26,6 +26,7 @@ from PIL import Image
 
 from dotocr.config import Settings, SettingsFile
 from dotocr.errors import DotOCRError, ModelUnavailableError
+from dotocr.storage import write_atomic
 from dotocr.tray.icon import IconState
 
 log = logging.getLogger(__name__)
@@ -736,10 +737,7 @@ class Controller:
         if path is None:
             return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(region.to_dict()), encoding="utf-8")
-            os.replace(tmp, path)
+            write_atomic(path, json.dumps(region.to_dict()))
         except (OSError, AttributeError, TypeError):
             log.exception("Saving the last region failed")
 
