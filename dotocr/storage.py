@@ -178,6 +178,16 @@ def locked(path: Path | str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
         os.close(fd)
 
 
+def hold_lock(path: Path | str) -> int | None:
+    """Take the exclusive lock on `path` without waiting and keep it until the returned descriptor is closed
+    (or the process ends); None when another process holds it. For "only one of us runs" checks."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _BINARY, PRIVATE_FILE)
+    if _try_lock(fd):
+        return fd
+    os.close(fd)
+    return None
+
+
 def _try_lock(fd: int) -> bool:
     if _IS_WINDOWS:
         import msvcrt

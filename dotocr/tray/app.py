@@ -128,10 +128,16 @@ class TrayApp:
 
         self.instance = InstanceServer()
         if not self.instance.start(lambda message: self.controller.post(self._on_message, message)):
-            # another tray won the race after our first check: hand it the capture and leave
-            send_to_running("capture")
             self.root.destroy()
-            return 0
+            if self.instance.problem is not None:  # no address at all: say why instead of exiting silently
+                log.error("%s", self.instance.problem)
+                return 1
+            # another tray won the race after our first check: hand it the capture and leave
+            if send_to_running("capture"):
+                return 0
+            log.error("Another dotocr-tray holds %s but did not answer; quit it (or end its process) and start "
+                      "again.", self.instance.folder / "instance.lock")
+            return 1
         _start_icon(self.icon)
         self.refresh_icon()
         self.controller.report_settings_problems(self._problems)
