@@ -258,6 +258,7 @@ def test_a_client_never_connects_to_a_socket_in_a_folder_others_can_enter(tmp_pa
         listener.close()
 
 
+@posix_only
 def test_no_address_gives_one_sentence_not_a_silent_exit(monkeypatch, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")

@@ -190,3 +190,18 @@ def test_make_private_folder_refuses_a_file(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(OSError):
         make_private_folder(tmp_path / "file")
+
+
+@posix_only
+def test_the_tray_log_file_is_private(tmp_path):
+    """The tray's own logging set-up (in a child: it configures the root logger) makes a 0600 log in a 0700
+    folder: toasts, and so OCR text, end up in it."""
+    data = tmp_path / "data"
+    code = ("import logging; from dotocr.tray.app import _setup_logging; _setup_logging(False); "
+            "logging.getLogger('dotocr.tray').warning('text from the screen')")
+    env = dict(os.environ, PYTHONPATH=str(REPO), DOTOCR_DATA_DIR=str(data))
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    log_file = data / "tray.log"
+    assert "text from the screen" in log_file.read_text(encoding="utf-8")
+    assert mode_of(log_file) == 0o600 and mode_of(data) == 0o700
