@@ -295,3 +295,17 @@ def test_two_processes_updating_different_keys_both_keep_their_keys(tmp_path):
     assert final == {"colour": "blue", "max_new_tokens": rounds, "history_size": rounds}
     assert reads > 0 and bad == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["settings.toml", "settings.toml.lock"]
+
+
+def test_the_readme_lists_every_setting_with_its_declared_default():
+    from dataclasses import fields
+
+    from dotocr.config import default_of
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    rows = {line.split("|")[1].strip(" `"): line for line in readme.splitlines() if line.startswith("| `")}
+    for f in fields(Settings):
+        assert f.name in rows, f"README's settings table lacks {f.name}"
+        default = default_of(f.name)
+        shown = '""' if default == "" else str(default).lower() if isinstance(default, bool) else str(default)
+        assert f"`{shown}`" in rows[f.name], f"README gives another default for {f.name}"
