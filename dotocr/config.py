@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import stat
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -208,7 +209,11 @@ class SettingsFile:
             self.broken = True
             self.problems.append(str(exc))
             return Settings()
-        return Settings() if data is None else self._from_mapping(data)
+        if data is None:
+            return Settings()
+        if data.get("remote_api_key"):
+            _close_up(self.path)
+        return self._from_mapping(data)
 
     def _read(self) -> dict[str, Any] | None:
         """The file's table, None when there is no file; _Unreadable (with its sentence) otherwise."""
@@ -289,6 +294,19 @@ class SettingsFile:
             self.problems.append(f"The settings file {self.path} could not be written ({exc.strerror or exc}).")
             return False
         return True
+
+
+def _close_up(path: Path) -> None:
+    """A file holding an API key that an older version left readable by others becomes 0600 (POSIX; only a
+    regular file of ours, never through a symlink)."""
+    if not hasattr(os, "getuid"):
+        return
+    try:
+        info = os.lstat(path)
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and info.st_mode & 0o077:
+            os.chmod(path, PRIVATE_FILE)
+    except OSError:
+        pass
 
 
 class _Unreadable(Exception):

@@ -236,6 +236,15 @@ def test_the_settings_file_is_private_it_can_hold_an_api_key(tmp_path):
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes")
+def test_an_old_readable_file_with_an_api_key_is_closed_up(tmp_path):
+    path = tmp_path / "settings.toml"
+    path.write_text('remote_api_key = "sk-secret"\n')
+    path.chmod(0o644)
+    assert SettingsFile(path).load().remote_api_key == "sk-secret"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
 WRITER = """
 import sys
 from pathlib import Path
