@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import stat
+import sys
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +17,7 @@ from dotocr.config import data_dir
 from dotocr.tray.history import MAX_BYTES, History
 
 pytestmark = pytest.mark.timeout(30)
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_newest_first_and_bounded(tmp_path):
@@ -158,3 +163,55 @@ def test_entry_label_is_one_short_line(tmp_path):
     history = History(tmp_path / "h.json")
     entry = history.add("first line\nsecond line " + "word " * 20)
     assert "\n" not in entry.label and len(entry.label) <= 40 and entry.label.startswith("first line second")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(sys.platform != "linux" or shutil.which("Xvfb") is None, reason="needs Xvfb")
+def test_the_real_tray_starts_with_a_broken_history_and_a_broken_settings_file(tmp_path, dots_tiny):
+    """`python -m dotocr.tray` under Xvfb with a UTF-16 history and 5000-deep settings: it starts, answers a
+    second launch, says one sentence about each file, sets the history aside and leaves the settings alone."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.xvfb import XvfbServer
+
+    data, config = tmp_path / "data", tmp_path / "settings.toml"
+    data.mkdir()
+    history_bytes = DAMAGED["UTF-16"]
+    (data / "history.json").write_bytes(history_bytes)
+    settings_bytes = b"x = " + b"[" * 5000 + b"]" * 5000 + b"\n"
+    config.write_bytes(settings_bytes)
+    flags = ["--model", str(dots_tiny), "--device", "cpu", "--precision", "fp32", "--hotkey", "ctrl+alt+shift+F9"]
+    err_file = tmp_path / "stderr.txt"
+    with XvfbServer(320, 240), err_file.open("w") as err:
+        env = dict(os.environ, DOTOCR_DATA_DIR=str(data), DOTOCR_CONFIG=str(config), PYTHONPATH=str(REPO))
+        tray = subprocess.Popen([sys.executable, "-m", "dotocr.tray", *flags], env=env, stdout=subprocess.DEVNULL,
+                                stderr=err)
+        try:
+            log_file = data / "tray.log"
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and not (
+                    log_file.exists() and "tray started" in log_file.read_text(encoding="utf-8")):
+                assert tray.poll() is None, err_file.read_text()
+                time.sleep(0.2)
+            code = "import sys; from dotocr.tray.single_instance import send_to_running; " \
+                   "sys.exit(0 if send_to_running('hello') else 1)"
+            second = subprocess.run([sys.executable, "-c", code], env=env, timeout=30)
+            assert second.returncode == 0
+        finally:
+            tray.send_signal(signal.SIGTERM)
+            try:
+                tray.wait(30)
+            except subprocess.TimeoutExpired:
+                tray.kill()
+                tray.wait()
+    stderr = err_file.read_text()
+    log_text = (data / "tray.log").read_text(encoding="utf-8")
+    assert "Traceback" not in stderr and "Traceback" not in log_text, stderr
+    warnings = [line for line in log_text.splitlines() if " WARNING " in line]
+    assert len([line for line in warnings if f"The settings file {config}" in line]) == 1
+    assert len([line for line in warnings if f"The history file {data / 'history.json'}" in line]) == 1
+    assert config.read_bytes() == settings_bytes
+    aside = [p for p in data.iterdir() if p.name.startswith("history.json.broken-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == history_bytes
