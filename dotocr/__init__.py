@@ -6,4 +6,15 @@ import os
 # small GPUs. A value the user set is kept.
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
-__version__ = "0.1.0"
+
+def _installed_version() -> str:
+    """The one version of the package: what pyproject.toml says, as installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dotocr")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "0+unknown"
+
+
+__version__ = _installed_version()

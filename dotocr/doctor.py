@@ -567,6 +567,6 @@ def _captured_logs(name: str) -> Iterator[list[str]]:
 
 
 def _version() -> str:
-    from dotocr.cli.arguments import version
+    from dotocr import __version__
 
-    return version()
+    return __version__

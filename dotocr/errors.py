@@ -22,9 +22,5 @@ class OutOfMemoryError(DotOCRError):
     """The GPU ran out of memory even after one retry at a smaller image size."""
 
 
-class EngineBusyError(DotOCRError):
-    """Too many requests are already waiting for the model."""
-
-
 class RemoteEngineError(DotOCRError):
     """A remote OpenAI-compatible server could not be reached or answered with an error."""

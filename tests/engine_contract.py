@@ -12,7 +12,7 @@ import zlib
 import pytest
 from PIL import Image, ImageDraw
 
-from dotocr.engine.results import STOP_REASONS, OCRResult
+from dotocr.engine import OCRResult
 from dotocr.errors import DotOCRError, ImageError
 
 
@@ -40,6 +40,8 @@ def bomb_png(width: int = 60000, height: int = 60000) -> bytes:
 def zero_size_png() -> bytes:
     return bomb_png(0, 0)
 
+
+STOP_REASONS = {"eos", "max_new_tokens", "repetition", "cancelled"}
 
 BAD_INPUTS = {
     "not an image": b"this is a text file, not a picture",
@@ -145,9 +147,8 @@ class EngineContract:
         assert not errors
         assert sorted(r.width for r in results) == [100, 128, 156, 184]
 
-    def test_stream_yields_text_then_result(self, engine):
-        items = list(engine.stream(sample_image(), max_new_tokens=self.MAX_NEW))
-        assert isinstance(items[-1], OCRResult)
-        pieces = items[:-1]
+    def test_streamed_text_adds_up_to_the_answer(self, engine):
+        pieces: list[str] = []
+        result = engine.ocr(sample_image(), max_new_tokens=self.MAX_NEW, on_text=pieces.append)
         assert all(isinstance(p, str) for p in pieces)
-        assert "".join(pieces).strip() == items[-1].raw.strip()
+        assert "".join(pieces).strip() == result.raw.strip()

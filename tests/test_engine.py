@@ -80,7 +80,7 @@ def test_four_bit_on_cpu(dots_tiny):
 
     engine = DotOCRInference(tiny_settings(dots_tiny, precision="4bit"))
     engine.load()
-    model = engine._loaded.model
+    model = engine._loaded.decoder.model
     q_proj = model.model.layers[0].self_attn.q_proj
     assert isinstance(q_proj, bnb.nn.Linear4bit)
     # NF4 with double quantization, fp16 compute (checked before the first call repacks weights for the CPU)
@@ -138,7 +138,7 @@ def test_exact_max_new_tokens_stop(engine):
 def test_one_generation_at_a_time_on_the_model(dots_tiny):
     engine = DotOCRInference(tiny_settings(dots_tiny))
     engine.load()
-    model = engine._loaded.model
+    model = engine._loaded.decoder.model
     original, running, overlaps = model.generate, [0], []
 
     def watched(*args, **kwargs):
@@ -159,31 +159,6 @@ def test_one_generation_at_a_time_on_the_model(dots_tiny):
     assert len(overlaps) == 4 and max(overlaps) == 1
 
 
-def test_a_full_queue_is_refused_with_one_sentence(dots_tiny):
-    from dotocr.errors import EngineBusyError
-
-    engine = DotOCRInference(tiny_settings(dots_tiny), max_waiting=0)
-    engine.load()
-    started, release = threading.Event(), threading.Event()
-    model = engine._loaded.model
-    original = model.generate
-
-    def slow(*args, **kwargs):
-        started.set()
-        release.wait(30)
-        return original(*args, **kwargs)
-
-    model.generate = slow
-    worker = threading.Thread(target=engine.ocr, args=(sample_image(),), kwargs={"max_new_tokens": 2})
-    worker.start()
-    assert started.wait(30)
-    with pytest.raises(EngineBusyError, match="busy"):
-        engine.ocr(sample_image(), max_new_tokens=2)
-    release.set()
-    worker.join(60)
-    assert engine.waiting == 0
-
-
 def test_the_choice_is_logged_with_its_reason(dots_tiny, caplog):
     caplog.set_level("INFO", logger="dotocr.engine")
     DotOCRInference(tiny_settings(dots_tiny)).load()
@@ -195,7 +170,7 @@ def test_no_retry_once_text_was_streamed(dots_tiny):
     """An out-of-memory error after text went out must not stream the answer twice."""
     engine = DotOCRInference(tiny_settings(dots_tiny))
     engine.load()
-    model = engine._loaded.model
+    model = engine._loaded.decoder.model
     pieces, vision_calls = [], []
 
     def fail_once_text_is_out(module, args):
@@ -230,7 +205,7 @@ class _FakeOOM:
 def test_oom_retries_once_at_a_smaller_size(dots_tiny):
     engine = DotOCRInference(tiny_settings(dots_tiny, max_image_size=560))
     engine.load()
-    fake = _FakeOOM(engine._loaded.model, limit=900)
+    fake = _FakeOOM(engine._loaded.decoder.model, limit=900)
     try:
         result = engine.ocr(sample_image(560, 560), max_new_tokens=2)
     finally:
@@ -242,7 +217,7 @@ def test_oom_retries_once_at_a_smaller_size(dots_tiny):
 def test_oom_twice_names_the_knob_and_the_engine_recovers(dots_tiny):
     engine = DotOCRInference(tiny_settings(dots_tiny, max_image_size=560))
     engine.load()
-    fake = _FakeOOM(engine._loaded.model, limit=0)
+    fake = _FakeOOM(engine._loaded.decoder.model, limit=0)
     try:
         with pytest.raises(OutOfMemoryError, match="--max-image-size"):
             engine.ocr(sample_image(560, 560), max_new_tokens=2)
@@ -254,11 +229,11 @@ def test_oom_twice_names_the_knob_and_the_engine_recovers(dots_tiny):
 def test_unload_frees_and_next_call_reloads(dots_tiny):
     engine = DotOCRInference(tiny_settings(dots_tiny))
     engine.ocr(sample_image(), max_new_tokens=2)
-    first = engine._loaded.model
+    first = engine._loaded.decoder.model
     engine.unload()
     assert engine._loaded is None and engine.state.status == "unloaded"
     engine.ocr(sample_image(), max_new_tokens=2)
-    assert engine._loaded.model is not first
+    assert engine._loaded.decoder.model is not first
 
 
 def test_switching_precision_reloads_safely_during_use(dots_tiny):
@@ -270,7 +245,7 @@ def test_switching_precision_reloads_safely_during_use(dots_tiny):
     worker.join(60)
     result = engine.ocr(sample_image(), max_new_tokens=2)
     assert result.precision == "bf16"
-    assert engine._loaded.model.dtype == torch.bfloat16
+    assert engine._loaded.decoder.model.dtype == torch.bfloat16
 
 
 def test_idle_unload(dots_tiny):

@@ -13,13 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from dotocr.engine.preprocessing import (
-    MAX_ASPECT_RATIO,
-    MAX_INPUT_PIXELS,
-    ImagePreparer,
-    PreparedImage,
-    load_image,
-)
+from dotocr.engine.images import MAX_INPUT_PIXELS, load_image
+from dotocr.engine.preprocessing import MAX_ASPECT_RATIO, ImagePreparer, PreparedImage
 from dotocr.errors import ImageError, ModelUnavailableError
 
 pytestmark = pytest.mark.timeout(120)

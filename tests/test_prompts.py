@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import dotocr.engine  # noqa: F401 - registers dots_ocr, so AutoTokenizer never asks about remote code
+import dotocr.engine.modeling_dots_ocr  # noqa: F401 - registers dots_ocr, so AutoTokenizer never asks about remote code
 from dotocr.engine.prompts import (
     PROMPT_GROUNDING_OCR,
     PROMPT_LAYOUT_ALL_EN,

@@ -17,7 +17,7 @@ from server_helpers import HeldLoadEngine, SlowEngine, running_server, tiny_sett
 from dotocr.config import Settings
 from dotocr.engine import DotOCRInference, make_engine
 from dotocr.engine.remote import RemoteEngine
-from dotocr.errors import EngineBusyError, RemoteEngineError
+from dotocr.errors import RemoteEngineError
 from dotocr.server import ServerLimits
 
 pytestmark = pytest.mark.timeout(180)
@@ -94,26 +94,6 @@ def test_reconfigure_to_another_server_disconnects(server_url: str) -> None:
     assert remote.state.status == "unloaded"
     with pytest.raises(RemoteEngineError, match="Cannot reach"):
         remote.load()
-
-
-def test_queue_bound_is_enforced_like_the_local_engine(server_url: str) -> None:
-    remote = RemoteEngine(remote_settings(server_url), max_waiting=0)
-    remote.load()
-    errors: list[BaseException] = []
-    pieces = threading.Event()
-
-    def first() -> None:
-        remote.ocr(sample_image(), max_new_tokens=16, on_text=lambda _t: (pieces.set(), time.sleep(0.05)))
-
-    thread = threading.Thread(target=first)
-    thread.start()
-    assert pieces.wait(60)
-    try:
-        remote.ocr(sample_image(), max_new_tokens=2)
-    except EngineBusyError as exc:
-        errors.append(exc)
-    thread.join(60)
-    assert len(errors) == 1 and "busy" in str(errors[0])
 
 
 # -- what the network adds ---------------------------------------------------------------------------------

@@ -32,11 +32,11 @@ from server_helpers import (
 
 from dotocr.engine import DotOCRInference, OCRResult
 from dotocr.engine.prompts import instruction_for
-from dotocr.engine.results import STOP_REASONS
 
 pytestmark = pytest.mark.timeout(180)
 
 OCR_FIELDS = {f.name for f in dataclasses.fields(OCRResult)}
+STOP_REASONS = {"eos", "max_new_tokens", "repetition", "cancelled"}
 
 
 @pytest.fixture(scope="module")

@@ -5,19 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dotocr import __version__
 from dotocr.config import add_engine_arguments, add_setting_argument
 
 Box = tuple[int, int, int, int]
-
-
-def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as package_version
-
-    try:
-        return package_version("dotocr")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
 
 
 def parse_bbox(text: str) -> Box:
@@ -43,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Local OCR on the dots.ocr model.",
         epilog="Run `dotocr COMMAND --help` for a command's options.",
     )
-    parser.add_argument("--version", action="version", version=f"dotocr {version()}")
+    parser.add_argument("--version", action="version", version=f"dotocr {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     ocr = commands.add_parser(

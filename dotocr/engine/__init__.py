@@ -1,34 +1,54 @@
-"""The inference engine: the native dots.ocr model and everything between an image and its text.
+"""The inference engine's public face: everything a front end needs, and nothing heavy.
 
-Importing this package registers `dots_ocr` with transformers' Auto classes, so
-`AutoModelForCausalLM.from_pretrained(folder)` returns our implementation and never runs checkpoint code.
+Front ends (cli, server, tray) import only these names. Importing them costs no torch and no transformers:
+the local model code is imported when a local model is loaded. The model classes themselves
+(`DotsOCRForCausalLM`, `DotsOCRConfig`, `DotsVisionConfig`) are reachable here too, imported on first access;
+importing them registers `dots_ocr` with transformers' Auto classes, so `AutoModelForCausalLM.from_pretrained`
+returns our implementation and never runs checkpoint code.
 """
 
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoModelForCausalLM
+import importlib
+from collections.abc import Callable
+from typing import Any
 
 from ..config import Settings
 from ..errors import DotOCRError
-from .base import Engine, EngineState
-from .configuration_dots import DotsOCRConfig, DotsVisionConfig
+from .base import Engine
+from .images import MAX_INPUT_PIXELS, ImageInput, declared_png_size, load_image
 from .inference import DotOCRInference
-from .modeling_dots_ocr import DotsOCRForCausalLM
+from .prompts import IMAGE_PLACEHOLDER, PROMPT_MODES, instruction_for, resolve_prompt, strip_image_placeholder
 from .results import OCRResult
+from .status import EngineState, Status
 
-AutoConfig.register(DotsOCRConfig.model_type, DotsOCRConfig, exist_ok=True)
-AutoConfig.register(DotsVisionConfig.model_type, DotsVisionConfig, exist_ok=True)
-AutoModelForCausalLM.register(DotsOCRConfig, DotsOCRForCausalLM, exist_ok=True)
+_LAZY = {
+    "DotsOCRConfig": ".configuration_dots",
+    "DotsVisionConfig": ".configuration_dots",
+    "DotsOCRForCausalLM": ".modeling_dots_ocr",
+    "RemoteEngine": ".remote",
+}
 
 
-def make_engine(settings: Settings, **kwargs):
-    """The engine the settings ask for: in-process, or an OpenAI-compatible server elsewhere."""
+def make_engine(settings: Settings, *, on_state: Callable[[EngineState], None] | None = None,
+                **kwargs: Any) -> Engine:
+    """The engine the settings ask for: in-process, or an OpenAI-compatible server elsewhere. Loads nothing."""
     if settings.engine == "remote":
         from .remote import RemoteEngine
 
-        return RemoteEngine(settings, **kwargs)
-    return DotOCRInference(settings, **kwargs)
+        return RemoteEngine(settings, on_state=on_state, **kwargs)
+    return DotOCRInference(settings, on_state=on_state, **kwargs)
 
 
-__all__ = ["DotOCRError", "DotOCRInference", "Engine", "DotsOCRConfig", "DotsOCRForCausalLM", "DotsVisionConfig",
-           "EngineState", "OCRResult", "make_engine"]
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        if name.startswith("Dots"):  # the model module registers the config classes with the Auto classes
+            importlib.import_module(".modeling_dots_ocr", __name__)
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["IMAGE_PLACEHOLDER", "MAX_INPUT_PIXELS", "PROMPT_MODES", "DotOCRError", "DotOCRInference",
+           "DotsOCRConfig", "DotsOCRForCausalLM", "DotsVisionConfig", "Engine", "EngineState", "ImageInput",
+           "OCRResult", "RemoteEngine", "Status", "declared_png_size", "instruction_for", "load_image",
+           "make_engine", "resolve_prompt", "strip_image_placeholder"]

@@ -1,34 +1,35 @@
-"""`DotOCRInference`: one warm model shared by the tray, the command line and the HTTP server.
+"""`DotOCRInference`: one warm local model shared by the tray, the command line and the HTTP server.
 
-Callers hand in an image and get an `OCRResult`. Inside: one generation at a time on the model (others wait in
-line), lazy loading, unload/reload, a CUDA out-of-memory retry at a smaller size, and a state that front ends
-show (downloading, loading, ready, busy, error). Errors leave as `DotOCRError` with a sentence a person can act
-on, and the next call works.
+Callers hand in an image and get an `OCRResult`. Inside: one generation at a time (others wait on the lock),
+lazy loading, unload/reload, a CUDA out-of-memory retry at a smaller size, and a state that front ends show.
+Errors leave as `DotOCRError` with a sentence a person can act on, and the next call works.
+
+Importing this module is light: torch, transformers and the model code are imported by `loading` when a model
+is loaded, so a front end can build the engine at once and load it in the background.
 """
 
 from __future__ import annotations
 
 import gc
-import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import StoppingCriteriaList
-
 from ..config import Settings
 from ..errors import DotOCRError, ModelUnavailableError, OutOfMemoryError
-from .base import Engine, EngineState
-from .generation import DeltaStreamer, RepetitionGuard, trim_repetition
-from .layout import cells_to_markdown, map_cells_to_original, parse_cells
+from .base import Engine
+from .decoders.base import DecodeRequest
+from .generation import TokenPipeline
+from .images import ImageInput, load_image
+from .layout import format_answer
 from .loading import LoadedModel, load_checkpoint, plan_load, resolve_checkpoint
-from .preprocessing import ImageInput, PreparedImage, load_image
 from .prompts import encode_prompt, instruction_for
 from .results import OCRResult
+from .status import EngineState, Status
 
 log = logging.getLogger("dotocr.engine")
 
@@ -38,22 +39,12 @@ OOM_RETRY_SCALE = 0.7  # the retry after a CUDA out-of-memory error uses 70 % of
 class DotOCRInference(Engine):
     """Thread-safe; construct once per process. Nothing loads until `load()` or the first `ocr()`."""
 
-    def __init__(self, settings: Settings, *, on_state: Callable[[EngineState], None] | None = None,
-                 max_waiting: int | None = None) -> None:
-        super().__init__(settings, on_state=on_state, max_waiting=max_waiting)
+    def __init__(self, settings: Settings, *, on_state: Callable[[EngineState], None] | None = None) -> None:
+        super().__init__(settings, on_state=on_state)
         self._loaded: LoadedModel | None = None
         self._model_lock = threading.RLock()
         self._idle_timer: threading.Timer | None = None
-
-    # -- state ------------------------------------------------------------------------------------------
-
-    @property
-    def device(self) -> str | None:
-        return self._loaded.device if self._loaded else None
-
-    @property
-    def precision(self) -> str | None:
-        return self._loaded.precision if self._loaded else None
+        self._callers = 0  # inside `ocr`, waiting or running: the idle unload leaves them alone
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -65,162 +56,176 @@ class DotOCRInference(Engine):
         """Drop the model and give its memory back; the next call loads it again."""
         with self._model_lock:
             self._cancel_idle_timer()
-            was_loaded = self._loaded is not None
-            self._loaded = None
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if was_loaded or self._state.status != "error":
-                self._set_state("unloaded", "model unloaded; it loads again on the next capture")
+            loaded, self._loaded = self._loaded, None
+            if loaded is not None:
+                loaded.decoder.close()
+                del loaded
+            _free_memory()
+            if self._state.status != Status.ERROR or self._state.device:
+                self._set_state(Status.UNLOADED, "model unloaded; it loads again on the next capture")
 
     def reconfigure(self, settings: Settings) -> None:
-        """Take new settings; a model, device or precision change unloads now and reloads on the next call."""
+        """Take new settings; a change of what would run unloads now and reloads on the next call.
+
+        What runs is compared as resolved plans, not as requested strings: `auto` that resolved to 4-bit and an
+        explicit `4bit` are the same model, and switching between them reloads nothing.
+        """
         with self._model_lock:
             old, self._settings = self._settings, settings
-            if (old.model, old.device, old.precision) != (settings.model, settings.device, settings.precision):
+            if self._loaded is None:
+                return
+            if old.model != settings.model or _decoder_key(old) != _decoder_key(settings):
+                self.unload()
+                return
+            try:
+                plan = plan_load(settings)
+            except DotOCRError:
+                self.unload()
+                return
+            precision = plan.precision
+            if settings.precision == "auto" and old.precision == "auto" and settings.device == old.device:
+                # Free GPU memory now excludes our own loaded model, so `auto` would re-plan smaller.
+                precision = self._loaded.precision
+            if (plan.device, precision, plan.decoder) != (
+                    self._loaded.device, self._loaded.precision, self._loaded.decoder.name):
                 self.unload()
 
     def _ensure_loaded(self) -> LoadedModel:
         if self._loaded is not None:
             return self._loaded
         settings = self._settings
+        plan = None
         try:
             plan = plan_load(settings)
             local = Path(settings.model).expanduser().is_dir()
-            self._set_state("loading" if local else "downloading", f"getting {settings.model}")
+            self._set_state(Status.LOADING if local else Status.DOWNLOADING, f"getting {settings.model}")
             folder = resolve_checkpoint(
                 settings.model,
-                on_progress=lambda p: self._set_state("downloading", f"downloading {settings.model}", p))
-            self._set_state("loading", f"loading {folder.name} ({plan.precision} on {plan.device})")
+                on_progress=lambda p: self._set_state(Status.DOWNLOADING, f"downloading {settings.model}", p))
+            self._set_state(Status.LOADING, f"loading {folder.name} ({plan.precision} on {plan.device})")
             log.info("Loading %s in %s on %s: %s", folder, plan.precision, plan.device, plan.reason)
             started = time.perf_counter()
             self._loaded = load_checkpoint(folder, plan)
             log.info("Model ready in %.1f s", time.perf_counter() - started)
         except DotOCRError as exc:
-            self._set_state("error", str(exc))
+            self._set_state(Status.ERROR, str(exc))
             raise
-        except torch.cuda.OutOfMemoryError:
-            self._free_cuda()
-            error = OutOfMemoryError(
-                f"The GPU has too little free memory to load the model in {plan.precision}; close other GPU "
-                "programs or choose a smaller precision (4bit) or the CPU.")
-            self._set_state("error", str(error))
+        except Exception as exc:
+            if _is_cuda_oom(exc):
+                _free_memory()
+                precision = plan.precision if plan else settings.precision
+                error: DotOCRError = OutOfMemoryError(
+                    f"The GPU has too little free memory to load the model in {precision}; close other GPU "
+                    "programs or choose a smaller precision (4bit) or the CPU.")
+            else:  # anything else from transformers/safetensors: make it one sentence
+                error = ModelUnavailableError(f"Loading the model {settings.model} failed: {_one_line(exc)}")
+            self._set_state(Status.ERROR, str(error))
             raise error from None
-        except Exception as exc:  # anything else from transformers/safetensors: make it one sentence
-            error = ModelUnavailableError(f"Loading the model {settings.model} failed: {_one_line(exc)}")
-            self._set_state("error", str(error))
-            raise error from None
-        self._set_state("ready", f"{plan.precision} on {plan.device}")
+        self._set_ready()
         return self._loaded
+
+    def _set_ready(self) -> None:
+        loaded = self._loaded
+        assert loaded is not None
+        self._set_state(Status.READY, f"{loaded.precision} on {loaded.device}", device=loaded.device,
+                        precision=loaded.precision, decoder=loaded.decoder.name)
 
     # -- OCR --------------------------------------------------------------------------------------------
 
     def ocr(self, image: ImageInput, *, prompt: str | None = None, output_format: str | None = None,
             bbox: tuple[float, float, float, float] | None = None, max_new_tokens: int | None = None,
             temperature: float = 0.0, top_p: float = 1.0, instruction: str | None = None,
-            on_text: Callable[[str], None] | None = None, file: str | None = None) -> OCRResult:
-        """Read one image. `output_format="markdown"` without a prompt picks the layout prompt (tables, formulas)."""
+            on_text: Callable[[str], None] | None = None, file: str | None = None,
+            should_stop: Callable[[], bool] | None = None) -> OCRResult:
+        """Read one image. `output_format="markdown"` without a prompt picks the layout prompt (tables, formulas).
+
+        `should_stop` is asked after every token; when it answers True the generation ends with
+        stop_reason "cancelled" (a client that left, a deadline that passed).
+        """
         started = time.perf_counter()
-        picture = load_image(image)  # outside the queue: a bad file fails at once
+        picture = load_image(image)  # before the lock: a bad file fails at once, before any model loads
         prompt = self._resolve_prompt(prompt, output_format, bbox, instruction)
-        with self._queue_slot(), self._model_lock:
-            self._cancel_idle_timer()
-            loaded = self._ensure_loaded()
-            self._set_state("busy", "reading")
-            try:
-                return self._ocr_with_retry(loaded, picture, started, prompt=prompt, bbox=bbox,
-                                            max_new_tokens=max_new_tokens or self._settings.max_new_tokens,
-                                            temperature=temperature, top_p=top_p, instruction=instruction,
-                                            on_text=on_text, file=file)
-            finally:
-                if self._loaded is not None:
-                    self._set_state("ready", f"{loaded.precision} on {loaded.device}")
-                self._schedule_idle_unload()
+        self._callers += 1
+        try:
+            with self._model_lock:
+                self._cancel_idle_timer()
+                loaded = self._ensure_loaded()
+                self._set_state(Status.BUSY, "reading", device=loaded.device, precision=loaded.precision,
+                                decoder=loaded.decoder.name)
+                try:
+                    return self._ocr_with_retry(
+                        loaded, picture, started, prompt=prompt, bbox=bbox,
+                        max_new_tokens=max_new_tokens or self._settings.max_new_tokens, temperature=temperature,
+                        top_p=top_p, instruction=instruction, on_text=on_text, file=file, should_stop=should_stop)
+                finally:
+                    if self._loaded is not None:
+                        self._set_ready()
+                    self._schedule_idle_unload()
+        finally:
+            self._callers -= 1
 
     def _ocr_with_retry(self, loaded: LoadedModel, picture, started: float, **kwargs: Any) -> OCRResult:
         max_size = self._settings.max_image_size
-        on_text, streamed = kwargs.pop("on_text"), []
-
-        def forward(text: str) -> None:
-            streamed.append(text)
-            on_text(text)
-
-        kwargs["on_text"] = forward if on_text is not None else None
+        pipelines: list[TokenPipeline] = []
         try:
-            return self._run(loaded, picture, started, max_size, **kwargs)
-        except torch.cuda.OutOfMemoryError:
-            self._free_cuda()
-            if streamed:  # a listener already has part of the answer: a retry would repeat it
+            return self._run(loaded, picture, started, max_size, pipelines, **kwargs)
+        except Exception as exc:
+            if not _is_cuda_oom(exc):
+                raise
+            _free_memory()
+            if pipelines and pipelines[-1].streamed:  # a listener already has part of the answer
                 raise OutOfMemoryError(
                     f"The GPU ran out of memory while reading; lower --max-image-size (now {max_size}) or "
                     "switch to 4-bit or the CPU.") from None
         smaller = max(28, int(min(max_size, max(picture.size)) * OOM_RETRY_SCALE))
         log.warning("CUDA out of memory; retrying once at %d px", smaller)
         try:
-            return self._run(loaded, picture, started, smaller, **kwargs)
-        except torch.cuda.OutOfMemoryError:
-            self._free_cuda()
+            return self._run(loaded, picture, started, smaller, pipelines, **kwargs)
+        except Exception as exc:
+            if not _is_cuda_oom(exc):
+                raise
+            _free_memory()
             raise OutOfMemoryError(
                 f"The GPU ran out of memory even at {smaller} px; lower --max-image-size (now {max_size}) or "
                 "switch to 4-bit or the CPU.") from None
 
-    def _run(self, loaded: LoadedModel, picture, started: float, max_size: int, *, prompt: str,
-             bbox, max_new_tokens: int, temperature: float, top_p: float, instruction: str | None,
-             on_text, file: str | None) -> OCRResult:
+    def _run(self, loaded: LoadedModel, picture, started: float, max_size: int, pipelines: list[TokenPipeline],
+             *, prompt: str, bbox, max_new_tokens: int, temperature: float, top_p: float,
+             instruction: str | None, on_text, file: str | None, should_stop) -> OCRResult:
         prepared = loaded.preparer.prepare(picture, max_size)
         if instruction is None:
             instruction = instruction_for(prompt, prepared.box_to_model(bbox) if bbox is not None else None)
         ids = encode_prompt(loaded.tokenizer, instruction, prepared.image_tokens)
-        device = loaded.device
-        input_ids = torch.tensor([ids], device=device)
-        guard = RepetitionGuard(len(ids))
-        streamer = DeltaStreamer(loaded.tokenizer, on_text)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
-            "do_sample": False}
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
+        pipeline = TokenPipeline(tokenizer=loaded.tokenizer, eos_token_ids=loaded.eos_token_ids,
+                                 max_new_tokens=max_new_tokens, on_text=on_text, should_stop=should_stop)
+        pipelines.append(pipeline)
+        request = DecodeRequest(prompt_ids=ids, pixel_values=prepared.pixel_values, grid_thw=prepared.grid_thw,
+                                image_token_id=loaded.image_token_id, max_new_tokens=max_new_tokens,
+                                temperature=temperature, top_p=top_p,
+                                eos_token_ids=tuple(loaded.eos_token_ids))
+        memory = loaded.memory
+        if memory is not None:
+            memory.reset()
         prepared_at = time.perf_counter()
-        with torch.inference_mode():
-            output = loaded.model.generate(
-                input_ids, attention_mask=torch.ones_like(input_ids),
-                pixel_values=prepared.pixel_values.to(device), image_grid_thw=prepared.grid_thw.to(device),
-                max_new_tokens=max_new_tokens, stopping_criteria=StoppingCriteriaList([guard]), streamer=streamer,
-                **sampling)
+        loaded.decoder.generate(request, pipeline)
         finished = time.perf_counter()
-        new_tokens = output[0, len(ids):].tolist()
-        stop_reason, kept = self._stop_reason(new_tokens, guard, loaded.eos_token_ids, max_new_tokens)
+        stop_reason, kept = pipeline.finish()
+        new_tokens = pipeline.tokens
         tokenizer = loaded.tokenizer
         raw = tokenizer.decode(new_tokens, skip_special_tokens=True)
-        text = tokenizer.decode(kept, skip_special_tokens=True)
-        text, cells = format_output(prompt, text, prepared)
-        first = streamer.first_token_time or finished
+        text, cells = format_answer(prompt, tokenizer.decode(kept, skip_special_tokens=True), prepared)
+        first = pipeline.first_token_time or finished
         return OCRResult(
             text=text, raw=raw, prompt=prompt, stop_reason=stop_reason,
             width=prepared.original_size[0], height=prepared.original_size[1],
             image_tokens=prepared.image_tokens, prompt_tokens=len(ids), generated_tokens=len(new_tokens),
-            device=loaded.device, precision=loaded.precision,
+            device=loaded.device, precision=loaded.precision, decoder=loaded.decoder.name,
             timings={"preprocess": round(prepared_at - started, 4), "prefill": round(first - prepared_at, 4),
                      "decode": round(finished - first, 4), "total": round(finished - started, 4)},
-            peak_gpu_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None,
-            cells=cells, file=file)
-
-    @staticmethod
-    def _stop_reason(tokens: list[int], guard: RepetitionGuard, eos: list[int],
-                     max_new_tokens: int) -> tuple[str, list[int]]:
-        if guard.triggered:
-            return "repetition", trim_repetition(tokens)
-        if tokens and tokens[-1] in eos:
-            return "eos", tokens[:-1]
-        if len(tokens) >= max_new_tokens:
-            return "max_new_tokens", tokens
-        return "eos", tokens
+            peak_gpu_mb=memory.peak_mb() if memory is not None else None,
+            loop_start=pipeline.guard.loop_start, cells=cells, file=file)
 
     # -- housekeeping ------------------------------------------------------------------------------------
-
-    def _free_cuda(self) -> None:
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     def _schedule_idle_unload(self) -> None:
         minutes = self._settings.idle_minutes
@@ -234,7 +239,7 @@ class DotOCRInference(Engine):
     def _idle_unload(self) -> None:
         if self._model_lock.acquire(blocking=False):
             try:
-                if self._waiting == 0:
+                if self._callers == 0:
                     log.info("Unloading the model after %d idle minutes", self._settings.idle_minutes)
                     self.unload()
             finally:
@@ -246,15 +251,21 @@ class DotOCRInference(Engine):
             self._idle_timer = None
 
 
-def format_output(prompt: str, text: str, prepared: PreparedImage) -> tuple[str, list[dict] | None]:
-    """The answer as the prompt mode promises it: plain text, Markdown from layout cells, or the cells as JSON."""
-    if prompt not in ("layout", "layout-json"):
-        return text.strip(), None
-    cells, _complete = parse_cells(text)
-    cells = map_cells_to_original(cells, prepared)
-    if prompt == "layout-json":
-        return json.dumps(cells, ensure_ascii=False), cells
-    return (cells_to_markdown(cells) if cells else text.strip()), cells
+def _decoder_key(settings: Settings) -> tuple[str, str]:
+    """Settings that pick the decoder and its weights file without changing the device plan."""
+    return str(getattr(settings, "decoder", "auto")), str(getattr(settings, "gguf_type", ""))
+
+
+def _is_cuda_oom(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
+def _free_memory() -> None:
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _one_line(exc: BaseException) -> str:

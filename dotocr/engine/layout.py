@@ -246,3 +246,17 @@ class _TableReader(HTMLParser):
         if self._cell is not None:
             self.rows[-1].append(" ".join("".join(self._cell).split()))
             self._cell = None
+
+
+def format_answer(prompt: str, text: str, prepared: PreparedImage) -> tuple[str, list[dict] | None]:
+    """The answer as the prompt mode promises it: plain text, Markdown from layout cells, or the cells as JSON.
+
+    Every engine, local or remote, post-processes its model's text here, so the result is the same.
+    """
+    if prompt not in ("layout", "layout-json"):
+        return text.strip(), None
+    cells, _complete = parse_cells(text)
+    cells = map_cells_to_original(cells, prepared)
+    if prompt == "layout-json":
+        return json.dumps(cells, ensure_ascii=False), cells
+    return (cells_to_markdown(cells) if cells else text.strip()), cells

@@ -47,11 +47,13 @@ class LoadPlan:
     device: str
     precision: str
     reason: str
+    decoder: str = "torch"
 
 
 @dataclass
 class LoadedModel:
-    model: Any
+    decoder: Any
+    """A `decoders.base.Decoder`: what picks the tokens."""
     tokenizer: Any
     preparer: Any
     eos_token_ids: list[int]
@@ -59,6 +61,22 @@ class LoadedModel:
     folder: Path
     device: str
     precision: str
+    memory: GpuMemory | None = None
+    """Peak-memory bookkeeping on CUDA; None on the CPU."""
+
+
+class GpuMemory:
+    """Peak CUDA memory of one OCR call, for `OCRResult.peak_gpu_mb`."""
+
+    def reset(self) -> None:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+
+    def peak_mb(self) -> float:
+        import torch
+
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
 # -- device and precision ----------------------------------------------------------------------------------
@@ -211,6 +229,7 @@ def load_checkpoint(folder: Path, plan: LoadPlan) -> LoadedModel:
     from transformers.utils import logging as transformers_logging
 
     from .configuration_dots import DotsOCRConfig
+    from .decoders.torch_decoder import TorchDecoder
     from .modeling_dots_ocr import DotsOCRForCausalLM
     from .preprocessing import ImagePreparer
 
@@ -239,9 +258,10 @@ def load_checkpoint(folder: Path, plan: LoadPlan) -> LoadedModel:
     # Only the stop ids come from the checkpoint's generation_config; its max_length (32768) would just fight
     # max_new_tokens, which the engine sets per call.
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=eos[0], do_sample=False)
-    return LoadedModel(model=model, tokenizer=tokenizer, preparer=preparer, eos_token_ids=eos,
-                       image_token_id=config.image_token_id, folder=folder, device=plan.device,
-                       precision=plan.precision)
+    return LoadedModel(decoder=TorchDecoder(model, plan.device, plan.precision), tokenizer=tokenizer,
+                       preparer=preparer, eos_token_ids=eos, image_token_id=config.image_token_id, folder=folder,
+                       device=plan.device, precision=plan.precision,
+                       memory=GpuMemory() if plan.device == "cuda" else None)
 
 
 def _eos_ids(folder: Path, tokenizer) -> list[int]:

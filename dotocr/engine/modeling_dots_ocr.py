@@ -282,4 +282,16 @@ class DotsOCRForCausalLM(Qwen2ForCausalLM):
         return inputs
 
 
+def _register() -> None:
+    """Make `AutoConfig` / `AutoModelForCausalLM.from_pretrained(folder)` return our classes for `dots_ocr`,
+    so a checkpoint's `auto_map` (remote code) is never consulted. Runs once, when this module is imported."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    AutoConfig.register(DotsOCRConfig.model_type, DotsOCRConfig, exist_ok=True)
+    AutoConfig.register(DotsVisionConfig.model_type, DotsVisionConfig, exist_ok=True)
+    AutoModelForCausalLM.register(DotsOCRConfig, DotsOCRForCausalLM, exist_ok=True)
+
+
+_register()
+
 __all__ = ["DotsOCRForCausalLM", "DotsVisionTransformer"]

@@ -1,10 +1,4 @@
-"""Turn whatever a person hands us into the exact pixels and patches dots.ocr expects.
-
-Loading (`load_image`): any Pillow-readable file, bytes or image becomes an RGB image with its EXIF
-orientation applied. Transparent pixels become white (the model was trained on white pages), 16-bit
-and float images are scaled into 0..255 rather than clipped. Every failure is an `ImageError` whose
-message is one sentence naming the input, the problem and the fix. Images above MAX_INPUT_PIXELS
-are refused before decoding, whatever the global Pillow limit is set to.
+"""Turn a decoded RGB image (see `images.py`) into the exact pixels and patches dots.ocr expects.
 
 Sizing (`ImagePreparer.prepare`), in this order, with one uniform scale so boxes map back exactly:
 
@@ -26,29 +20,23 @@ Sizing (`ImagePreparer.prepare`), in this order, with one uniform scale so boxes
 
 The canvas is handed to `Qwen2VLImageProcessorPil` with resizing switched off, so the processor only
 normalises and cuts patches (in 2x2 merge-window order); we check its grid matches the canvas.
+The sizing arithmetic is light (the remote engine sizes images too); torch and the processor are
+imported only when patches are cut.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
-from dotocr.errors import DotOCRError, ImageError, ModelUnavailableError
+from dotocr.errors import DotOCRError, ModelUnavailableError
 
-ImageInput = Image.Image | str | os.PathLike | bytes
-
-MAX_INPUT_PIXELS = 8192 * 8192
-"""About 67 megapixels: more than an 8K screen or an A4 page scanned at 600 dpi."""
 TINY_SHORT_SIDE = 56
 MAX_TEXT_UPSCALE = 4.0
 MAX_ASPECT_RATIO = 200
@@ -67,155 +55,10 @@ _PROCESSOR_KEYS = (
     "min_pixels", "max_pixels", "patch_size", "temporal_patch_size", "merge_size", "image_mean",
     "image_std", "do_rescale", "rescale_factor", "do_normalize", "do_convert_rgb",
 )
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError,
-                  MemoryError, AttributeError)
-
-
-# --------------------------------------------------------------------------------------------------
-# loading
-
-
-def load_image(source: ImageInput) -> Image.Image:
-    """Decode `source` fully into a fresh RGB image, or raise `ImageError` with a one-sentence reason."""
-    name = _describe(source)
-    try:
-        with warnings.catch_warnings():
-            # Pillow only warns between its two limits; we want a clear refusal instead. (The filter
-            # is process-wide while it lasts; a race only loses the warning, our own size check stays.)
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            if isinstance(source, Image.Image):
-                return _normalise(source, name)
-            if isinstance(source, (bytes, bytearray, memoryview)):
-                if len(source) == 0:
-                    raise ImageError(f"{name} is empty (0 bytes); copy or save the image again and retry.")
-                fp: Any = io.BytesIO(bytes(source))
-            else:
-                fp = os.fspath(source)
-                if os.path.isdir(fp):
-                    raise ImageError(f"{name} is a folder, not an image file; pass the path of one image.")
-                if os.path.isfile(fp) and os.path.getsize(fp) == 0:
-                    raise ImageError(f"{name} is empty (0 bytes); save the image again and retry.")
-            with Image.open(fp) as image:
-                return _normalise(image, name)
-    except ImageError:
-        raise
-    except FileNotFoundError as exc:
-        raise ImageError(f"{name} does not exist; check the path and try again.") from exc
-    except PermissionError as exc:
-        raise ImageError(f"{name} cannot be read (permission denied); check its permissions.") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(_too_large_message(name, None)) from exc
-    except UnidentifiedImageError as exc:
-        raise ImageError(_unidentified_message(source, name)) from exc
-    except _DECODE_ERRORS as exc:
-        raise ImageError(
-            f"{name} is truncated or corrupt and could not be decoded; "
-            f"save or copy the image again and retry."
-        ) from exc
-
-
-def _describe(source: object) -> str:
-    if isinstance(source, Image.Image):
-        return "The image"
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return "The image data"
-    try:
-        return f'"{os.fspath(source)}"'  # type: ignore[arg-type]
-    except TypeError:
-        raise ImageError(
-            f"An image must be a file path, bytes or a PIL image, not {type(source).__name__}; "
-            f"pass one of those."
-        ) from None
-
-
-def _too_large_message(name: str, size: tuple[int, int] | None) -> str:
-    limit = f"the {MAX_INPUT_PIXELS // 1_000_000}-megapixel limit"
-    if size is None:
-        return f"{name} claims to be larger than {limit}; crop or scale it down and try again."
-    return (f"{name} is {size[0]} x {size[1]} pixels, larger than {limit}; "
-            f"crop or scale it down and try again.")
-
-
-def _unidentified_message(source: object, name: str) -> str:
-    head = b""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        head = bytes(source[:32])
-    else:
-        try:
-            with open(os.fspath(source), "rb") as file:  # type: ignore[arg-type]
-                head = file.read(32)
-        except OSError:
-            pass
-    size = declared_png_size(head)
-    if size is not None and 0 in size:
-        return (f"{name} is {size[0]} x {size[1]} pixels and has nothing to read; "
-                f"capture or save a non-empty image.")
-    return (f"{name} is not an image file that can be read (unknown format or a damaged header); "
-            f"save it as PNG or JPEG and try again.")
 
 
 def _box_text(box: tuple[float, float, float, float]) -> str:
     return "(" + ", ".join(f"{v:g}" for v in box) + ")"
-
-
-def declared_png_size(head: bytes) -> tuple[int, int] | None:
-    """The width and height a PNG header claims, so a 0 x 0 PNG gets its own message."""
-    if len(head) < 24 or not head.startswith(_PNG_SIGNATURE) or head[12:16] != b"IHDR":
-        return None
-    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
-
-
-def _normalise(image: Image.Image, name: str) -> Image.Image:
-    """Size checks, full decode, orientation and RGB conversion; always returns a new image."""
-    width, height = image.size
-    if width == 0 or height == 0:
-        raise ImageError(f"{name} is {width} x {height} pixels and has nothing to read; "
-                         f"capture or save a non-empty image.")
-    if width * height > MAX_INPUT_PIXELS:
-        raise ImageError(_too_large_message(name, (width, height)))
-    image.load()  # forces a full decode: truncated files fail here, not later in the model
-    try:
-        oriented = ImageOps.exif_transpose(image)
-    except _DECODE_ERRORS:
-        oriented = image  # a damaged EXIF block should not stop the OCR; keep the stored orientation
-    rgb = _to_rgb(oriented if oriented is not None else image, name)
-    return rgb.copy() if rgb is image else rgb
-
-
-def _to_rgb(image: Image.Image, name: str) -> Image.Image:
-    mode = image.mode
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        return Image.fromarray(_deep_to_uint8(image), mode="L").convert("RGB")
-    has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
-    try:
-        if has_alpha:
-            rgba = image.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return Image.alpha_composite(white, rgba).convert("RGB")
-        return image.convert("RGB")
-    except ValueError as exc:
-        raise ImageError(
-            f"{name} uses the {mode} colour mode, which cannot be converted to RGB; save it as PNG or JPEG."
-        ) from exc
-
-
-def _deep_to_uint8(image: Image.Image) -> np.ndarray:
-    """Scale 16-bit, 32-bit and float greyscale into 0..255 instead of letting Pillow clip to white."""
-    data = np.asarray(image)
-    if image.mode.startswith("I;16"):
-        return ((data.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    values = np.nan_to_num(data.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    low, high = float(values.min()), float(values.max())
-    if image.mode == "F" and low >= 0.0 and high <= 1.0:
-        scaled = values * 255.0
-    elif low >= 0.0 and high <= 255.0:
-        scaled = values
-    elif low >= 0.0 and high <= 65535.0:
-        scaled = values / 257.0
-    else:
-        scaled = (values - low) * (255.0 / (high - low))
-    return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -231,8 +74,9 @@ class PreparedImage:
     """Model pixels per original pixel (the same on both axes)."""
     pad: tuple[int, int]
     """(right, bottom) white padding added, in model pixels."""
-    pixel_values: torch.Tensor
-    grid_thw: torch.Tensor
+    pixel_values: Any
+    """torch.FloatTensor of patches (None when only the size was planned, as the remote engine does)."""
+    grid_thw: Any
     image_tokens: int
 
     @property
@@ -280,15 +124,23 @@ class ImagePreparer:
     """Sizes images for dots.ocr and runs the checkpoint's own image processor on them."""
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
-        from transformers import Qwen2VLImageProcessorPil
-
         merged = {**DOTS_PREPROCESSOR_CONFIG, **(config or {})}
-        self.processor = Qwen2VLImageProcessorPil(**{k: merged[k] for k in _PROCESSOR_KEYS if k in merged})
+        self._processor_config = {k: merged[k] for k in _PROCESSOR_KEYS if k in merged}
+        self._processor: Any = None
         self.patch_size = int(merged["patch_size"])
         self.merge_size = int(merged["merge_size"])
         self.min_pixels = int(merged["min_pixels"])
         self.max_pixels = int(merged["max_pixels"])
         self.factor = self.patch_size * self.merge_size
+
+    @property
+    def processor(self) -> Any:
+        """The checkpoint's image processor, built on first use (it imports transformers and torch)."""
+        if self._processor is None:
+            from transformers import Qwen2VLImageProcessorPil
+
+            self._processor = Qwen2VLImageProcessorPil(**self._processor_config)
+        return self._processor
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> ImagePreparer:
@@ -355,8 +207,8 @@ class ImagePreparer:
                 canvas_h = needed
         return SizePlan(canvas=(canvas_w, canvas_h), content=(content_w, content_h), scale=scale)
 
-    def prepare(self, image: Image.Image, max_image_size: int) -> PreparedImage:
-        """Resize and pad `image` (RGB, from `load_image`) and compute its patches and token count."""
+    def prepare(self, image: Image.Image, max_image_size: int, *, patches: bool = True) -> PreparedImage:
+        """Resize and pad `image` (RGB, from `load_image`); with `patches`, also cut the model's patches."""
         if image.mode != "RGB":
             image = image.convert("RGB")
         plan = self.plan(image.width, image.height, max_image_size)
@@ -368,6 +220,13 @@ class ImagePreparer:
         else:
             canvas = Image.new("RGB", plan.canvas, (255, 255, 255))
             canvas.paste(content, (0, 0))
+
+        grid_w, grid_h = canvas.width // self.patch_size, canvas.height // self.patch_size
+        if not patches:
+            return PreparedImage(image=canvas, original_size=image.size, scale=plan.scale, pad=plan.pad,
+                                 pixel_values=None, grid_thw=None,
+                                 image_tokens=grid_h * grid_w // (self.merge_size**2))
+        import torch
 
         features = self.processor(images=canvas, do_resize=False, return_tensors="pt")
         pixel_values = features["pixel_values"].to(torch.float32)

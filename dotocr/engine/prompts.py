@@ -18,7 +18,8 @@ from typing import Any
 from dotocr.config import PROMPT_MODES
 from dotocr.errors import DotOCRError, ModelUnavailableError
 
-__all__ = ["PROMPT_MODES", "build_prompt", "encode_prompt", "instruction_for", "strip_image_placeholder"]
+__all__ = ["PROMPT_MODES", "build_prompt", "encode_prompt", "instruction_for", "resolve_prompt",
+           "strip_image_placeholder"]
 
 PROMPT_OCR = "Extract the text content from this image."
 
@@ -51,6 +52,30 @@ IMAGE_PLACEHOLDER = IMAGE_START + IMAGE_PAD + IMAGE_END
 """What OpenAI-style clients put before the instruction to mark where the image goes."""
 
 _INSTRUCTIONS = {"text": PROMPT_OCR, "layout": PROMPT_LAYOUT_ALL_EN, "layout-json": PROMPT_LAYOUT_ALL_EN}
+
+
+def resolve_prompt(prompt: str | None, *, output_format: str | None = None, bbox: Any = None,
+                   instruction: str | None = None, default: str = "text") -> str:
+    """The prompt mode for one call, the one rule every front end and engine uses.
+
+    A bbox means grounding, Markdown output means layout (tables and formulas), else `default` (the
+    settings' prompt). A grounding prompt needs a box and a box needs the grounding prompt, unless the
+    caller brings its own instruction.
+    """
+    if prompt is None:
+        if bbox is not None:
+            prompt = "grounding"
+        elif output_format == "markdown":
+            prompt = "layout"
+        else:
+            prompt = default
+    if instruction is None:
+        if prompt == "grounding" and bbox is None:
+            raise DotOCRError("The grounding prompt needs a bounding box (x1, y1, x2, y2 in image pixels).")
+        if prompt != "grounding" and bbox is not None:
+            raise DotOCRError(f"A bounding box only applies to the grounding prompt, not to {prompt!r}; "
+                              "drop the box or use the grounding prompt.")
+    return prompt
 
 
 def instruction_for(mode: str, bbox: Sequence[float] | None = None) -> str:

@@ -26,11 +26,13 @@ import httpx
 
 from ..config import Settings
 from ..errors import DotOCRError, RemoteEngineError
-from .base import Engine, EngineState
-from .inference import format_output
-from .preprocessing import ImageInput, ImagePreparer, PreparedImage, load_image
+from .base import Engine
+from .images import ImageInput, load_image
+from .layout import format_answer
+from .preprocessing import ImagePreparer, PreparedImage
 from .prompts import IMAGE_PLACEHOLDER, instruction_for
 from .results import OCRResult
+from .status import EngineState, Status
 
 log = logging.getLogger("dotocr.engine.remote")
 
@@ -46,26 +48,21 @@ class RemoteEngine(Engine):
     """Thread-safe, one request at a time like the local engine. Connects on `load()` or `ocr()`."""
 
     def __init__(self, settings: Settings, *, on_state: Callable[[EngineState], None] | None = None,
-                 max_waiting: int | None = None, read_timeout_s: float = READ_TIMEOUT_S,
-                 busy_retry_s: float = BUSY_RETRY_S) -> None:
-        super().__init__(settings, on_state=on_state, max_waiting=max_waiting)
+                 read_timeout_s: float = READ_TIMEOUT_S, busy_retry_s: float = BUSY_RETRY_S) -> None:
+        super().__init__(settings, on_state=on_state)
         self._read_timeout_s = read_timeout_s
         self._busy_retry_s = busy_retry_s
         self._client: httpx.Client | None = None
-        self._preparer: ImagePreparer | None = None
+        self._preparer = ImagePreparer()  # sizing only: the server cuts the patches
         self._precision: str | None = None
         self._remote_device: str | None = None
         self._lock = threading.RLock()
 
     # -- state --------------------------------------------------------------------------------------
 
-    @property
-    def device(self) -> str | None:
-        return (self._remote_device or "remote") if self._client is not None else None
-
-    @property
-    def precision(self) -> str | None:
-        return self._precision
+    def _set_ready(self, detail: str) -> None:
+        self._set_state(Status.READY, detail, device=self._remote_device or "remote",
+                        precision=self._precision or "unknown", decoder="remote")
 
     @property
     def url(self) -> str:
@@ -83,7 +80,7 @@ class RemoteEngine(Engine):
             if self._client is not None:
                 self._client.close()
                 self._client = None
-            self._set_state("unloaded", "disconnected; connects again on the next capture")
+            self._set_state(Status.UNLOADED, "disconnected; connects again on the next capture")
 
     def reconfigure(self, settings: Settings) -> None:
         with self._lock:
@@ -95,7 +92,7 @@ class RemoteEngine(Engine):
     def _ensure_connected(self) -> httpx.Client:
         if self._client is not None:
             return self._client
-        self._set_state("loading", f"connecting to {self.url}")
+        self._set_state(Status.LOADING, f"connecting to {self.url}")
         key = self._settings.remote_api_key
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         client = httpx.Client(headers=headers, timeout=httpx.Timeout(
@@ -107,14 +104,12 @@ class RemoteEngine(Engine):
                                         "404); remote_url should end in /v1, e.g. http://127.0.0.1:8000/v1.")
             self._raise_for_status(response)
             self._remote_device, self._precision = self._probe_health(client)
-            if self._preparer is None:
-                self._preparer = ImagePreparer()
         except DotOCRError as exc:
             client.close()
-            self._set_state("error", str(exc))
+            self._set_state(Status.ERROR, str(exc))
             raise
         self._client = client
-        self._set_state("ready", f"remote {self.url}")
+        self._set_ready(f"remote {self.url}")
         return client
 
     def _probe_health(self, client: httpx.Client) -> tuple[str, str]:
@@ -137,22 +132,22 @@ class RemoteEngine(Engine):
         started = time.perf_counter()
         picture = load_image(image)
         prompt = self._resolve_prompt(prompt, output_format, bbox, instruction)
-        with self._queue_slot(), self._lock:
+        with self._lock:
             client = self._ensure_connected()
-            assert self._preparer is not None
-            prepared = self._preparer.prepare(picture, self._settings.max_image_size)
+            prepared = self._preparer.prepare(picture, self._settings.max_image_size, patches=False)
             if instruction is None:
                 instruction = instruction_for(prompt, prepared.box_to_model(bbox) if bbox is not None else None)
             body = self._request_body(prepared, instruction, max_new_tokens or self._settings.max_new_tokens,
                                       temperature, top_p)
-            self._set_state("busy", "reading")
+            self._set_state(Status.BUSY, "reading", device=self._remote_device or "remote",
+                            precision=self._precision or "unknown", decoder="remote")
             try:
                 answer = self._complete(client, body, on_text, time.perf_counter())
             except RemoteEngineError as exc:
-                self._set_state("error", str(exc))
+                self._set_state(Status.ERROR, str(exc))
                 raise
-            self._set_state("ready", f"remote {self.url}")
-        text, cells = format_output(prompt, answer.text, prepared)
+            self._set_ready(f"remote {self.url}")
+        text, cells = format_answer(prompt, answer.text, prepared)
         finished = time.perf_counter()
         return OCRResult(
             text=text, raw=answer.text, prompt=prompt,
@@ -161,7 +156,7 @@ class RemoteEngine(Engine):
             image_tokens=prepared.image_tokens,
             prompt_tokens=_first_int(answer.prompt_tokens, prepared.image_tokens),
             generated_tokens=_first_int(answer.completion_tokens, answer.pieces),
-            device=self._remote_device or "remote", precision=self._precision or "unknown",
+            device=self._remote_device or "remote", precision=self._precision or "unknown", decoder="remote",
             timings={"preprocess": round(answer.sent_at - started, 4),
                      "prefill": round(answer.first_at - answer.sent_at, 4),
                      "decode": round(answer.done_at - answer.first_at, 4),

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-STOP_REASONS = ("eos", "max_new_tokens", "repetition")
-
 
 @dataclass
 class OCRResult:
@@ -17,6 +15,8 @@ class OCRResult:
     prompt: str
     """The prompt mode: text, layout, layout-json or grounding."""
     stop_reason: str
+    """eos (the model finished), max_new_tokens, repetition (the loop guard stopped a loop), or cancelled
+    (the caller stopped it: a client that left, a deadline)."""
     width: int
     """Width of the input image as given, before any resizing."""
     height: int
@@ -25,9 +25,13 @@ class OCRResult:
     generated_tokens: int
     device: str
     precision: str
+    decoder: str = "torch"
+    """What generated the text: torch, llamacpp, or remote."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per stage: preprocess, prefill (vision + prompt), decode, total."""
     peak_gpu_mb: float | None = None
+    loop_start: int | None = None
+    """With stop_reason "repetition": the index among the generated tokens where the loop began."""
     cells: list[dict[str, Any]] | None = None
     """Layout cells (bbox in input-image pixels, category, text) for the layout prompts."""
     file: str | None = None

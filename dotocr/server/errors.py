@@ -19,7 +19,6 @@ from starlette.types import Send
 
 from dotocr.errors import (
     DotOCRError,
-    EngineBusyError,
     ImageError,
     ModelUnavailableError,
     OutOfMemoryError,
@@ -80,8 +79,6 @@ def engine_error(exc: DotOCRError, retry_after_s: int) -> ApiError:
     message = str(exc) or "The OCR engine failed."
     if isinstance(exc, ImageError):
         return ApiError(400, message, "invalid_image")
-    if isinstance(exc, EngineBusyError):
-        return busy_error(retry_after_s)
     if isinstance(exc, ModelUnavailableError):
         return ApiError(503, message, "model_unavailable")
     if isinstance(exc, OutOfMemoryError):

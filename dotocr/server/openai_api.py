@@ -16,8 +16,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from dotocr.config import PROMPT_MODES
-from dotocr.engine.prompts import instruction_for, strip_image_placeholder
-from dotocr.engine.results import OCRResult
+from dotocr.engine import OCRResult, instruction_for, strip_image_placeholder
 from dotocr.errors import DotOCRError
 
 from .errors import ApiError, engine_error, error_body, log

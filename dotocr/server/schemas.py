@@ -33,6 +33,8 @@ class Health(BaseModel):
     model: str
     device: str | None = None
     precision: str | None = None
+    decoder: str | None = None
+    """What generates the text once loaded: torch, llamacpp or remote."""
     engine: str
     version: str
 
@@ -51,8 +53,10 @@ class OCRResponse(BaseModel):
     generated_tokens: int
     device: str
     precision: str
+    decoder: str = "torch"
     timings: dict[str, float]
     peak_gpu_mb: float | None = None
+    loop_start: int | None = None
     cells: list[dict[str, Any]] | None = None
     file: str | None = None
 

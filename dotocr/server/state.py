@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -12,8 +11,8 @@ from typing import Any
 from anyio import to_thread
 from PIL import Image
 
-from dotocr.engine.preprocessing import load_image
-from dotocr.engine.results import OCRResult
+from dotocr import __version__
+from dotocr.engine import OCRResult, Status, load_image
 from dotocr.errors import DotOCRError
 
 from .errors import busy_error, engine_error, loading_error, timeout_error
@@ -24,16 +23,8 @@ from .uploads import check_image_bytes
 
 log = logging.getLogger("dotocr.server")
 
-LOADING_STATES = ("downloading", "loading")
 BYTES_NAME = "The image data"
 """How `load_image` names bytes in its messages."""
-
-
-def package_version() -> str:
-    try:
-        return importlib.metadata.version("dotocr")
-    except importlib.metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 class ServerState:
@@ -72,22 +63,23 @@ class ServerState:
         and answers with its sentence (503 model_unavailable, 502 for a remote server), so the server
         recovers by itself once the cause is fixed (a remote server comes up, settings change in the tray).
         """
-        if self.loading or self.engine.state.status in LOADING_STATES:
+        if self.loading or self.engine.state.loading:
             raise loading_error(self.limits.retry_after_s)
 
     def health(self) -> Health:
         engine_state = self.engine.state
-        if engine_state.status == "error":
+        if engine_state.status == Status.ERROR:
             status = "error"
-        elif self.loading or engine_state.status in LOADING_STATES:
+        elif self.loading or engine_state.loading:
             status = "loading"
         else:
             status = "ready"  # "unloaded" too: the engine loads again on the next request
         settings = self.engine.settings
         return Health(
-            status=status, detail=engine_state.detail, engine_state=engine_state.status,
-            progress=engine_state.progress, model=self.model_name, device=self.engine.device,
-            precision=self.engine.precision, engine=settings.engine, version=package_version())
+            status=status, detail=engine_state.detail, engine_state=engine_state.status.value,
+            progress=engine_state.progress, model=self.model_name, device=engine_state.device,
+            precision=engine_state.precision, decoder=engine_state.decoder, engine=settings.engine,
+            version=__version__)
 
     @property
     def model_name(self) -> str:

@@ -17,7 +17,8 @@ from PIL import Image, UnidentifiedImageError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from ..engine.preprocessing import declared_png_size
+from dotocr.engine import declared_png_size
+
 from .errors import ApiError
 
 MAX_PARTS = 16

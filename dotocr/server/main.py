@@ -1,0 +1,103 @@
+"""`dotocr-serve`, the console script: flags first, the heavy imports only once they are known to be good.
+
+Binds 127.0.0.1 unless told otherwise; any other address needs an API token. `--help` and `--version` answer
+without importing the web framework or the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+
+from dotocr import __version__
+from dotocr.config import SettingsFile, add_engine_arguments, port_number, settings_from_args
+
+TOKEN_ENV = "DOTOCR_API_TOKEN"
+MIB = 1024 * 1024
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .limits import ServerLimits
+
+    defaults = ServerLimits()
+    parser = argparse.ArgumentParser(
+        prog="dotocr-serve", description="Serve the dots.ocr model over HTTP: POST /ocr (multipart upload) "
+        "and an OpenAI-compatible /v1/chat/completions.")
+    parser.add_argument("--version", action="version", version=f"dotocr-serve {__version__}")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; anything else "
+                        "needs --api-token)")
+    parser.add_argument("--port", type=port_number, help="port (default: api_port from the settings file, 8765)")
+    parser.add_argument("--api-token", default=os.environ.get(TOKEN_ENV) or None,
+                        help="require 'Authorization: Bearer TOKEN' on every route but /health "
+                        f"(or set {TOKEN_ENV})")
+    parser.add_argument("--max-upload-mb", type=float, default=defaults.max_upload_bytes / MIB, metavar="MB",
+                        help="largest image accepted (default %(default)g)")
+    parser.add_argument("--max-waiting", type=int, default=defaults.max_waiting, metavar="N",
+                        help="requests that may wait behind the running one before 503 (default %(default)d)")
+    parser.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s, metavar="S",
+                        help="seconds before a request gets 504 and its generation stops "
+                        "(default %(default)g)")
+    parser.add_argument("--log-level", default="info",
+                        choices=("critical", "error", "warning", "info", "debug"))
+    add_engine_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    from dotocr.engine import make_engine
+
+    from .app import create_app
+    from .limits import ServerLimits
+    from .serving import ServerStartError, bind_socket, is_loopback, make_server
+
+    _show_engine_log(args.log_level)
+    if not is_loopback(args.host) and not args.api_token:
+        parser.error(f"--host {args.host} makes the model reachable from the network; give --api-token TOKEN "
+                     f"(or set {TOKEN_ENV}) so only clients with the token can use it.")
+    if args.max_upload_mb <= 0 or args.max_waiting < 0 or args.request_timeout <= 0:
+        parser.error("--max-upload-mb and --request-timeout must be positive, --max-waiting 0 or more.")
+    settings_file = SettingsFile()
+    settings = settings_from_args(args, settings_file.load())
+    for problem in settings_file.problems:
+        print(f"dotocr-serve: {problem}", file=sys.stderr)
+    port = args.port if args.port is not None else settings.api_port
+    limits = ServerLimits(max_upload_bytes=int(args.max_upload_mb * MIB), max_waiting=args.max_waiting,
+                          request_timeout_s=args.request_timeout)
+    try:
+        sock = bind_socket(args.host, port)
+    except ServerStartError as exc:
+        print(f"dotocr-serve: {exc}", file=sys.stderr)
+        return 1
+    app = create_app(make_engine(settings), api_token=args.api_token, limits=limits)
+    where = f"http://{args.host}:{sock.getsockname()[1]}"
+    if is_loopback(args.host):
+        print(f"dotocr-serve: serving {settings.model} on {where} (this machine only); the model loads "
+              "in the background.", file=sys.stderr)
+    else:
+        print(f"dotocr-serve: serving {settings.model} on {where}, reachable from the network; every "
+              "route but /health needs 'Authorization: Bearer <token>'.", file=sys.stderr)
+    server = make_server(app, log_level=args.log_level)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(server.serve(sockets=[sock]))
+    return 0
+
+
+def _show_engine_log(level: str) -> None:
+    """The engine's own lines (what device and precision it chose, and why) next to uvicorn's."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("dotocr-serve: %(message)s"))
+    engine_log = logging.getLogger("dotocr")
+    engine_log.addHandler(handler)
+    engine_log.setLevel(level.upper())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
