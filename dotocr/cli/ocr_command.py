@@ -198,9 +198,11 @@ def request_prompt(args: argparse.Namespace, settings: Settings) -> str | None:
 
 
 def _about(image: InputImage, message: str) -> str:
-    """`name: message`, unless the message already names the file."""
+    """`name: message`, unless the message already names the file; the name escaped either way."""
+    if image.name != STDIN_NAME and image.name in message:
+        return message.replace(image.name, shown_name(image.name))
     name = "<stdin>" if image.name == STDIN_NAME else shown_name(image.name)
-    return message if image.name != STDIN_NAME and image.name in message else f"{name}: {message}"
+    return f"{name}: {message}"
 
 
 def _isatty(stream: Any) -> bool:
