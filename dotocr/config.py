@@ -48,7 +48,8 @@ class Option:
 
     help: str
     choices: tuple[str, ...] = ()
-    blank_allowed: bool = False  # with choices: "" is allowed too and means "choose for me"
+    special: tuple[Any, ...] = ()  # values allowed besides the choices or range, e.g. "" = "pick for me"
+    special_means: str = ""  # what the special values mean, for messages
     minimum: int | None = None
     maximum: int | None = None
     flag: str | None = None  # the command-line flag; None when the setting has none
@@ -75,7 +76,8 @@ class Settings:
     decoder: str = setting("auto", "which code runs the text decoder: torch, llama.cpp (GGUF), or auto",
                            choices=DECODERS, flag="--decoder")
     gguf_type: str = setting("", "GGUF weight type for the llama.cpp decoder", choices=GGUF_TYPES,
-                             blank_allowed=True, flag="--gguf-type", default_text="chosen by the precision")
+                             special=("",), special_means="chosen by the precision", flag="--gguf-type",
+                             default_text="chosen by the precision")
     max_image_size: int = setting(1024, "longest image side in pixels", minimum=28, maximum=8192,
                                   flag="--max-image-size", metavar="PX")
     max_new_tokens: int = setting(4096, "most tokens the model may write per image", minimum=1, maximum=131072,
@@ -153,21 +155,21 @@ def _check(name: str, value: Any, declared: Option) -> str | None:
     kind = type(default_of(name))
     if kind is bool:
         return None if isinstance(value, bool) else f"{name} = {_shown(value)} must be true or false."
+    special = any(value == s and type(value) is type(s) for s in declared.special)
+    besides = (f", or {' or '.join(_shown(s) for s in declared.special)} ({declared.special_means})"
+               if declared.special else "")
     if kind is int:
         low, high = declared.minimum, declared.maximum
         ok = isinstance(value, int) and not isinstance(value, bool)
-        if ok and (low is None or value >= low) and (high is None or value <= high):
+        if special or ok and (low is None or value >= low) and (high is None or value <= high):
             return None
-        if name == "api_port":
-            return f"api_port = {_shown(value)} is not a port; use a number from {low} to {high}."
         if high is None:
-            return f"{name} = {_shown(value)} must be a whole number of at least {low}."
-        return f"{name} = {_shown(value)} must be a whole number from {low} to {high}."
+            return f"{name} = {_shown(value)} must be a whole number of at least {low}{besides}."
+        return f"{name} = {_shown(value)} must be a whole number from {low} to {high}{besides}."
     if not isinstance(value, str):
         return f"{name} = {_shown(value)} must be text."
-    if declared.choices and value not in declared.choices and not (declared.blank_allowed and value == ""):
-        allowed = ", ".join(declared.choices) + (' or "" (automatic)' if declared.blank_allowed else "")
-        return f"{name} = {_shown(value)} is not one of {allowed}."
+    if declared.choices and value not in declared.choices and not special:
+        return f"{name} = {_shown(value)} is not one of {', '.join(declared.choices)}{besides}."
     return None
 
 
@@ -358,13 +360,12 @@ def settings_from_args(args: argparse.Namespace, base: Settings) -> Settings:
 
 
 def argument_type(name: str):
-    """An argparse type for the whole-number setting `name`, with its declared range."""
+    """An argparse type for the whole-number setting `name`, with its declared range and special values."""
     declared = declaration(name)
-    return _whole_number(declared.minimum if declared.minimum is not None else -(2**63), declared.maximum)
+    low = declared.minimum if declared.minimum is not None else -(2**63)
+    high = declared.maximum
+    special = [s for s in declared.special if isinstance(s, int)]
 
-
-def _whole_number(low: int, high: int | None = None):
-    """An argparse type for whole numbers in [low, high] with a message that says the range."""
     def parse(text: str) -> int:
         if len(text) > 30:
             raise argparse.ArgumentTypeError(f"{text[:20]!r}... is not a whole number of a sensible size")
@@ -372,9 +373,13 @@ def _whole_number(low: int, high: int | None = None):
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value in special:
+            return value
         if value < low or (high is not None and value > high):
+            besides = f", or {' or '.join(map(str, special))} ({declared.special_means})" if special else ""
             raise argparse.ArgumentTypeError(
-                f"{value} must be at least {low}" if high is None else f"{value} must be from {low} to {high}")
+                (f"{value} must be at least {low}" if high is None else f"{value} must be from {low} to {high}")
+                + besides)
         return value
 
     return parse

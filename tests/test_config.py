@@ -151,8 +151,9 @@ def test_decoder_and_gguf_type_settings_and_flags():
             parser.parse_args(bad)
     with pytest.raises(SettingsError, match="decoder"):
         Settings(decoder="vllm")
-    with pytest.raises(SettingsError, match="gguf_type"):
+    with pytest.raises(SettingsError, match=r"gguf_type = 'q2' is not one of f32, .*, or '' \(chosen by the"):
         Settings(gguf_type="q2")
+    assert Settings(gguf_type="").gguf_type == ""  # the declared special value: pick by precision
 
 
 def test_types_are_checked_for_every_setting(tmp_path):
