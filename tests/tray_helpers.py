@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image
 
 from dotocr.config import Settings
-from dotocr.engine import DotOCRInference
+from dotocr.engine import DotOCRInference, Engine, OCRResult, Status
 from dotocr.tray.notification import get_notifier
 
 
@@ -94,3 +94,129 @@ def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.0
             raise AssertionError(f"condition not met within {timeout} s")
         time.sleep(interval)
     return time.perf_counter() - start
+
+
+class SystemTray:
+    """A minimal freedesktop system tray: owns the `_NET_SYSTEM_TRAY_S<n>` selection on a display and records
+    when an icon asks to be docked (XEmbed's SYSTEM_TRAY_REQUEST_DOCK), then embeds that icon's window.
+
+    Bare Xvfb has no tray, so without this pystray logs "Failed to dock icon" and nothing shows; with it the
+    tray's icon really appears, and the time of the dock request is when it did (used to time start-up)."""
+
+    REQUEST_DOCK = 0
+
+    def __init__(self, display_name: str | None = None) -> None:
+        from Xlib import X, display
+
+        self._display = display.Display(display_name)
+        screen = self._display.screen()
+        self._window = screen.root.create_window(0, 0, 64, 64, 0, screen.root_depth,
+                                                 event_mask=X.StructureNotifyMask)
+        self._opcode = self._display.intern_atom("_NET_SYSTEM_TRAY_OPCODE")
+        selection = self._display.intern_atom(f"_NET_SYSTEM_TRAY_S{self._display.get_default_screen()}")
+        self._window.set_selection_owner(selection, X.CurrentTime)
+        self._display.sync()
+        self.docked: list[tuple[float, int]] = []
+        """(time.perf_counter() when the request came, the icon's window id), in order."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="system-tray", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        from Xlib import X
+
+        while not self._stop.is_set():
+            while self._display.pending_events():
+                event = self._display.next_event()
+                if event.type != X.ClientMessage or event.client_type != self._opcode:
+                    continue
+                _format, data = event.data
+                if data[1] == self.REQUEST_DOCK:
+                    self.docked.append((time.perf_counter(), int(data[2])))
+                    icon = self._display.create_resource_object("window", int(data[2]))
+                    icon.reparent(self._window, 0, 0)
+                    icon.map()
+                    self._display.flush()
+            time.sleep(0.002)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._display.close()
+
+    def __enter__(self) -> SystemTray:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class PlanEngine(Engine):
+    """A fake engine for display-free unit tests of the tray's mediator: it "loads" at once and reports the
+    resolved plan it was given, as the real engine does on hardware this machine lacks (a bf16 GPU, a small
+    card where `auto` picks 4-bit). It records every call, so a test sees what the tray asked of it."""
+
+    def __init__(self, settings: Settings, *, on_state: Any = None, plan: tuple[str, str] = ("cpu", "fp32"),
+                 text: str = "fake text") -> None:
+        super().__init__(settings, on_state=on_state)
+        self.plan = plan
+        self.text = text
+        self.calls: list[str] = []
+        self.reconfigured: list[Settings] = []
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+
+    def load(self) -> None:
+        self.calls.append("load")
+        if self.state.status not in (Status.READY, Status.BUSY):
+            self._set_state(Status.LOADING, "loading the fake model")
+            self._set_state(Status.READY, "", device=self.plan[0], precision=self.plan[1], decoder="torch")
+
+    def unload(self) -> None:
+        self.calls.append("unload")
+        self._set_state(Status.UNLOADED, "model unloaded")
+
+    def reconfigure(self, settings: Settings) -> None:
+        self.calls.append("reconfigure")
+        self.reconfigured.append(settings)
+        self._settings = settings
+
+    def ocr(self, image: Any, **kwargs: Any) -> OCRResult:
+        self.calls.append("ocr")
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(30)
+        self.load()
+        device, precision = self.plan
+        return OCRResult(text=self.text, raw=self.text, prompt=kwargs.get("prompt") or "text", stop_reason="eos",
+                         width=image.width, height=image.height, image_tokens=1, prompt_tokens=1,
+                         generated_tokens=1, device=device, precision=precision)
+
+
+class FakeClipboard:
+    """Display-free stand-in for the clipboard (the real one, xclip, runs in the Xvfb tests)."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.copied: list[str] = []
+        self.fail = fail
+
+    def copy(self, text: str) -> bool:
+        if self.fail is not None:
+            raise self.fail
+        if not text:
+            return False
+        self.copied.append(text)
+        return True
+
+
+class FakeNotifier:
+    """Display-free notifier: keeps (title, text) and shows nothing."""
+
+    def __init__(self) -> None:
+        self.shown: list[tuple[str, str]] = []
+
+    def notify(self, title: str, text: str) -> None:
+        self.shown.append((title, text))
+
+    def titles(self) -> list[str]:
+        return [title for title, _ in self.shown]
