@@ -8,13 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from dotocr.config import Settings, SettingsFile
+from dotocr.tray.choices import CudaFacts
 from dotocr.tray.controller import Controller, Services
 from dotocr.tray.history import History
 from tests.tray_helpers import FakeClipboard, FakeNotifier, PlanEngine
 
 
 def make(tmp_path: Path, settings: Settings, plan: tuple[str, str], *, settings_file: SettingsFile | None = None,
-         cuda: bool = True) -> Controller:
+         cuda: CudaFacts = CudaFacts(True, bf16=True)) -> Controller:
     engines: list[PlanEngine] = []
 
     def factory(s: Settings, on_state):
@@ -23,7 +24,7 @@ def make(tmp_path: Path, settings: Settings, plan: tuple[str, str], *, settings_
         return engine
 
     services = Services(clipboard=FakeClipboard(), notifier=FakeNotifier(),
-                        history=History(tmp_path / "history.json", 5), cuda_available=lambda: cuda)
+                        history=History(tmp_path / "history.json", 5), cuda_probe=lambda: cuda)
     controller = Controller(settings=settings, services=services, engine_factory=factory,
                             settings_file=settings_file)
     controller.engines = engines  # type: ignore[attr-defined]

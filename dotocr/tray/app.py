@@ -18,9 +18,13 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from dotocr import __version__
 from dotocr.config import Settings, SettingsFile, add_engine_arguments, data_dir, overrides_from_args
+from dotocr.engine import EngineState
 from dotocr.tray.controller import Controller, EngineFactory, Services
-from dotocr.tray.icon import IconState, draw_icon, tooltip
+from dotocr.tray.engine_host import STARTING
+from dotocr.tray.icon import draw_icon
+from dotocr.tray.status_words import tooltip
 
 log = logging.getLogger("dotocr.tray")
 
@@ -33,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dotocr-tray",
         description="Tray daemon: press the hotkey, drag over the screen, the text lands on the clipboard.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_engine_arguments(parser)
     tray = parser.add_argument_group("tray")
     tray.add_argument("--hotkey", help="global hotkey for this run, e.g. ctrl+alt+shift+o")
@@ -78,12 +83,11 @@ class TrayApp:
         self.root.withdraw()
         self.selector = RegionSelector(self.root)
         self._icon_lock = threading.Lock()
-        self._shown: tuple[IconState, str] | None = None
+        self._shown: tuple[EngineState, str] | None = None
         self._problems = list(problems)
         self._capture_at_start = capture_at_start
 
-        first = IconState("loading", "starting")
-        self.icon = pystray.Icon("dotocr", draw_icon(first), tooltip(first, settings.hotkey))
+        self.icon = pystray.Icon("dotocr", draw_icon(STARTING), tooltip(STARTING, settings.hotkey))
         hotkey, hotkey_unavailable = _hotkey_backend()
         services = Services(
             clipboard=_clipboard_backend(),
@@ -185,11 +189,12 @@ class TrayApp:
 
     def refresh_icon(self) -> None:
         """Redraw icon, tooltip and menu when the state changed; any thread (pystray marshals to its own)."""
-        state = self.controller.icon_state()
+        state = self.controller.state()
         title = tooltip(state, self.controller.settings.hotkey, problem=self.controller.hotkey_error)
         with self._icon_lock:
             if self._shown != (state, title):
-                if self._shown is None or self._shown[0] != state:
+                if self._shown is None or (self._shown[0].status, self._shown[0].progress) != (state.status,
+                                                                                              state.progress):
                     self.icon.icon = draw_icon(state)
                 self.icon.title = title
                 self._shown = (state, title)
