@@ -152,45 +152,66 @@ class SystemTray:
 
 
 class PlanEngine(Engine):
-    """A fake engine for display-free unit tests of the tray's mediator: it "loads" at once and reports the
-    resolved plan it was given, as the real engine does on hardware this machine lacks (a bf16 GPU, a small
-    card where `auto` picks 4-bit). It records every call, so a test sees what the tray asked of it."""
+    """A fake engine for display-free unit tests of the tray's mediator. It resolves settings to a plan the way
+    the real engine's contract says (an explicit device and precision run as asked, `auto` runs `auto_plan`),
+    "loads" at once and reports the resolved plan, as the real engine does on hardware this machine lacks (a
+    bf16 GPU, a small card where `auto` picks 4-bit). Its `reconfigure` unloads only when the resolved plan
+    changes, as the real one does. It records every call, so a test sees what the tray asked of it."""
 
-    def __init__(self, settings: Settings, *, on_state: Any = None, plan: tuple[str, str] = ("cpu", "fp32"),
+    def __init__(self, settings: Settings, *, on_state: Any = None, auto_plan: tuple[str, str] = ("cpu", "fp32"),
                  text: str = "fake text") -> None:
         super().__init__(settings, on_state=on_state)
-        self.plan = plan
+        self.auto_plan = auto_plan
         self.text = text
         self.calls: list[str] = []
         self.reconfigured: list[Settings] = []
         self.gate: threading.Event | None = None
         self.entered = threading.Event()
+        self._lock = threading.RLock()
+        self._running: tuple[str, str] | None = None
+
+    def resolve(self, settings: Settings) -> tuple[str, str]:
+        device = self.auto_plan[0] if settings.device == "auto" else settings.device
+        if settings.precision != "auto":
+            return device, settings.precision
+        return device, self.auto_plan[1] if device == self.auto_plan[0] else "fp32"
 
     def load(self) -> None:
-        self.calls.append("load")
-        if self.state.status not in (Status.READY, Status.BUSY):
-            self._set_state(Status.LOADING, "loading the fake model")
-            self._set_state(Status.READY, "", device=self.plan[0], precision=self.plan[1], decoder="torch")
+        with self._lock:
+            self.calls.append("load")
+            if self._running is None:
+                self._set_state(Status.LOADING, "loading the fake model")
+                self._running = self.resolve(self._settings)
+                self.calls.append("loaded " + " ".join(self._running))
+            self._set_state(Status.READY, "", device=self._running[0], precision=self._running[1],
+                            decoder="torch")
 
     def unload(self) -> None:
-        self.calls.append("unload")
-        self._set_state(Status.UNLOADED, "model unloaded")
+        with self._lock:
+            self.calls.append("unload")
+            self._running = None
+            self._set_state(Status.UNLOADED, "model unloaded")
 
     def reconfigure(self, settings: Settings) -> None:
-        self.calls.append("reconfigure")
-        self.reconfigured.append(settings)
-        self._settings = settings
+        with self._lock:  # waits for a read, as the real engine's model lock does
+            self.calls.append("reconfigure")
+            self.reconfigured.append(settings)
+            self._settings = settings
+            if self._running is not None and self.resolve(settings) != self._running:
+                self.unload()
 
     def ocr(self, image: Any, **kwargs: Any) -> OCRResult:
-        self.calls.append("ocr")
-        self.entered.set()
-        if self.gate is not None:
-            self.gate.wait(30)
-        self.load()
-        device, precision = self.plan
-        return OCRResult(text=self.text, raw=self.text, prompt=kwargs.get("prompt") or "text", stop_reason="eos",
-                         width=image.width, height=image.height, image_tokens=1, prompt_tokens=1,
-                         generated_tokens=1, device=device, precision=precision)
+        with self._lock:
+            self.calls.append("ocr")
+            self.entered.set()
+            if self.gate is not None:
+                self.gate.wait(30)
+            self.load()
+            assert self._running is not None
+            device, precision = self._running
+            return OCRResult(text=self.text, raw=self.text, prompt=kwargs.get("prompt") or "text",
+                             stop_reason="eos", width=image.width, height=image.height, image_tokens=1,
+                             prompt_tokens=1, generated_tokens=1, device=device, precision=precision)
 
 
 class FakeClipboard:
