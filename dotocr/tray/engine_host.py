@@ -104,8 +104,9 @@ class EngineHost:
         return self._cuda
 
     @property
-    def api_running(self) -> bool:
-        return self._api is not None
+    def api_server(self) -> Any | None:
+        """The running local API (its `stop()` closes the port), or None."""
+        return self._api
 
     def _set_state(self, state: EngineState) -> None:
         self._state = state
