@@ -362,6 +362,15 @@ def test_the_download_percentage_is_drawn():
     assert ten != ninety
 
 
+def test_a_long_tooltip_can_be_set_on_the_x11_icon(icon):
+    from dotocr.tray.app import icon_title
+
+    long = tooltip(EngineState(Status.ERROR, detail="The model folder /home/zoë/模型 does not exist " * 4), "x")
+    title = icon_title(icon, long)
+    title.encode("latin-1")  # what pystray's X11 backend does with it
+    assert title.startswith("dotocr: The model folder /home/zoë/?? does not exist") and title.endswith("?")
+
+
 def test_tooltips_say_the_state_and_fit_windows():
     ready = tooltip(EngineState(Status.READY, device="cuda", precision="bf16"), "ctrl+alt+shift+o")
     assert ready == "dotocr: ready (bf16 on cuda), press ctrl+alt+shift+o to capture"

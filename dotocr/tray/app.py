@@ -196,12 +196,20 @@ class TrayApp:
                 if self._shown is None or (self._shown[0].status, self._shown[0].progress) != (state.status,
                                                                                               state.progress):
                     self.icon.icon = draw_icon(state)
-                self.icon.title = title
+                self.icon.title = icon_title(self.icon, title)
                 self._shown = (state, title)
             try:
                 self.icon.update_menu()
             except Exception:
                 log.debug("Menu update failed", exc_info=True)
+
+
+def icon_title(icon: Any, text: str) -> str:
+    """The tooltip as this backend can set it: pystray's X11 backend writes the window name as Latin-1 and
+    raises on anything else (an ellipsis, a non-Latin path in an error), so there those become "?"."""
+    if type(icon).__module__.endswith("_xorg"):
+        return text.encode("latin-1", "replace").decode("latin-1")
+    return text
 
 
 def _hotkey_backend() -> tuple[Any | None, str]:
