@@ -83,4 +83,5 @@ def test_version_answers_without_a_display_or_the_engine():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"dotocr-tray {dotocr.__version__}"
     imported = {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
-    assert not imported & {"torch", "transformers", "fastapi", "uvicorn", "tkinter", "pystray"}, imported
+    heavy = {"torch", "transformers", "fastapi", "uvicorn", "tkinter", "pystray", "dotocr.engine", "PIL"}
+    assert not imported & heavy, imported & heavy

@@ -16,15 +16,14 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dotocr import __version__
 from dotocr.config import Settings, SettingsFile, add_engine_arguments, data_dir, overrides_from_args
-from dotocr.engine import EngineState
-from dotocr.tray.controller import Controller, EngineFactory, Services
-from dotocr.tray.engine_host import STARTING
-from dotocr.tray.icon import draw_icon
-from dotocr.tray.status_words import tooltip
+
+if TYPE_CHECKING:  # the tray's own modules are imported by TrayApp: --help and --version answer without them
+    from dotocr.engine import EngineState
+    from dotocr.tray.engine_host import EngineFactory
 
 log = logging.getLogger("dotocr.tray")
 
@@ -74,9 +73,14 @@ class TrayApp:
         import pystray
 
         from dotocr.capture import RegionSelector, enable_dpi_awareness
+        from dotocr.tray.controller import Controller
+        from dotocr.tray.engine_host import STARTING
         from dotocr.tray.history import History
+        from dotocr.tray.icon import draw_icon
         from dotocr.tray.menu import build_menu
         from dotocr.tray.notification import get_notifier
+        from dotocr.tray.services import Services
+        from dotocr.tray.status_words import tooltip
 
         enable_dpi_awareness()  # before any window or mss exists
         self.root = tk.Tk(className="dotocr")
@@ -189,6 +193,9 @@ class TrayApp:
 
     def refresh_icon(self) -> None:
         """Redraw icon, tooltip and menu when the state changed; any thread (pystray marshals to its own)."""
+        from dotocr.tray.icon import draw_icon
+        from dotocr.tray.status_words import tooltip
+
         state = self.controller.state()
         title = tooltip(state, self.controller.settings.hotkey, problem=self.controller.hotkey_error)
         with self._icon_lock:
