@@ -184,3 +184,24 @@ def test_a_retry_after_a_failed_creation_makes_the_engine(tmp_path):
     assert controller.wait_loaded(5)
     assert controller.status_text() == "Ready (fp32 on cpu)"
     assert controller.services.notifier.titles() == ["The model could not be loaded"]
+
+
+def test_after_a_failure_outside_the_engine_a_retry_shows_the_engines_state_again(tmp_path):
+    settings_file = SettingsFile(tmp_path / "settings.toml")
+    controller = loaded(tmp_path, Settings(), ("cuda", "4bit"), settings_file=settings_file)
+    engine = controller.engines[0]
+    real_reconfigure = engine.reconfigure
+
+    def broken(settings):
+        raise RuntimeError("a bug in reconfigure")
+
+    engine.reconfigure = broken  # type: ignore[method-assign]
+    settings_file.path.write_text("history_size = 3\n", encoding="utf-8")
+    controller.reload_settings()
+    assert controller.wait_loaded(5)
+    assert controller.state().status == "error" and "RuntimeError" in controller.status_text()
+    engine.reconfigure = real_reconfigure  # type: ignore[method-assign]
+    controller.retry_load()
+    assert controller.wait_loaded(5)
+    assert engine.calls.count("loaded cuda 4bit") == 1  # the model never left...
+    assert controller.status_text() == "Ready (4bit on cuda)"  # ...and the engine's word is shown again

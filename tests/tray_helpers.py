@@ -179,12 +179,15 @@ class PlanEngine(Engine):
     def load(self) -> None:
         with self._lock:
             self.calls.append("load")
-            if self._running is None:
+            if self._running is None:  # like the real engine, silent when the model is in memory already
                 self._set_state(Status.LOADING, "loading the fake model")
                 self._running = self.resolve(self._settings)
                 self.calls.append("loaded " + " ".join(self._running))
-            self._set_state(Status.READY, "", device=self._running[0], precision=self._running[1],
-                            decoder="torch")
+                self._set_ready()
+
+    def _set_ready(self) -> None:
+        assert self._running is not None
+        self._set_state(Status.READY, "", device=self._running[0], precision=self._running[1], decoder="torch")
 
     def unload(self) -> None:
         with self._lock:
@@ -207,6 +210,7 @@ class PlanEngine(Engine):
             if self.gate is not None:
                 self.gate.wait(30)
             self.load()
+            self._set_ready()
             assert self._running is not None
             device, precision = self._running
             return OCRResult(text=self.text, raw=self.text, prompt=kwargs.get("prompt") or "text",

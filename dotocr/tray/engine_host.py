@@ -163,6 +163,7 @@ class EngineHost:
                 if settings.api_enabled:
                     self.start_api()
                 engine.load()
+                self._set_state(engine.state)
                 return
             applied = self._applied
             if applied is not None and (applied.device, applied.precision) != (settings.device, settings.precision):
@@ -172,7 +173,7 @@ class EngineHost:
             engine.reconfigure(settings)  # waits here, not on the Tk thread, while a read runs
             if must_load or not freed:
                 engine.load()  # nothing to do when the engine kept its model
-            self._changed()
+            self._set_state(engine.state)  # the engine's word again, after any failure the host reported
         except Exception as exc:
             sentence = error_sentence(exc)
             log.error("Loading the model failed: %s", sentence, exc_info=not isinstance(exc, DotOCRError))
