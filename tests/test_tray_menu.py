@@ -73,7 +73,7 @@ def controller(xvfb, dots_tiny, tmp_path):
 def test_the_menu_has_every_entry_in_order(controller, icon):
     menu = build_menu(controller)
     labels = visible_labels(menu)
-    api = ["Expose local API (127.0.0.1:8765)"] if controller.api_available() else []
+    api = ["Expose local API (127.0.0.1:8765)"] if api_available() else []
     assert labels == [
         "Loading the model", "---", "Capture region", "Repeat last region", "---", "Precision", "Output",
         "History", "---", "Start at login", *api, "Free GPU memory", "Open settings file", "Reload settings",

@@ -34,7 +34,7 @@ from dotocr.tray.choices import (
     precision_target,
     requested_key,
 )
-from dotocr.tray.engine_host import EngineFactory, EngineHost, api_available
+from dotocr.tray.engine_host import EngineFactory, EngineHost
 from dotocr.tray.hotkey_binding import HotkeyBinding
 from dotocr.tray.notification.text import error_sentence, preview
 from dotocr.tray.services import Services, open_with_os
@@ -334,8 +334,6 @@ class Controller:
         if not opener(settings_file.path):
             self.notify("Settings file", f"Open {settings_file.path} in a text editor, then choose Reload settings "
                         "in the menu.")
-
-    api_available = staticmethod(api_available)
 
     def toggle_api(self) -> None:
         enabled = not self.settings.api_enabled

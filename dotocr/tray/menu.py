@@ -14,6 +14,7 @@ from typing import Any
 from dotocr.engine import Status
 from dotocr.tray.choices import OUTPUT_CHOICES, PRECISION_KEYS
 from dotocr.tray.controller import Controller
+from dotocr.tray.engine_host import api_available
 
 
 def _pystray() -> Any:
@@ -68,7 +69,7 @@ def build_menu(controller: Controller, *, on_open_menu: Callable[[], None] | Non
         Item("Start at login", post(c.toggle_autostart), checked=lambda _i: c.autostart_enabled(),
              visible=c.services.autostart is not None),
     ]
-    if c.api_available():
+    if api_available():
         items.append(Item(lambda _i: f"Expose local API (127.0.0.1:{c.settings.api_port})",
                           post(c.toggle_api), checked=lambda _i: c.settings.api_enabled))
     items += [
