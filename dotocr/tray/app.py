@@ -83,6 +83,8 @@ class TrayApp:
         from dotocr.tray.status_words import tooltip
 
         enable_dpi_awareness()  # before any window or mss exists
+        # Tk before the icon's thread starts, never after: Tk's start-up waits on the X server holding the GIL,
+        # and pystray's X11 thread grabs the server while docking, so the two would deadlock (seen under Xvfb).
         self.root = tk.Tk(className="dotocr")
         self.root.withdraw()
         self.selector = RegionSelector(self.root)
