@@ -166,6 +166,8 @@ def _deep_to_uint8(image: Image.Image) -> Any:
         scaled = values
     elif low >= 0.0 and high <= 65535.0:
         scaled = values / 257.0
-    else:
+    elif high > low:
         scaled = (values - low) * (255.0 / (high - low))
+    else:  # one value everywhere, outside 0..65535: a flat image, shown as mid grey
+        scaled = np.full_like(values, 128.0)
     return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
