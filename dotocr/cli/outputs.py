@@ -35,7 +35,8 @@ class StdoutWriter:
         text = str(data.get("text", "")).rstrip("\n")
         if self.batch:
             prefix = "\n" if self._count else ""
-            self._write_line(f"{prefix}==> {image.name} <==")
+            shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in image.name)  # no forged headers
+            self._write_line(f"{prefix}==> {shown} <==")
         self._write_line(text)
         self._count += 1
 
