@@ -154,8 +154,8 @@ def test_a_flood_of_connections_under_a_low_descriptor_limit(dots_tiny: Path, tm
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         free_port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "dotocr.server", "--port", str(free_port), "--model", str(dots_tiny), "--device", "cpu",
-               "--precision", "fp32", "--header-timeout", "3"]
+    command = [sys.executable, "-m", "dotocr.server", "--port", str(free_port), "--model", str(dots_tiny),
+               "--device", "cpu", "--precision", "fp32", "--header-timeout", "3"]
     with open(log_path, "wb") as log_file:
         server = subprocess.Popen(command, stderr=log_file, stdout=log_file, preexec_fn=low_limit)
     try:
@@ -223,17 +223,17 @@ def marker_jpeg(markers: int) -> bytes:
 
 def test_a_slow_image_header_does_not_freeze_the_server(engine: RecordingEngine) -> None:
     data = marker_jpeg(400_000)
-    with running_server(engine, limits=ServerLimits(max_upload_bytes=4 * MIB)) as url:
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            slow = pool.submit(upload, url, data, "markers.jpg")
-            time.sleep(0.3)
-            worst = 0.0
-            while not slow.done():
-                started = time.monotonic()
-                assert httpx.get(f"{url}/health", timeout=10).status_code == 200
-                worst = max(worst, time.monotonic() - started)
-                time.sleep(0.1)
-            assert slow.result().status_code in (200, 400)
+    with running_server(engine, limits=ServerLimits(max_upload_bytes=4 * MIB)) as url, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(upload, url, data, "markers.jpg")
+        time.sleep(0.3)
+        worst = 0.0
+        while not slow.done():
+            started = time.monotonic()
+            assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+            worst = max(worst, time.monotonic() - started)
+            time.sleep(0.1)
+        assert slow.result().status_code in (200, 400)
     assert worst < 1.0, f"/health waited {worst:.2f} s behind an image's header"
 
 
@@ -446,19 +446,19 @@ def test_loopback_traffic_never_goes_through_a_proxy(engine: RecordingEngine, fa
 
 def test_an_early_503_is_an_answer_not_a_reset(dots_tiny: Path) -> None:
     engine = HeldEngine(tiny_settings(dots_tiny))
-    with running_server(engine, limits=ServerLimits(max_waiting=0, max_upload_bytes=4 * MIB)) as url:
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            running = pool.submit(upload, url, png_bytes())
-            while engine.started == 0:
-                time.sleep(0.01)
-            noise = Image.frombytes("RGB", (900, 900), os.urandom(900 * 900 * 3))
-            buffer = io.BytesIO()
-            noise.save(buffer, format="PNG", compress_level=0)
-            for _ in range(5):
-                response = upload(url, buffer.getvalue())
-                assert response.status_code == 503 and response.json()["error"]["type"] == "busy"
-            engine.release.set()
-            assert running.result(timeout=30).status_code == 200
+    with running_server(engine, limits=ServerLimits(max_waiting=0, max_upload_bytes=4 * MIB)) as url, \
+            concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(upload, url, png_bytes())
+        while engine.started == 0:
+            time.sleep(0.01)
+        noise = Image.frombytes("RGB", (900, 900), os.urandom(900 * 900 * 3))
+        buffer = io.BytesIO()
+        noise.save(buffer, format="PNG", compress_level=0)
+        for _ in range(5):
+            response = upload(url, buffer.getvalue())
+            assert response.status_code == 503 and response.json()["error"]["type"] == "busy"
+        engine.release.set()
+        assert running.result(timeout=30).status_code == 200
 
 
 def test_browser_borne_requests_are_refused(engine: RecordingEngine) -> None:
