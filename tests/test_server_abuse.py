@@ -266,20 +266,23 @@ def test_a_prompt_over_the_token_cap_is_refused_before_prefill(engine: Recording
         assert httpx.post(f"{url}/v1/chat/completions", json=short, timeout=60).status_code == 200
 
 
-def test_a_waiting_request_whose_client_left_never_starts(dots_tiny: Path) -> None:
+def test_a_waiting_request_whose_client_left_leaves_the_line_at_once(dots_tiny: Path) -> None:
     engine = HeldEngine(tiny_settings(dots_tiny))
-    with running_server(engine) as url:
-        with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            running = pool.submit(upload, url, png_bytes())
-            while engine.started == 0:
-                time.sleep(0.01)
-            with pytest.raises(httpx.ReadTimeout):
-                upload(url, png_bytes(), timeout=1.0)  # waits in line, then leaves
-            time.sleep(0.5)
-            engine.release.set()
-            assert running.result(timeout=30).status_code == 200
-        time.sleep(0.5)
-        assert engine.started == 1
+    with running_server(engine, limits=ServerLimits(max_waiting=1)) as url, \
+            concurrent.futures.ThreadPoolExecutor(2) as pool:
+        running = pool.submit(upload, url, png_bytes())
+        while engine.started == 0:
+            time.sleep(0.01)
+        with pytest.raises(httpx.ReadTimeout):
+            upload(url, png_bytes(), timeout=1.0)  # waits in the one place in line, then leaves
+        time.sleep(0.3)
+        after = pool.submit(upload, url, png_bytes())
+        time.sleep(0.7)
+        assert not after.done(), after.result().text  # it got the freed place instead of a 503
+        engine.release.set()
+        assert running.result(timeout=30).status_code == 200
+        assert after.result(timeout=30).status_code == 200
+    assert engine.started == 2  # the one whose client left never ran
 
 
 # -- 5. memory ----------------------------------------------------------------------------------------
@@ -457,6 +460,9 @@ def test_an_early_503_is_an_answer_not_a_reset(dots_tiny: Path) -> None:
         for _ in range(5):
             response = upload(url, buffer.getvalue())
             assert response.status_code == 503 and response.json()["error"]["type"] == "busy"
+        chat = {"model": "m", "messages": chat_messages(buffer.getvalue())}  # refused before it is decoded
+        response = httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=60)
+        assert response.status_code == 503 and response.headers["connection"] == "close"
         engine.release.set()
         assert running.result(timeout=30).status_code == 200
 

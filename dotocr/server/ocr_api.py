@@ -47,6 +47,7 @@ async def ocr(request: Request) -> JSONResponse:
     ticket = server.admit()  # only now: a slow upload holds no place in line
     try:
         image = await server.decode(ticket, data, f"The uploaded file {filename!r}" if filename else "The upload")
+        del form, data  # while it waits in line, the request holds the decoded image only
         result = await server.run_ocr(ticket, request.receive, image, file=filename[:MAX_FILENAME], **options)
     finally:
         ticket.close()

@@ -62,7 +62,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         model = body.model or server.model_name
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            pieces = await server.stream_ocr(ticket, image, **options)
+            pieces = await server.stream_ocr(ticket, request.receive, image, **options)
             return StreamingResponse(_sse(pieces(), model, include_usage, server),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
         result = await server.run_ocr(ticket, request.receive, image, **options)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from anyio import to_thread
 from PIL import Image
@@ -23,6 +24,7 @@ from .schemas import Health
 from .uploads import inspect_image_bytes
 
 log = logging.getLogger("dotocr.server")
+T = TypeVar("T")
 
 BYTES_NAME = "The image data"
 """How `load_image` names bytes in its messages."""
@@ -152,25 +154,23 @@ class ServerState:
         def work() -> OCRResult:
             return self.engine.ocr(image, should_stop=ticket.should_stop, **kwargs)
 
-        watcher = asyncio.ensure_future(_watch_disconnect(receive, ticket))
         try:
-            result = await ticket.run(work)
+            result = await self._unless_gone(ticket, receive, ticket.run(work))
         except (GateTimeout, StopGeneration):
             raise self._stopped(ticket) from None
-        finally:
-            watcher.cancel()
         if result.stop_reason == "cancelled":
             raise self._stopped(ticket)
         return result
 
-    async def stream_ocr(self, ticket: Ticket, image: Image.Image,
+    async def stream_ocr(self, ticket: Ticket, receive: Receive, image: Image.Image,
                          **kwargs: Any) -> Callable[[], AsyncIterator[str | OCRResult]]:
         """Start the generation and wait for its first piece, then hand back the stream of pieces.
 
         Everything that fails before the first piece (no turn before the deadline, the model cannot load,
         the GPU runs out of memory in prefill) is raised here, while the answer can still carry its status.
         The returned iterator yields text deltas and finally the OCRResult; later engine errors are raised
-        from it, a deadline passing raises ApiError(504). Leaving it early stops the generation.
+        from it, a deadline passing raises ApiError(504). Leaving it early stops the generation; so does
+        the client leaving before the first piece (`receive` tells, as in `run_ocr`).
         """
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[Any] = asyncio.Queue()
@@ -201,12 +201,16 @@ class ServerState:
                 raise self._stopped(ticket)
             return result
 
-        try:
-            future = await ticket.start(work)
-        except GateTimeout:
-            raise self._stopped(ticket) from None
-        future.add_done_callback(lambda _f: pieces.put_nowait(finished))
-        first = await next_piece()
+        async def begin() -> tuple[asyncio.Future[OCRResult], Any]:
+            try:
+                started = await ticket.start(work)
+            except GateTimeout:
+                raise self._stopped(ticket) from None
+            started.add_done_callback(lambda _f: pieces.put_nowait(finished))
+            return started, await next_piece()
+
+        # once the first piece is here, the streaming response listens for the client leaving
+        future, first = await self._unless_gone(ticket, receive, begin())
         if first is finished:
             outcome()  # raises the engine's error, if there was one
 
@@ -222,6 +226,25 @@ class ServerState:
                     ticket.cancelled.set()
 
         return iterate
+
+
+    async def _unless_gone(self, ticket: Ticket, receive: Receive, work: Awaitable[T]) -> T:
+        """`await work`, unless the client leaves first: then the work is cancelled (a waiting request leaves
+        the line at once, a running one stops at the next token) and the answer is the client-gone error."""
+        task = asyncio.ensure_future(work)
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, ticket))
+        try:
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not task.done():
+                ticket.cancelled.set()
+                task.cancel()
+        if task.cancelled() or not task.done():
+            with contextlib.suppress(BaseException):
+                await task
+            raise self._stopped(ticket)
+        return task.result()
 
 
 async def _watch_disconnect(receive: Receive, ticket: Ticket) -> None:
