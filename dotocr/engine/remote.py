@@ -15,19 +15,18 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import ipaddress
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
 from ..config import Settings
 from ..errors import DotOCRError, RemoteEngineError
+from .addresses import is_loopback_url
 from .base import Engine
 from .images import ImageInput, load_image
 from .layout import format_answer
@@ -44,17 +43,6 @@ READ_TIMEOUT_S = 300.0
 BUSY_RETRY_S = 60.0
 """How long a request keeps retrying while the server answers 503 (loading, or its queue is full)."""
 MAX_ERROR_BODY = 4096
-
-
-def is_loopback_url(url: str) -> bool:
-    """Whether `url` names this machine (localhost, 127.0.0.0/8, ::1)."""
-    host = (urlsplit(url).hostname or "").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class RemoteEngine(Engine):

@@ -7,6 +7,8 @@ get 503 until it is ready. The console script is `main.py`; putting the app on a
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +26,8 @@ from .openai_api import router as openai_router
 from .schemas import Health
 from .state import ServerState
 
+log = logging.getLogger("dotocr.server")
+
 
 def create_app(engine: Any, *, api_token: str | None = None, limits: ServerLimits = ServerLimits(),
                load_on_start: bool = True, host: str = "127.0.0.1", docs: bool = False) -> FastAPI:
@@ -38,7 +42,11 @@ def create_app(engine: Any, *, api_token: str | None = None, limits: ServerLimit
     from .serving import is_loopback
 
     state = ServerState(engine, limits, load_on_start=load_on_start)
-    secret = load_or_create_secret()
+    try:
+        secret = load_or_create_secret()
+    except OSError as exc:  # a data folder we cannot write: serve on, but no CLI will trust this server
+        log.warning("The server secret could not be stored (%s); `dotocr ocr` will not use this server.", exc)
+        secret = os.urandom(32)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
