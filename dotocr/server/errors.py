@@ -113,8 +113,8 @@ def install_exception_handlers(app: FastAPI, retry_after_s: int) -> None:
             message = f"{request.method} is not allowed on {request.url.path}; see /docs."
         elif exc.status_code == 400 and exc.detail == BODY_PARSE_DETAIL:
             # FastAPI's answer for a JSON body Python cannot parse (an integer of thousands of digits)
-            return error_response(ApiError(422, "The JSON body could not be read (a number too long, or "
-                                           "text that is not UTF-8); send plain JSON.", "invalid_request"))
+            return error_response(ApiError(422, "The JSON body could not be read (nested too deeply, a number "
+                                           "too long, or not UTF-8); send plain JSON.", "invalid_request"))
         else:
             message = str(exc.detail)
         return error_response(ApiError(exc.status_code, message, "http_error", dict(exc.headers or {})))
@@ -141,6 +141,8 @@ def describe_validation_error(exc: RequestValidationError) -> str:
     if not errors:
         return "The request is not valid."
     first = errors[0]
-    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "the body"
+    # pydantic names union members in the location ("function-after[...]", "str"); the client's path is the rest
+    where = ".".join(str(part) for part in first.get("loc", ())
+                     if part != "body" and not (isinstance(part, str) and ("[" in part or part == "str"))) or "the body"
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     return f"Invalid request: {where}: {first.get('msg', 'is not valid')}{more}."
