@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from typing import Any
 
@@ -26,7 +27,8 @@ MAX_INPUT_PIXELS = 8192 * 8192
 """About 67 megapixels: more than an 8K screen or an A4 page scanned at 600 dpi."""
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError,
-                  MemoryError, AttributeError)
+                  MemoryError, AttributeError, ArithmeticError, RuntimeError, struct.error)
+"""What Pillow's decoders raise on damaged files (a plugin's arithmetic or unpacking gone wrong included)."""
 
 
 
