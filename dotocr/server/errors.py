@@ -108,9 +108,9 @@ def install_exception_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 404:
-            message = f"There is no {request.url.path} here; the routes are listed at /docs."
+            message = f"There is no {request.url.path} here; the routes are listed in /openapi.json."
         elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}; see /docs."
+            message = f"{request.method} is not allowed on {request.url.path}; see /openapi.json."
         elif exc.status_code == 400 and exc.detail == BODY_PARSE_DETAIL:
             # FastAPI's answer for a JSON body Python cannot parse (an integer of thousands of digits)
             return error_response(ApiError(422, "The JSON body could not be read (nested too deeply, a number "

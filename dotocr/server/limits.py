@@ -27,7 +27,7 @@ CLOSE = {"Connection": "close"}
 
 @dataclass(frozen=True)
 class ServerLimits:
-    """The server's limits; `dotocr-serve` flags map onto these one to one."""
+    """The server's limits; most have a `dotocr-serve` flag of the same meaning (see docs/server.md)."""
 
     max_upload_bytes: int = 20 * MIB
     """Largest image file accepted by POST /ocr (a base64 image in a chat request may be 4/3 of this)."""
