@@ -150,6 +150,13 @@ def _run_batch(args: argparse.Namespace, settings: Settings, prompt: str | None,
             failed += 1
             reporter.advance()
             continue
+        except Exception as exc:  # a bug met on one odd file: name it, keep the traceback for -v, go on
+            logging.getLogger("dotocr").debug("unexpected error on %s", image.name, exc_info=exc)
+            reporter.error(_about(image, f"could not be read: an internal error ({type(exc).__name__}); "
+                                  "please report it with the file."))
+            failed += 1
+            reporter.advance()
+            continue
         result.file = image.name
         try:
             writer.write(image, result.to_json_dict())

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import DotOCRError
+from .addresses import is_loopback_url
 from .base import Engine
 from .images import MAX_INPUT_PIXELS, ImageInput, declared_png_size, load_image
 from .inference import DotOCRInference
@@ -50,5 +51,5 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["IMAGE_PLACEHOLDER", "MAX_INPUT_PIXELS", "PROMPT_MODES", "DotOCRError", "DotOCRInference",
            "DotsOCRConfig", "DotsOCRForCausalLM", "DotsVisionConfig", "Engine", "EngineState", "ImageInput",
-           "OCRResult", "RemoteEngine", "Status", "declared_png_size", "instruction_for", "load_image",
-           "make_engine", "resolve_prompt", "strip_image_placeholder"]
+           "OCRResult", "RemoteEngine", "Status", "declared_png_size", "instruction_for", "is_loopback_url",
+           "load_image", "make_engine", "resolve_prompt", "strip_image_placeholder"]

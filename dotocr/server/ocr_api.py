@@ -22,10 +22,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": description} for code, description in (
         (400, "Bad form field, or an image that is corrupt, truncated, empty or too many pixels."),
         (401, "Missing or wrong API token (only when the server has one)."),
+        (403, "A request from a web page (foreign Origin), or a Host that is not this server."),
+        (408, "The body arrived too slowly."),
         (413, "The upload is over the size limit."),
         (415, "Not multipart/form-data, or the file is not an image."),
+        (422, "The JSON body does not match the schema."),
         (502, "The remote engine failed."),
-        (503, "Loading, busy (see Retry-After), or the model is unavailable."),
+        (503, "Loading, busy or out of image memory (see Retry-After), or the model is unavailable."),
         (504, "The request ran past the server's time limit."),
     )
 }
@@ -38,13 +41,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 async def ocr(request: Request) -> JSONResponse:
     """`curl -F file=@shot.png -F prompt=text http://127.0.0.1:8765/ocr`"""
     server: ServerState = request.app.state.dotocr
-    ticket = server.admit()
+    form = await read_multipart(request, server.limits.max_upload_bytes)
+    options = _ocr_options(form, server)
+    filename, data = form.files["file"]
+    ticket = server.admit()  # only now: a slow upload holds no place in line
     try:
-        form = await read_multipart(request, server.limits.max_upload_bytes)
-        options = _ocr_options(form, server)
-        filename, data = form.files["file"]
-        image = await server.decode(data, f"The uploaded file {filename!r}" if filename else "The upload")
-        result = await server.run_ocr(ticket, image, file=filename[:MAX_FILENAME], **options)
+        image = await server.decode(ticket, data, f"The uploaded file {filename!r}" if filename else "The upload")
+        del form, data  # while it waits in line, the request holds the decoded image only
+        result = await server.run_ocr(ticket, request.receive, image, file=filename[:MAX_FILENAME], **options)
     finally:
         ticket.close()
     return JSONResponse(result.to_json_dict())  # as is: `cells` is absent, not null, for the text prompt

@@ -51,8 +51,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     image_bytes, instruction = _image_and_instruction(body, server.limits.max_upload_bytes)
     ticket = server.admit()
     try:
-        image = await server.decode(image_bytes, "The image in image_url")
+        image = await server.decode(ticket, image_bytes, "The image in image_url")
         options: dict[str, Any] = {
+            "max_prompt_tokens": server.limits.max_prompt_tokens,
             "prompt": _mode_for(instruction), "instruction": instruction,
             "max_new_tokens": server.clamp_tokens(body.max_completion_tokens or body.max_tokens),
             "temperature": body.temperature if body.temperature is not None else 0.0,
@@ -61,10 +62,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         model = body.model or server.model_name
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            pieces = await server.stream_ocr(ticket, image, **options)
+            pieces = await server.stream_ocr(ticket, request.receive, image, **options)
             return StreamingResponse(_sse(pieces(), model, include_usage, server),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
-        result = await server.run_ocr(ticket, image, **options)
+        result = await server.run_ocr(ticket, request.receive, image, **options)
     finally:
         ticket.close()
     return _completion(result, model)
