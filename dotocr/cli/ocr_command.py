@@ -93,6 +93,7 @@ def run_ocr(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def _run_batch(args: argparse.Namespace, settings: Settings, prompt: str | None, images: list[InputImage],
                problems: list[str], reporter: Reporter) -> int:
+    from dotocr.engine import load_image
     from dotocr.errors import DotOCRError, ModelUnavailableError
 
     for problem in problems:
@@ -112,6 +113,23 @@ def _run_batch(args: argparse.Namespace, settings: Settings, prompt: str | None,
     else:
         writer = StdoutWriter(settings.output_format, batch=len(images) > 1, write_line=reporter.stdout_line)
 
+    total = len(images) + len(problems)
+    # A file that is not a readable image is refused before the model loads (seconds, or a download): the
+    # images up to the first readable one are checked here, and that one is decoded once, not twice.
+    first: Any = None
+    while images and first is None:
+        try:
+            first = load_image(images[0].source)
+        except DotOCRError as exc:
+            reporter.error(_about(images[0], str(exc)))
+            failed += 1
+            reporter.advance()
+            images = images[1:]
+    if not images:
+        if total > 1:
+            reporter.error(f"{failed} of {total} inputs failed.")
+        return EXIT_FAILED
+
     if not args.verbose:
         quiet_libraries(keep_download_bars=_isatty(sys.stderr))
     try:
@@ -123,10 +141,11 @@ def _run_batch(args: argparse.Namespace, settings: Settings, prompt: str | None,
         return EXIT_FAILED
     reporter.status("")
 
-    for image in images:
+    for index, image in enumerate(images):
         try:
-            result = engine.ocr(image.source, prompt=prompt, output_format=settings.output_format,
-                                bbox=args.bbox, max_new_tokens=settings.max_new_tokens, file=image.name)
+            result = engine.ocr(first if index == 0 else image.source, prompt=prompt,
+                                output_format=settings.output_format, bbox=args.bbox,
+                                max_new_tokens=settings.max_new_tokens, file=image.name)
         except ModelUnavailableError as exc:
             reporter.error(str(exc))
             return EXIT_FAILED
@@ -145,8 +164,8 @@ def _run_batch(args: argparse.Namespace, settings: Settings, prompt: str | None,
             failed += 1
         reporter.advance()
 
-    if failed and len(images) + len(problems) > 1:
-        reporter.error(f"{failed} of {len(images) + len(problems)} inputs failed.")
+    if failed and total > 1:
+        reporter.error(f"{failed} of {total} inputs failed.")
     return EXIT_OK if failed == 0 else EXIT_FAILED
 
 
