@@ -18,6 +18,15 @@ from ..errors import DotOCRError
 from .base import Engine
 from .images import MAX_INPUT_PIXELS, ImageInput, declared_png_size, load_image
 from .inference import DotOCRInference
+from .loading import (
+    CheckpointInfo,
+    LoadPlan,
+    PrecisionError,
+    cpu_prefers_bf16,
+    describe_checkpoint,
+    describe_cuda,
+    plan_load,
+)
 from .prompts import IMAGE_PLACEHOLDER, PROMPT_MODES, instruction_for, resolve_prompt, strip_image_placeholder
 from .results import OCRResult
 from .status import EngineState, Status
@@ -48,7 +57,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["IMAGE_PLACEHOLDER", "MAX_INPUT_PIXELS", "PROMPT_MODES", "DotOCRError", "DotOCRInference",
-           "DotsOCRConfig", "DotsOCRForCausalLM", "DotsVisionConfig", "Engine", "EngineState", "ImageInput",
-           "OCRResult", "RemoteEngine", "Status", "declared_png_size", "instruction_for", "load_image",
-           "make_engine", "resolve_prompt", "strip_image_placeholder"]
+__all__ = ["IMAGE_PLACEHOLDER", "MAX_INPUT_PIXELS", "PROMPT_MODES", "CheckpointInfo", "DotOCRError",
+           "DotOCRInference", "DotsOCRConfig", "DotsOCRForCausalLM", "DotsVisionConfig", "Engine", "EngineState",
+           "ImageInput", "LoadPlan", "OCRResult", "PrecisionError", "RemoteEngine", "Status", "cpu_prefers_bf16",
+           "declared_png_size", "describe_checkpoint", "describe_cuda", "instruction_for", "load_image",
+           "make_engine", "plan_load", "resolve_prompt", "strip_image_placeholder"]
