@@ -242,7 +242,7 @@ class RecordingOpenAIServer:
 
 @pytest.mark.timeout(300)
 def test_no_report_prints_any_part_of_a_key_or_token(tmp_path):
-    key, token = "sk-remote-7f3a9c2e5b1d", "tok-local-4e8b6d0a2c"
+    key, token = "sk-q7f3xa9c2ze5b1d", "tk-x4e8qb6d0za2c"
     server = RecordingOpenAIServer()
     try:
         settings = tmp_path / "settings.toml"
