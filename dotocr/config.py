@@ -22,6 +22,8 @@ else:  # pragma: no cover - exercised on 3.10 only
 import tomli_w
 from platformdirs import user_config_path, user_data_path
 
+from dotocr.vision_grid import IMAGE_FACTOR
+
 APP_NAME = "dotocr"
 DEFAULT_MODEL = "rednote-hilab/dots.ocr"
 
@@ -66,7 +68,7 @@ class Settings:
             value = getattr(self, name)
             if value not in allowed:
                 raise SettingsError(f"{name} = {value!r} is not one of {', '.join(allowed)}.")
-        for name, low in (("max_image_size", 28), ("max_new_tokens", 1), ("history_size", 0),
+        for name, low in (("max_image_size", IMAGE_FACTOR), ("max_new_tokens", 1), ("history_size", 0),
                           ("idle_minutes", 0), ("api_port", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -191,7 +193,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                        f"(default {DEFAULT_MODEL})")
     group.add_argument("--device", choices=DEVICES)
     group.add_argument("--precision", choices=PRECISIONS)
-    group.add_argument("--max-image-size", type=_whole_number(28), metavar="PX",
+    group.add_argument("--max-image-size", type=_whole_number(IMAGE_FACTOR), metavar="PX",
                        help="longest image side in pixels (default 1024)")
     group.add_argument("--max-new-tokens", type=_whole_number(1), metavar="N")
 

@@ -7,25 +7,16 @@ from pathlib import Path
 
 from dotocr import __version__
 from dotocr.config import OUTPUT_FORMATS, PROMPT_MODES, add_engine_arguments
-
-Box = tuple[int, int, int, int]
+from dotocr.engine import Box, parse_box
+from dotocr.errors import DotOCRError
 
 
 def parse_bbox(text: str) -> Box:
-    """`X1,Y1,X2,Y2` in input-image pixels: the box the grounding prompt reads."""
-    parts = [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
-    if len(parts) != 4:
-        raise argparse.ArgumentTypeError(f"{text!r} is not four numbers X1,Y1,X2,Y2")
+    """`X1,Y1,X2,Y2` in input-image pixels: the box the grounding prompt reads, by the engine's box rule."""
     try:
-        values = [round(float(p)) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not four numbers X1,Y1,X2,Y2") from None
-    x1, y1, x2, y2 = values
-    if min(values) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: coordinates cannot be negative")
-    if x2 <= x1 or y2 <= y1:
-        raise argparse.ArgumentTypeError(f"{text!r}: X2 must be greater than X1 and Y2 greater than Y1")
-    return (x1, y1, x2, y2)
+        return parse_box(text)
+    except DotOCRError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:

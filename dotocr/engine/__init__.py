@@ -16,6 +16,7 @@ from typing import Any
 from ..config import Settings
 from ..errors import DotOCRError
 from .base import Engine
+from .boxes import Box, check_box, parse_box
 from .images import MAX_INPUT_PIXELS, ImageInput, declared_png_size, load_image
 from .inference import DotOCRInference
 from .loading import (
@@ -57,8 +58,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["IMAGE_PLACEHOLDER", "MAX_INPUT_PIXELS", "PROMPT_MODES", "CheckpointInfo", "DotOCRError",
+__all__ = ["IMAGE_PLACEHOLDER", "MAX_INPUT_PIXELS", "PROMPT_MODES", "Box", "CheckpointInfo", "DotOCRError",
            "DotOCRInference", "DotsOCRConfig", "DotsOCRForCausalLM", "DotsVisionConfig", "Engine", "EngineState",
-           "ImageInput", "LoadPlan", "OCRResult", "PrecisionError", "RemoteEngine", "Status", "cpu_prefers_bf16",
-           "declared_png_size", "describe_checkpoint", "describe_cuda", "instruction_for", "load_image",
-           "make_engine", "plan_load", "resolve_prompt", "strip_image_placeholder"]
+           "ImageInput", "LoadPlan", "OCRResult", "PrecisionError", "RemoteEngine", "Status", "check_box",
+           "cpu_prefers_bf16", "declared_png_size", "describe_checkpoint", "describe_cuda", "instruction_for",
+           "load_image", "make_engine", "parse_box", "plan_load", "resolve_prompt", "strip_image_placeholder"]

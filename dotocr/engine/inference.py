@@ -21,6 +21,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import DotOCRError, ModelUnavailableError, OutOfMemoryError, one_line
+from ..vision_grid import IMAGE_FACTOR
 from .base import Engine
 from .decoders.base import DecodeRequest
 from .generation import TokenPipeline
@@ -177,7 +178,7 @@ class DotOCRInference(Engine):
                 raise OutOfMemoryError(
                     f"The GPU ran out of memory while reading; lower --max-image-size (now {max_size}) or "
                     "switch to 4-bit or the CPU.") from None
-        smaller = max(28, int(min(max_size, max(picture.size)) * OOM_RETRY_SCALE))
+        smaller = max(IMAGE_FACTOR, int(min(max_size, max(picture.size)) * OOM_RETRY_SCALE))
         log.warning("CUDA out of memory; retrying once at %d px", smaller)
         try:
             return self._run(loaded, picture, started, smaller, pipelines, **kwargs)
