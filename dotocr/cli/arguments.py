@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dotocr import __version__
 from dotocr.config import OUTPUT_FORMATS, PROMPT_MODES, add_engine_arguments
-from dotocr.engine import Box, parse_box
-from dotocr.errors import DotOCRError
+from dotocr.version import VersionAction
 
 
-def parse_bbox(text: str) -> Box:
+def parse_bbox(text: str) -> tuple[float, float, float, float]:
     """`X1,Y1,X2,Y2` in input-image pixels: the box the grounding prompt reads, by the engine's box rule."""
+    from dotocr.engine import parse_box  # here: `dotocr --help` must not pay for the engine's imports
+    from dotocr.errors import DotOCRError
+
     try:
         return parse_box(text)
     except DotOCRError as exc:
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Local OCR on the dots.ocr model.",
         epilog="Run `dotocr COMMAND --help` for a command's options.",
     )
-    parser.add_argument("--version", action="version", version=f"dotocr {__version__}")
+    parser.add_argument("--version", action=VersionAction)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     ocr = commands.add_parser(

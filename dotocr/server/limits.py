@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import error_body, send_json
-
 MIB = 1024 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024
 """Room for multipart headers and the small text fields next to the upload."""
@@ -69,6 +67,9 @@ class BodySizeLimitMiddleware:
         self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from .errors import error_body, send_json  # here, not at the top: `dotocr-serve --help` reads the
+        # defaults above and must not pay for the web framework the error bodies need
+
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -18,10 +18,10 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from dotocr import __version__
 from dotocr.config import Settings, SettingsFile, add_engine_arguments, data_dir, overrides_from_args
 from dotocr.tray.controller import Controller, EngineFactory, Services
 from dotocr.tray.icon import IconState, draw_icon, tooltip
+from dotocr.version import VersionAction
 
 log = logging.getLogger("dotocr.tray")
 
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dotocr-tray",
         description="Tray daemon: press the hotkey, drag over the screen, the text lands on the clipboard.",
     )
-    parser.add_argument("--version", action="version", version=f"dotocr-tray {__version__}")
+    parser.add_argument("--version", action=VersionAction)
     add_engine_arguments(parser)
     tray = parser.add_argument_group("tray")
     tray.add_argument("--hotkey", help="global hotkey for this run, e.g. ctrl+alt+shift+o")
