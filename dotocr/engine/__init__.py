@@ -30,7 +30,7 @@ from .loading import (
 )
 from .prompts import IMAGE_PLACEHOLDER, PROMPT_MODES, instruction_for, resolve_prompt, strip_image_placeholder
 from .results import OCRResult
-from .status import EngineState, Status
+from .status import LOADING_STATUSES, EngineState, Status
 
 _LAZY = {
     "DotsOCRConfig": ".configuration_dots",
@@ -58,8 +58,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["IMAGE_PLACEHOLDER", "MAX_INPUT_PIXELS", "PROMPT_MODES", "Box", "CheckpointInfo", "DotOCRError",
-           "DotOCRInference", "DotsOCRConfig", "DotsOCRForCausalLM", "DotsVisionConfig", "Engine", "EngineState",
-           "ImageInput", "LoadPlan", "OCRResult", "PrecisionError", "RemoteEngine", "Status", "check_box",
-           "cpu_prefers_bf16", "declared_png_size", "describe_checkpoint", "describe_cuda", "instruction_for",
-           "load_image", "make_engine", "parse_box", "plan_load", "resolve_prompt", "strip_image_placeholder"]
+__all__ = ["IMAGE_PLACEHOLDER", "LOADING_STATUSES", "MAX_INPUT_PIXELS", "PROMPT_MODES", "Box", "CheckpointInfo",
+           "DotOCRError", "DotOCRInference", "DotsOCRConfig", "DotsOCRForCausalLM", "DotsVisionConfig", "Engine",
+           "EngineState", "ImageInput", "LoadPlan", "OCRResult", "PrecisionError", "RemoteEngine", "Status",
+           "check_box", "cpu_prefers_bf16", "declared_png_size", "describe_checkpoint", "describe_cuda",
+           "instruction_for", "load_image", "make_engine", "parse_box", "plan_load", "resolve_prompt",
+           "strip_image_placeholder"]
