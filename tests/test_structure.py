@@ -11,18 +11,15 @@ from __future__ import annotations
 import ast
 import os
 import pkgutil
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 import dotocr
-from tests.cli_helpers import REPO, TINY, text_image
+from tests.cli_helpers import REPO, TINY, free_port, text_image, warm_server
 
 HEAVY = ("torch", "transformers")
 MODEL_CODE = {"dotocr.engine.modeling_dots_ocr", "dotocr.engine.configuration_dots",
@@ -300,42 +297,16 @@ def test_a_file_that_is_not_an_image_is_refused_without_torch(tmp_path):
     assert str(notes) in lines[0] and str(empty) in lines[1] and "Traceback" not in done.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.timeout(300)
 def test_ocr_against_a_warm_server_needs_no_torch(tmp_path):
-    from dotocr.cli.server_probe import probe_server
-
-    port = _free_port()
+    port = free_port()
     settings = tmp_path / "settings.toml"
     settings.write_text(f"api_port = {port}\n", encoding="utf-8")
     env = {"DOTOCR_CONFIG": str(settings)}
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:  # the server itself loads the model: torch allowed there
-        server = subprocess.Popen([sys.executable, "-m", "dotocr.server", "--port", str(port), "--model", str(TINY),
-                                   "--device", "cpu", "--precision", "fp32"], stdout=log, stderr=subprocess.STDOUT,
-                                  env=dict(os.environ, PYTHONPATH=str(REPO), **env), cwd=REPO)
-    try:
-        deadline = time.monotonic() + 180
-        while (found := probe_server(port)) is None or found.status != "ready":
-            assert server.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "dotocr-serve did not get ready"
-            time.sleep(0.3)
+    with warm_server(port, tmp_path / "server.log", env):  # the server itself loads the model: torch allowed
         image = text_image(tmp_path / "small.png", (120, 40))
         done = run_entry("dotocr.cli:main", "ocr", str(image), "--format", "json", "--model", str(TINY),
                          "--max-new-tokens", "4", env=env)
-        assert done.returncode == 0, done.stderr
-        assert '"device": "remote cpu"' in done.stdout
-        # the same request with the heavy libraries importable proves the server path, not a fallback, ran
-        assert "using the dotocr server" in done.stderr
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    assert done.returncode == 0, done.stderr
+    assert '"device": "remote cpu"' in done.stdout
+    assert "using the dotocr server" in done.stderr
