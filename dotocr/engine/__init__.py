@@ -18,7 +18,6 @@ from ..errors import DotOCRError
 from .base import Engine
 from .boxes import Box, check_box, parse_box
 from .images import MAX_INPUT_PIXELS, ImageInput, declared_png_size, load_image
-from .inference import DotOCRInference
 from .loading import (
     CheckpointInfo,
     LoadPlan,
@@ -33,6 +32,7 @@ from .results import OCRResult
 from .status import LOADING_STATUSES, EngineState, Status
 
 _LAZY = {
+    "DotOCRInference": ".inference",  # not needed by a front end that talks to a server: `dotocr ocr` when warm
     "DotsOCRConfig": ".configuration_dots",
     "DotsVisionConfig": ".configuration_dots",
     "DotsOCRForCausalLM": ".modeling_dots_ocr",
@@ -47,6 +47,8 @@ def make_engine(settings: Settings, *, on_state: Callable[[EngineState], None] |
         from .remote import RemoteEngine
 
         return RemoteEngine(settings, on_state=on_state, **kwargs)
+    from .inference import DotOCRInference
+
     return DotOCRInference(settings, on_state=on_state, **kwargs)
 
 
