@@ -11,12 +11,16 @@ Measured, each in a fresh interpreter from this checkout:
   after the menu is built) exists (budget 1 s). Needs Xvfb and xdotool.
 For the two `dotocr ocr` cases an extra run under `python -X importtime` checks that torch and transformers
 were never imported. The console scripts are run as `python -m ...`, the same code without the launcher.
+Wall time is what a person waits; the children's CPU time (user + system) is printed beside it because on a
+shared machine the wall time mostly measures the other jobs. `--compare CHECKOUT` times another checkout's
+commands in the same run, interleaved with this one's (the warm server is this checkout's for both).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -38,23 +42,39 @@ BUDGETS = {"help": 0.5, "ocr_warm": 1.5, "tray_icon": 1.0}
 ENTRIES = {"dotocr": "dotocr", "dotocr-serve": "dotocr.server", "dotocr-tray": "dotocr.tray"}
 
 
-def clean_env(home: Path, **extra: str) -> dict[str, str]:
-    """A private settings file and data folder, this checkout first on the path."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), DOTOCR_CONFIG=str(home / "settings.toml"),
+def clean_env(home: Path, code: Path = REPO, **extra: str) -> dict[str, str]:
+    """A private settings file and data folder, the checkout `code` first on the path."""
+    env = dict(os.environ, PYTHONPATH=str(code), DOTOCR_CONFIG=str(home / "settings.toml"),
                DOTOCR_DATA_DIR=str(home / "data"), HF_HUB_OFFLINE="1")
     env.update(extra)
     return env
 
 
 def time_command(argv: list[str], env: dict[str, str], runs: int, expect: int = 0) -> dict[str, Any]:
-    seconds = []
+    return side_by_side(argv, {"this": env}, runs, expect)["this"]
+
+
+def side_by_side(argv: list[str], envs: dict[str, dict[str, str]], runs: int, expect: int = 0) -> dict[str, Any]:
+    """`argv` timed under each environment (one per checkout), the runs interleaved so that the load from other
+    jobs hits every checkout alike. This checkout ("this") must exit with `expect`; another one's exit status is
+    recorded (an older checkout may lack a flag)."""
+    seconds: dict[str, list[float]] = {label: [] for label in envs}
+    cpu: dict[str, list[float]] = {label: [] for label in envs}
+    exits: dict[str, int] = {}
     for _ in range(runs):
-        start = time.perf_counter()
-        done = subprocess.run(argv, env=env, capture_output=True, cwd=REPO, timeout=120)
-        seconds.append(time.perf_counter() - start)
-        if done.returncode != expect:
-            raise SystemExit(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.decode()[-400:]}")
-    return {"median_s": round(median(seconds), 3), "runs_s": [round(s, 3) for s in seconds]}
+        for label, env in envs.items():
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            done = subprocess.run(argv, env=env, capture_output=True, cwd=REPO, timeout=120)
+            seconds[label].append(time.perf_counter() - start)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[label].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            exits[label] = done.returncode
+            if label == "this" and done.returncode != expect:
+                raise SystemExit(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.decode()[-400:]}")
+    return {label: {"median_s": round(median(times), 3), "runs_s": [round(t, 3) for t in times],
+                    "cpu_median_s": round(median(cpu[label]), 3), "exit": exits[label]}
+            for label, times in seconds.items()}
 
 
 def heavy_imports(argv: list[str], env: dict[str, str], expect: int) -> list[str]:
@@ -99,7 +119,7 @@ def stop(process: subprocess.Popen, signum: int = signal.SIGTERM) -> None:
             process.wait()
 
 
-def measure_ocr(home: Path, runs: int) -> dict[str, Any]:
+def measure_ocr(home: Path, runs: int, compare: Path | None = None) -> dict[str, Any]:
     from PIL import Image, ImageDraw
 
     small = home / "small.png"
@@ -112,11 +132,18 @@ def measure_ocr(home: Path, runs: int) -> dict[str, Any]:
     port = free_port()
     (home / "settings.toml").write_text(f"api_port = {port}\n", encoding="utf-8")
     env = clean_env(home)
+    envs = {"this": env, **({"compare": clean_env(home, compare.resolve())} if compare else {})}
     results: dict[str, Any] = {}
 
-    refused = [PY, "-m", "dotocr", "ocr", str(notes), "--model", str(TINY), "--local"]
-    results["ocr_not_an_image"] = time_command(refused, env, runs, expect=1)
-    results["ocr_not_an_image"]["heavy_imports"] = heavy_imports(refused, env, expect=1)
+    def timed_both(name: str, argv: list[str], expect: int) -> None:
+        both = side_by_side(argv, envs, runs, expect)
+        results[name] = both["this"]
+        results[name]["heavy_imports"] = heavy_imports(argv, env, expect)
+        if "compare" in both:
+            both["compare"]["heavy_imports"] = heavy_imports(argv, envs["compare"], both["compare"]["exit"])
+            results.setdefault("compared", {})[name] = both["compare"]
+
+    timed_both("ocr_not_an_image", [PY, "-m", "dotocr", "ocr", str(notes), "--model", str(TINY), "--local"], 1)
 
     log = (home / "server.log").open("wb")
     server = subprocess.Popen([PY, "-m", "dotocr.server", "--port", str(port), "--model", str(TINY),
@@ -124,9 +151,8 @@ def measure_ocr(home: Path, runs: int) -> dict[str, Any]:
                               stderr=subprocess.STDOUT, cwd=REPO)
     try:
         wait_ready(port, server)
-        warm = [PY, "-m", "dotocr", "ocr", str(small), "--model", str(TINY), "--max-new-tokens", "8"]
-        results["ocr_warm_server"] = time_command(warm, env, runs)
-        results["ocr_warm_server"]["heavy_imports"] = heavy_imports(warm, env, expect=0)
+        timed_both("ocr_warm_server", [PY, "-m", "dotocr", "ocr", str(small), "--model", str(TINY),
+                                       "--max-new-tokens", "8"], 0)
     finally:
         stop(server, signal.SIGINT)
         log.close()
@@ -176,22 +202,32 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--skip-tray", action="store_true")
+    parser.add_argument("--compare", type=Path, metavar="CHECKOUT",
+                        help="also time another checkout's --help/--version and `dotocr ocr` cases, side by side")
     args = parser.parse_args()
 
     results: dict[str, Any] = {"machine": machine(), "budgets_s": BUDGETS}
     with tempfile.TemporaryDirectory(prefix="dotocr-startup-") as tmp:
         home = Path(tmp)
-        env = clean_env(home)
-        results["python_pass"] = time_command([PY, "-c", "pass"], env, args.runs)
+        envs = {"this": clean_env(home)}
+        if args.compare:
+            envs["compare"] = clean_env(home, args.compare.resolve())
+            results["compare"] = str(args.compare.resolve())
+        results["python_pass"] = time_command([PY, "-c", "pass"], envs["this"], args.runs)
         for name, module in ENTRIES.items():
             for flag in ("--help", "--version"):
-                results[f"{name} {flag}"] = time_command([PY, "-m", module, flag], env, args.runs)
-        results.update(measure_ocr(home, args.runs))
+                both = side_by_side([PY, "-m", module, flag], envs, args.runs)
+                results[f"{name} {flag}"] = both["this"]
+                if "compare" in both:
+                    results.setdefault("compared", {})[f"{name} {flag}"] = both["compare"]
+        results.update(measure_ocr(home, args.runs, args.compare))
         if not args.skip_tray:
             results["tray"] = measure_tray(home, args.runs)
     results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
 
-    print(f"{'case':<28} {'median s':>9}  budget  heavy imports")
+    compared = results.get("compared", {})
+    print(f"{'case':<28} {'median s':>9} {'cpu s':>6}  budget  heavy imports" + ("   | compared: median s, exit, heavy" if compared
+                                                                      else ""))
     rows = [(k, v) for k, v in results.items() if isinstance(v, dict) and "median_s" in v]
     rows += [(f"tray {k}", v) for k, v in results.get("tray", {}).items() if isinstance(v, dict)]
     for name, row in rows:
@@ -200,7 +236,12 @@ def main() -> None:
                   BUDGETS["tray_icon"] if name == "tray icon_window" else None)
         mark = "" if budget is None else f"{budget:.1f} {'ok' if row['median_s'] <= budget else 'OVER'}"
         heavy = ", ".join(row.get("heavy_imports", [])) or ("none" if "heavy_imports" in row else "")
-        print(f"{name:<28} {row['median_s']:>9.3f}  {mark:<7} {heavy}")
+        other = compared.get(name)
+        extra = "" if other is None else (f"   | {other['median_s']:.3f} s ({other['cpu_median_s']:.3f} cpu), "
+                                          f"exit {other['exit']}, "
+                                          + (", ".join(other.get("heavy_imports", [])) or "none"))
+        cpu = f"{row['cpu_median_s']:6.3f}" if "cpu_median_s" in row else " " * 6
+        print(f"{name:<28} {row['median_s']:>9.3f} {cpu}  {mark:<7} {heavy:<13}{extra}")
     write_json(args.json, results)
 
 
