@@ -226,8 +226,8 @@ def main() -> None:
     results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
 
     compared = results.get("compared", {})
-    print(f"{'case':<28} {'median s':>9} {'cpu s':>6}  budget  heavy imports" + ("   | compared: median s, exit, heavy" if compared
-                                                                      else ""))
+    header = f"{'case':<28} {'median s':>9} {'cpu s':>6}  budget  heavy imports"
+    print(header + ("   | compared: median s, exit, heavy" if compared else ""))
     rows = [(k, v) for k, v in results.items() if isinstance(v, dict) and "median_s" in v]
     rows += [(f"tray {k}", v) for k, v in results.get("tray", {}).items() if isinstance(v, dict)]
     for name, row in rows:
