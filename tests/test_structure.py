@@ -278,8 +278,9 @@ def test_front_end_packages_import_without_torch(module):
 
 @pytest.mark.parametrize("entry", ["dotocr.cli:main", "dotocr.server.main:main", "dotocr.tray.app:main"])
 @pytest.mark.parametrize("flag", ["--help", "--version"])
-def test_help_and_version_need_no_torch(entry, flag):
-    done = run_entry(entry, flag)
+def test_help_and_version_need_no_torch_nor_the_web_framework(entry, flag):
+    web = "".join(f"sys.modules[{name!r}] = None\n" for name in ("fastapi", "uvicorn", "starlette.applications"))
+    done = run_python(web + f"from {entry.split(':')[0]} import main\nsys.exit(main(sys.argv[1:]))", flag)
     assert done.returncode == 0, done.stderr
     assert "usage:" in done.stdout if flag == "--help" else dotocr.__version__ in done.stdout
 
