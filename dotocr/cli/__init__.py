@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_ocr(args, parser)
         if args.command == "doctor":
-            from dotocr.doctor import run_doctor
+            from dotocr.cli.doctor import run_doctor
 
             return run_doctor(args, parser)
         parser.print_help(sys.stderr)

@@ -5,27 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dotocr import __version__
 from dotocr.config import add_engine_arguments, add_setting_argument
+from dotocr.version import VersionAction
 
-Box = tuple[int, int, int, int]
 
+def parse_bbox(text: str) -> tuple[float, float, float, float]:
+    """`X1,Y1,X2,Y2` in input-image pixels: the box the grounding prompt reads, by the engine's box rule."""
+    from dotocr.engine import parse_box  # here: `dotocr --help` must not pay for the engine's imports
+    from dotocr.errors import DotOCRError
 
-def parse_bbox(text: str) -> Box:
-    """`X1,Y1,X2,Y2` in input-image pixels: the box the grounding prompt reads."""
-    parts = [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
-    if len(parts) != 4:
-        raise argparse.ArgumentTypeError(f"{text!r} is not four numbers X1,Y1,X2,Y2")
     try:
-        values = [round(float(p)) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not four numbers X1,Y1,X2,Y2") from None
-    x1, y1, x2, y2 = values
-    if min(values) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: coordinates cannot be negative")
-    if x2 <= x1 or y2 <= y1:
-        raise argparse.ArgumentTypeError(f"{text!r}: X2 must be greater than X1 and Y2 greater than Y1")
-    return (x1, y1, x2, y2)
+        return parse_box(text)
+    except DotOCRError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Local OCR on the dots.ocr model.",
         epilog="Run `dotocr COMMAND --help` for a command's options.",
     )
-    parser.add_argument("--version", action="version", version=f"dotocr {__version__}")
+    parser.add_argument("--version", action=VersionAction)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     ocr = commands.add_parser(

@@ -17,13 +17,23 @@ from ..config import Settings
 from ..errors import DotOCRError
 from .addresses import is_loopback_url
 from .base import Engine
+from .boxes import Box, check_box, parse_box
 from .images import MAX_INPUT_PIXELS, ImageInput, declared_png_size, load_image
-from .inference import DotOCRInference
+from .loading import (
+    CheckpointInfo,
+    LoadPlan,
+    PrecisionError,
+    cpu_prefers_bf16,
+    describe_checkpoint,
+    describe_cuda,
+    plan_load,
+)
 from .prompts import IMAGE_PLACEHOLDER, PROMPT_MODES, instruction_for, resolve_prompt, strip_image_placeholder
 from .results import OCRResult
-from .status import EngineState, Status
+from .status import LOADING_STATUSES, EngineState, Status
 
 _LAZY = {
+    "DotOCRInference": ".inference",  # not needed by a front end that talks to a server: `dotocr ocr` when warm
     "DotsOCRConfig": ".configuration_dots",
     "DotsVisionConfig": ".configuration_dots",
     "DotsOCRForCausalLM": ".modeling_dots_ocr",
@@ -38,6 +48,8 @@ def make_engine(settings: Settings, *, on_state: Callable[[EngineState], None] |
         from .remote import RemoteEngine
 
         return RemoteEngine(settings, on_state=on_state, **kwargs)
+    from .inference import DotOCRInference
+
     return DotOCRInference(settings, on_state=on_state, **kwargs)
 
 
@@ -49,7 +61,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["IMAGE_PLACEHOLDER", "MAX_INPUT_PIXELS", "PROMPT_MODES", "DotOCRError", "DotOCRInference",
-           "DotsOCRConfig", "DotsOCRForCausalLM", "DotsVisionConfig", "Engine", "EngineState", "ImageInput",
-           "OCRResult", "RemoteEngine", "Status", "declared_png_size", "instruction_for", "is_loopback_url",
-           "load_image", "make_engine", "resolve_prompt", "strip_image_placeholder"]
+__all__ = ["IMAGE_PLACEHOLDER", "LOADING_STATUSES", "MAX_INPUT_PIXELS", "PROMPT_MODES", "Box", "CheckpointInfo",
+           "DotOCRError", "DotOCRInference", "DotsOCRConfig", "DotsOCRForCausalLM", "DotsVisionConfig", "Engine",
+           "EngineState", "ImageInput", "LoadPlan", "OCRResult", "PrecisionError", "RemoteEngine", "Status",
+           "check_box", "cpu_prefers_bf16", "declared_png_size", "describe_checkpoint", "describe_cuda",
+           "instruction_for", "is_loopback_url", "load_image", "make_engine", "parse_box", "plan_load",
+           "resolve_prompt", "strip_image_placeholder"]
