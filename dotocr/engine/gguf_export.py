@@ -144,6 +144,14 @@ def _atomic_output(target: Path, *, keep: bool = True) -> Iterator[Path]:
             tmp.unlink()
 
 
+def _gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise GGUFExportError('Writing a GGUF needs the gguf package: pip install "dotocr[llamacpp]".') from None
+    return gguf
+
+
 def _check_type(gguf_type: str) -> None:
     if gguf_type not in GGUF_TYPES:
         raise GGUFExportError(f"Unknown GGUF type {gguf_type!r}; choose one of {', '.join(GGUF_TYPES)}.")
@@ -233,7 +241,7 @@ def read_vocab(folder: Path, vocab_size: int) -> Vocab:
     Ids the tokenizer leaves unused up to the embedding size are named [PADn] and marked unused, as the
     embedding matrix has rows for them.
     """
-    from gguf import TokenType
+    TokenType = _gguf().TokenType  # noqa: N806
 
     folder = Path(folder)
     try:
@@ -293,7 +301,6 @@ def write_decoder_gguf(folder: Path, out: Path, gguf_type: str, *, progress: boo
     """Write the decoder as a `qwen2` GGUF in F32 or F16 (norms and biases stay F32, as llama.cpp expects)."""
     import numpy as np
     import torch
-    from gguf import GGUFWriter
     from safetensors import safe_open
     from tqdm.auto import tqdm
 
@@ -307,7 +314,7 @@ def write_decoder_gguf(folder: Path, out: Path, gguf_type: str, *, progress: boo
     def out_dtype(t: SourceTensor):
         return np.float16 if gguf_type == "f16" and len(t.shape) > 1 else np.float32
 
-    writer = GGUFWriter(out, "qwen2")
+    writer = _gguf().GGUFWriter(out, "qwen2")
     _add_metadata(writer, folder, config, vocab, gguf_type)
     total = 0
     for t in tensors:
@@ -334,8 +341,6 @@ def write_decoder_gguf(folder: Path, out: Path, gguf_type: str, *, progress: boo
 
 
 def _add_metadata(writer, folder: Path, config: dict[str, Any], vocab: Vocab, gguf_type: str) -> None:
-    from gguf import GGMLQuantizationType  # noqa: F401 (import checks the package is complete)
-
     writer.add_name(Path(folder).resolve().name)
     writer.add_file_type(LLAMA_FTYPES[gguf_type])
     writer.add_context_length(config["max_position_embeddings"])
