@@ -26,11 +26,12 @@ from dotocr.engine.gguf_export import ensure_gguf  # noqa: E402
 from dotocr.engine.llamacpp_runtime import load_bindings  # noqa: E402
 
 EOS = (978, 1008)
-# Measured on the golden fixture (max |logit difference| over all 23 positions x 1024 logits); see
-# docs/performance.md. The bounds are the measured value with a small margin for other CPUs' kernels.
+# Measured on the golden fixture (max |logit difference| over all 23 positions x 1024 logits, llama-cpp-python
+# 0.3.36, Xeon with AVX-512): F32 2.7e-7, F16 3.9e-4, Q8_0 8.3e-3 with one of 23 argmaxes flipped at a near-tie,
+# Q4_K_M 4.9e-2 (docs/performance.md). The bounds leave ~2.5x room for other CPUs' kernels, no more.
 F32_TOLERANCE = 1e-4
-F16_MEASURED, F16_TOLERANCE = 3.9e-4, 1e-3
-Q8_0_MEASURED, Q8_0_TOLERANCE = 7.5e-3, 2e-2
+F16_TOLERANCE = 1e-3
+Q8_0_TOLERANCE = 2e-2
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +98,10 @@ def test_f16_within_its_measured_error(decoders, golden):
 
 def test_q8_0_within_its_measured_error(decoders, golden):
     assert max_logit_error(decoders("q8_0"), golden) < Q8_0_TOLERANCE
+    inputs, expected = golden
+    flips = (decoders("q8_0").prompt_logits(request_for(inputs)).argmax(-1) != expected["logits"][0].numpy()
+             .argmax(-1)).sum()
+    assert flips <= 1  # measured: one near-tie position of 23
 
 
 def test_q4_k_m_is_quantised_by_llama_cpp_and_runs(decoders, golden, dots_tiny, gguf_dir):

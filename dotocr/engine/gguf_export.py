@@ -36,7 +36,7 @@ GGUF_TYPES = ("f32", "f16", "q8_0", "q4_k_m")
 WRITTEN_TYPES = ("f32", "f16")  # written by us; the others are quantised by llama.cpp from one of these
 # llama_ftype values in llama.h (stable since the GGUF format began).
 LLAMA_FTYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_k_m": 15}
-FORMAT_VERSION = 1  # bump when the written file changes, so cached files from an older writer are not reused
+FORMAT_VERSION = 2  # bump when the written file changes, so cached files from an older writer are not reused
 
 # The Qwen2 pre-tokenizer split, as it appears in Qwen2's tokenizer.json; llama.cpp calls it "qwen2".
 QWEN2_SPLIT_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -283,15 +283,15 @@ def read_vocab(folder: Path, vocab_size: int) -> Vocab:
 
 
 def _pre_tokenizer(spec: dict[str, Any], folder: Path) -> str:
-    """llama.cpp's name for the tokenizer's pre-tokenizer: Qwen2's split ("qwen2") or plain GPT-2 ("gpt2")."""
+    """llama.cpp's name for the tokenizer's pre-tokenizer: Qwen2's split ("qwen2") or plain GPT-2 ("gpt-2")."""
     pre = spec.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     kinds = [s.get("type") for s in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
-        return "gpt2"
+        return "gpt-2"
     if kinds == ["Split", "ByteLevel"] and (steps[0].get("pattern") or {}).get("Regex") == QWEN2_SPLIT_REGEX:
         return "qwen2"
-    raise GGUFExportError(f"The tokenizer in {folder} splits text in a way llama.cpp's qwen2/gpt2 pre-tokenizers "
+    raise GGUFExportError(f"The tokenizer in {folder} splits text in a way llama.cpp's qwen2/gpt-2 pre-tokenizers "
                           "do not reproduce; use the torch decoder.")
 
 

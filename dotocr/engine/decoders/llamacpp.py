@@ -63,6 +63,10 @@ class LlamaCppDecoder:
         self.device = "cuda" if offload else "cpu"
         params = llama.llama_model_default_params()
         params.n_gpu_layers = -1 if offload else 0
+        if cpu_has_amx():
+            # llama.cpp 0.3.36 puts Q8_0/Q4 weights in its AMX buffer on such CPUs, whose kernel dies with an
+            # illegal instruction (tilezero) on our Xeon test machine; the plain AVX-512 kernels run fine.
+            params.use_extra_bufts = False
         self._model = llama.llama_model_load_from_file(os.fsencode(gguf), params)
         if not self._model:
             raise LlamaCppDecodeError(f"llama.cpp could not load {gguf}. {recent_llama_errors()}".rstrip())
@@ -245,6 +249,15 @@ class LlamaCppDecoder:
                     raise LlamaCppDecodeError(f"llama.cpp returned no logits for row {i} of a batch.")
                 rows.append(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy())
         return np.stack(rows) if rows else np.empty((0, self.n_vocab), dtype=np.float32)
+
+
+def cpu_has_amx() -> bool:
+    """Whether the CPU reports Intel AMX (Linux only; the desktop CPUs we target have none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            return any(line.startswith("flags") and " amx_tile" in line for line in info)
+    except OSError:
+        return False
 
 
 # -- loading ---------------------------------------------------------------------------------------------------
