@@ -9,6 +9,8 @@ margins allow it.
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -207,3 +209,23 @@ def test_llama_cpp_tokenizes_like_the_checkpoint_tokenizer(dots_tiny, gguf_dir):
             assert pieces.decode() == text
     finally:
         llama.llama_model_free(model)
+
+
+def test_bf16_checkpoint_quantises_through_a_temporary_f16_file(tmp_path, dots_tiny):
+    """The real checkpoints are bf16: Q8_0 is made from an F16 file that is not left behind in the cache."""
+    from tests.tiny_models import TOKENIZER_FILES, tiny_model
+
+    folder = tmp_path / "bf16"
+    model = tiny_model(seed=3).to(torch.bfloat16)
+    model.save_pretrained(folder)
+    for name in TOKENIZER_FILES:
+        shutil.copy(dots_tiny / name, folder / name)
+    cache = tmp_path / "cache"
+    path = ensure_gguf(folder, "q8_0", directory=cache, progress=False)
+    assert [p.name for p in cache.iterdir()] == [path.name]
+    ids = [1005, 40, 41, 300, 17, 1006, 1007]
+    with torch.inference_mode():
+        want = model.float()(input_ids=torch.tensor([ids])).logits[0].numpy()
+    with load_llamacpp_decoder(folder, precision="fp32", gguf_type="q8_0", n_threads=1, gguf_dir=cache) as decoder:
+        got = decoder.prompt_logits(DecodeRequest(ids, None, None, 1000, 0))
+    assert np.abs(got - want).max() < Q8_0_TOLERANCE
