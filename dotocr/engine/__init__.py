@@ -12,6 +12,7 @@ from ..config import Settings
 from ..errors import DotOCRError
 from .base import Engine, EngineState
 from .configuration_dots import DotsOCRConfig, DotsVisionConfig
+from .gguf_export import GGUF_TYPES, convert_gguf
 from .inference import DotOCRInference
 from .modeling_dots_ocr import DotsOCRForCausalLM
 from .results import OCRResult
@@ -30,5 +31,5 @@ def make_engine(settings: Settings, **kwargs):
     return DotOCRInference(settings, **kwargs)
 
 
-__all__ = ["DotOCRError", "DotOCRInference", "Engine", "DotsOCRConfig", "DotsOCRForCausalLM", "DotsVisionConfig",
-           "EngineState", "OCRResult", "make_engine"]
+__all__ = ["GGUF_TYPES", "DotOCRError", "DotOCRInference", "Engine", "DotsOCRConfig", "DotsOCRForCausalLM",
+           "DotsVisionConfig", "EngineState", "OCRResult", "convert_gguf", "make_engine"]

@@ -124,9 +124,44 @@ def ensure_gguf(folder: Path, gguf_type: str, *, directory: Path | None = None, 
         else:
             source = stack.enter_context(_atomic_output(target.with_suffix(f".{source_type}.gguf"), keep=False))
             write_decoder_gguf(folder, source, source_type, progress=progress)
+        log.info("Quantising to %s with llama.cpp", gguf_type.upper())
         with _atomic_output(target) as tmp:
             quantize_gguf(source, tmp, gguf_type, n_threads=n_threads)
     return target
+
+
+def convert_gguf(model: str, gguf_type: str = "q8_0", *, output: Path | None = None, progress: bool = True,
+                 n_threads: int | None = None) -> Path:
+    """`dotocr convert-gguf`: a checkpoint's decoder as a GGUF for llama.cpp or Ollama elsewhere.
+
+    `model` is a folder or a Hugging Face repo id, as for OCR. The file is made in (or taken from) the cache;
+    with `output` (a file, or a folder to put it in) it is also copied there. Returns where the file is.
+    """
+    import shutil
+
+    from .loading import resolve_checkpoint
+
+    _check_type(gguf_type)
+    if output is not None:
+        output = Path(output).expanduser()
+        parent = output if output.is_dir() else output.parent
+        if not parent.is_dir():  # said before minutes of conversion, not after
+            raise GGUFExportError(f"The folder {parent} does not exist; create it or choose another --output.")
+    folder = resolve_checkpoint(model)
+    path = ensure_gguf(folder, gguf_type, progress=progress, n_threads=n_threads)
+    if output is None:
+        return path
+    if output.is_dir():
+        output = output / path.name
+    try:
+        with _atomic_output(output) as tmp:
+            shutil.copyfile(path, tmp)
+            umask = os.umask(0o022)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # a file the person asked for gets the usual mode, not the temp file's
+    except OSError as exc:
+        raise GGUFExportError(f"Could not write {output} ({exc.strerror or exc}); choose another --output.") from None
+    return output
 
 
 @contextlib.contextmanager
@@ -386,5 +421,5 @@ def quantize_gguf(source: Path, out: Path, gguf_type: str, *, n_threads: int | N
                               f"{recent_llama_errors()}".rstrip())
 
 
-__all__ = ["GGUF_TYPES", "GGUFExportError", "checkpoint_key", "ensure_gguf", "gguf_path", "quantize_gguf",
-           "read_config", "read_vocab", "write_decoder_gguf"]
+__all__ = ["GGUF_TYPES", "GGUFExportError", "checkpoint_key", "convert_gguf", "ensure_gguf", "gguf_path",
+           "quantize_gguf", "read_config", "read_vocab", "write_decoder_gguf"]
