@@ -80,6 +80,11 @@ class LlamaCppDecoder:
         self._embeds = llama.llama_batch_init(BATCH, self.n_embd, 1)
         self._closed = False
 
+    @property
+    def vision_tower(self) -> Any:
+        """The PyTorch vision tower feeding this decoder (benchmarks hook it to time the vision half)."""
+        return self._vision
+
     # -- the Decoder interface -----------------------------------------------------------------------------
 
     def generate(self, request: DecodeRequest, on_token: OnToken, *, rng: np.random.Generator | None = None
