@@ -154,6 +154,13 @@ def test_a_failed_write_leaves_nothing_in_the_cache(tmp_path, dots_tiny):
     assert list(cache.iterdir()) == []
 
 
+def test_files_are_named_for_the_model(tmp_path, dots_tiny):
+    snapshot = tmp_path / "hub" / "models--rednote-hilab--dots.ocr" / "snapshots" / "0123abcd"
+    shutil.copytree(dots_tiny, snapshot)
+    assert gguf_path(snapshot, "q8_0", directory=tmp_path).name.startswith("dots.ocr-")
+    assert gguf_path(dots_tiny, "f16", directory=tmp_path).name.startswith("dots_tiny-")
+
+
 def test_unknown_type_is_one_clear_sentence(dots_tiny):
     with pytest.raises(GGUFExportError, match="Unknown GGUF type 'q3'; choose one of f32, f16, q8_0, q4_k_m"):
         gguf_path(dots_tiny, "q3")

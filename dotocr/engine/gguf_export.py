@@ -97,8 +97,16 @@ def cache_dir() -> Path:
 def gguf_path(folder: Path, gguf_type: str, *, directory: Path | None = None) -> Path:
     """Where the GGUF of this checkpoint and type lives (whether or not it has been written yet)."""
     _check_type(gguf_type)
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(folder).resolve().name) or "model"
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in _display_name(Path(folder))) or "model"
     return (directory or cache_dir()) / f"{name}-{checkpoint_key(folder)}-{gguf_type}.gguf"
+
+
+def _display_name(folder: Path) -> str:
+    """The folder's name, or the repo's for a Hugging Face snapshot (models--org--name/snapshots/<commit>)."""
+    folder = folder.resolve()
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        return folder.parent.parent.name.split("--")[-1]
+    return folder.name
 
 
 def ensure_gguf(folder: Path, gguf_type: str, *, directory: Path | None = None, progress: bool = True,
@@ -376,7 +384,7 @@ def write_decoder_gguf(folder: Path, out: Path, gguf_type: str, *, progress: boo
 
 
 def _add_metadata(writer, folder: Path, config: dict[str, Any], vocab: Vocab, gguf_type: str) -> None:
-    writer.add_name(Path(folder).resolve().name)
+    writer.add_name(_display_name(Path(folder)))
     writer.add_file_type(LLAMA_FTYPES[gguf_type])
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(config["hidden_size"])
