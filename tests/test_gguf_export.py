@@ -124,7 +124,9 @@ def test_written_once_then_reused_and_keyed_by_checkpoint(tmp_path, dots_tiny):
     folder = tmp_path / "ckpt"
     shutil.copytree(dots_tiny, folder)
     cache = tmp_path / "cache"
-    first = ensure_gguf(folder, "f32", directory=cache, progress=False)
+    fractions: list[float] = []
+    first = ensure_gguf(folder, "f32", directory=cache, progress=False, on_progress=fractions.append)
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) == 27  # one per tensor
     stamp = first.stat().st_mtime_ns
     assert ensure_gguf(folder, "f32", directory=cache, progress=False) == first
     assert first.stat().st_mtime_ns == stamp  # reused, not rewritten

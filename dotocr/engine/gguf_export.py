@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,8 +110,12 @@ def _display_name(folder: Path) -> str:
 
 
 def ensure_gguf(folder: Path, gguf_type: str, *, directory: Path | None = None, progress: bool = True,
-                n_threads: int | None = None) -> Path:
-    """The GGUF of `folder` in `gguf_type`, written (or quantised) now if it is not in the cache yet."""
+                n_threads: int | None = None, on_progress: Callable[[float], None] | None = None) -> Path:
+    """The GGUF of `folder` in `gguf_type`, written (or quantised) now if it is not in the cache yet.
+
+    `on_progress` gets the written fraction of the F16/F32 file (for the engine's state); quantising after it
+    reports nothing, as llama.cpp's quantiser has no progress callback.
+    """
     folder = Path(folder)
     target = gguf_path(folder, gguf_type, directory=directory)
     if target.is_file():
@@ -120,7 +124,7 @@ def ensure_gguf(folder: Path, gguf_type: str, *, directory: Path | None = None, 
     if gguf_type in WRITTEN_TYPES:
         log.info("Writing the decoder of %s as a %s GGUF (once): %s", folder, gguf_type.upper(), target)
         with _atomic_output(target) as tmp:
-            write_decoder_gguf(folder, tmp, gguf_type, progress=progress)
+            write_decoder_gguf(folder, tmp, gguf_type, progress=progress, on_progress=on_progress)
         return target
     # Quantise from an already cached F16/F32 file if there is one, else from a temporary one deleted afterwards.
     source_type = "f32" if _source_is_f32(folder) else "f16"
@@ -131,7 +135,7 @@ def ensure_gguf(folder: Path, gguf_type: str, *, directory: Path | None = None, 
             source = cached
         else:
             source = stack.enter_context(_atomic_output(target.with_suffix(f".{source_type}.gguf"), keep=False))
-            write_decoder_gguf(folder, source, source_type, progress=progress)
+            write_decoder_gguf(folder, source, source_type, progress=progress, on_progress=on_progress)
         log.info("Quantising to %s with llama.cpp", gguf_type.upper())
         with _atomic_output(target) as tmp:
             quantize_gguf(source, tmp, gguf_type, n_threads=n_threads)
@@ -340,7 +344,8 @@ def _pre_tokenizer(spec: dict[str, Any], folder: Path) -> str:
 
 # -- writing -------------------------------------------------------------------------------------------------
 
-def write_decoder_gguf(folder: Path, out: Path, gguf_type: str, *, progress: bool = True) -> None:
+def write_decoder_gguf(folder: Path, out: Path, gguf_type: str, *, progress: bool = True,
+                       on_progress: Callable[[float], None] | None = None) -> None:
     """Write the decoder as a `qwen2` GGUF in F32 or F16 (norms and biases stay F32, as llama.cpp expects)."""
     import numpy as np
     import torch
@@ -377,6 +382,8 @@ def write_decoder_gguf(folder: Path, out: Path, gguf_type: str, *, progress: boo
                 data = handles[t.file].get_tensor(t.source_name).to(torch.float32).numpy().astype(out_dtype(t))
                 writer.write_tensor_data(data)
                 bar.update(data.nbytes)
+                if on_progress is not None:
+                    on_progress(bar.n / total)
                 del data
         writer.flush()
     finally:

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -311,8 +312,8 @@ def _vision_dtype(precision: str, device: str):
 
 
 def load_llamacpp_decoder(folder: Path, *, precision: str, gguf_type: str | None = None,
-                          n_threads: int | None = None, device: str = "cpu",
-                          gguf_dir: Path | None = None) -> LlamaCppDecoder:
+                          n_threads: int | None = None, device: str = "cpu", gguf_dir: Path | None = None,
+                          on_progress: Callable[[float], None] | None = None) -> LlamaCppDecoder:
     """The engine's entry point: the GGUF for `precision` (or `gguf_type`), written once if needed, and the tower.
 
     precision: fp32 -> F32 GGUF (exact against the torch decoder), fp16/bf16 -> F16, auto -> Q8_0,
@@ -325,7 +326,7 @@ def load_llamacpp_decoder(folder: Path, *, precision: str, gguf_type: str | None
                                       f"{', '.join(GGUF_FOR_PRECISION)}.")
         gguf_type = GGUF_FOR_PRECISION[precision]
     load_bindings()  # fail with the install hint before spending minutes on a conversion
-    gguf = ensure_gguf(folder, gguf_type, directory=gguf_dir, n_threads=n_threads)
+    gguf = ensure_gguf(folder, gguf_type, directory=gguf_dir, n_threads=n_threads, on_progress=on_progress)
     tower = load_vision_tower(folder, dtype=_vision_dtype(precision, device), device=device)
     return LlamaCppDecoder(gguf, tower, gguf_type=gguf_type, n_threads=n_threads, device=device)
 
