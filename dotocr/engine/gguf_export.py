@@ -374,6 +374,7 @@ def write_decoder_gguf(folder: Path, out: Path, gguf_type: str, *, progress: boo
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         handles: dict[Path, Any] = {}
+        done = 0
         with contextlib.ExitStack() as stack, tqdm(total=total, unit="B", unit_scale=True, disable=not progress,
                                                    desc=f"GGUF {gguf_type.upper()}") as bar:
             for t in tensors:
@@ -382,8 +383,9 @@ def write_decoder_gguf(folder: Path, out: Path, gguf_type: str, *, progress: boo
                 data = handles[t.file].get_tensor(t.source_name).to(torch.float32).numpy().astype(out_dtype(t))
                 writer.write_tensor_data(data)
                 bar.update(data.nbytes)
+                done += data.nbytes
                 if on_progress is not None:
-                    on_progress(bar.n / total)
+                    on_progress(done / total)
                 del data
         writer.flush()
     finally:
