@@ -163,6 +163,13 @@ def test_files_are_named_for_the_model(tmp_path, dots_tiny):
     assert gguf_path(dots_tiny, "f16", directory=tmp_path).name.startswith("dots_tiny-")
 
 
+def test_unwritable_cache_is_one_clear_sentence(tmp_path, dots_tiny):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    with pytest.raises(GGUFExportError, match="Could not write .* free some disk space"):
+        ensure_gguf(dots_tiny, "f16", directory=blocker / "gguf", progress=False)
+
+
 def test_unknown_type_is_one_clear_sentence(dots_tiny):
     with pytest.raises(GGUFExportError, match="Unknown GGUF type 'q3'; choose one of f32, f16, q8_0, q4_k_m"):
         gguf_path(dots_tiny, "q3")

@@ -120,12 +120,25 @@ def ensure_gguf(folder: Path, gguf_type: str, *, directory: Path | None = None, 
     target = gguf_path(folder, gguf_type, directory=directory)
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return _make_gguf(folder, gguf_type, target, directory, progress, n_threads, on_progress)
+    except OSError as exc:
+        raise GGUFExportError(
+            f"Could not write {target} ({exc.strerror or exc}); free some disk space (the file is about "
+            "1-6 GB), or point DOTOCR_DATA_DIR at a drive with room.") from None
+
+
+def _make_gguf(folder: Path, gguf_type: str, target: Path, directory: Path | None, progress: bool,
+               n_threads: int | None, on_progress: Callable[[float], None] | None) -> Path:
     if gguf_type in WRITTEN_TYPES:
         log.info("Writing the decoder of %s as a %s GGUF (once): %s", folder, gguf_type.upper(), target)
         with _atomic_output(target) as tmp:
             write_decoder_gguf(folder, tmp, gguf_type, progress=progress, on_progress=on_progress)
         return target
+    from .llamacpp_runtime import load_bindings
+
+    load_bindings()  # a missing llama.cpp is said before minutes of writing, not after
     # Quantise from an already cached F16/F32 file if there is one, else from a temporary one deleted afterwards.
     source_type = "f32" if _source_is_f32(folder) else "f16"
     cached = gguf_path(folder, source_type, directory=directory)
