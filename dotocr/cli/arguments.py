@@ -62,4 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --ocr: load the model here even if a dotocr server is running")
     doctor.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
     add_engine_arguments(doctor)
+
+    convert = commands.add_parser(
+        "convert-gguf", help="write the model's text decoder as a GGUF file for llama.cpp or Ollama",
+        description="Write the decoder of a dots.ocr checkpoint as a llama.cpp GGUF (architecture qwen2, "
+                    "tokenizer included), once: later runs reuse the cached file. The vision tower is not "
+                    "included. Prints the file's path.",
+        epilog="Exit status: 0 written (or already there), 1 failed, 2 bad usage.")
+    convert.add_argument("model", metavar="MODEL", help="checkpoint folder or Hugging Face repo id")
+    convert.add_argument("--quant", default="q8_0", metavar="TYPE",
+                         help="f32, f16, q8_0 (default) or q4_k_m; q8_0 and q4_k_m are quantised by llama.cpp "
+                              "itself and need llama-cpp-python")
+    convert.add_argument("--output", type=Path, metavar="PATH",
+                         help="also copy the file to PATH (a file name, or a folder to put it in)")
+    convert.add_argument("-v", "--verbose", action="store_true", help="log what the conversion does")
     return parser

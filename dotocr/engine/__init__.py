@@ -18,6 +18,7 @@ from ..errors import DotOCRError
 from .addresses import is_loopback_url
 from .base import Engine
 from .boxes import Box, check_box, parse_box
+from .gguf_export import GGUF_TYPES, convert_gguf
 from .images import MAX_INPUT_PIXELS, ImageInput, declared_png_size, load_image
 from .loading import (
     CheckpointInfo,
@@ -61,9 +62,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["IMAGE_PLACEHOLDER", "LOADING_STATUSES", "MAX_INPUT_PIXELS", "PROMPT_MODES", "Box", "CheckpointInfo",
-           "DotOCRError", "DotOCRInference", "DotsOCRConfig", "DotsOCRForCausalLM", "DotsVisionConfig", "Engine",
-           "EngineState", "ImageInput", "LoadPlan", "OCRResult", "PrecisionError", "RemoteEngine", "Status",
-           "check_box", "cpu_prefers_bf16", "declared_png_size", "describe_checkpoint", "describe_cuda",
-           "instruction_for", "is_loopback_url", "load_image", "make_engine", "parse_box", "plan_load",
-           "resolve_prompt", "strip_image_placeholder"]
+__all__ = ["GGUF_TYPES", "IMAGE_PLACEHOLDER", "LOADING_STATUSES", "MAX_INPUT_PIXELS", "PROMPT_MODES", "Box",
+           "CheckpointInfo", "DotOCRError", "DotOCRInference", "DotsOCRConfig", "DotsOCRForCausalLM",
+           "DotsVisionConfig", "Engine", "EngineState", "ImageInput", "LoadPlan", "OCRResult", "PrecisionError",
+           "RemoteEngine", "Status", "check_box", "convert_gguf", "cpu_prefers_bf16", "declared_png_size",
+           "describe_checkpoint", "describe_cuda", "instruction_for", "is_loopback_url", "load_image", "make_engine",
+           "parse_box", "plan_load", "resolve_prompt", "strip_image_placeholder"]
