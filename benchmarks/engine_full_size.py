@@ -104,7 +104,7 @@ def child(args: argparse.Namespace) -> dict:
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_fraction_gib * GIB / total))
     if args.precision == "auto":
-        plan = plan_load(Settings(device=args.device, precision="auto"))
+        plan = plan_load(Settings(device=args.device, precision="auto", decoder="torch"))
     else:
         plan = LoadPlan(args.device, args.precision, "benchmark")
     started = time.perf_counter()

@@ -52,7 +52,8 @@ def main() -> None:
     from dotocr.engine import DotOCRInference
     from dotocr.engine.prompts import encode_prompt, instruction_for
 
-    settings = Settings(model=args.model, device="cpu", precision="fp32", max_new_tokens=args.new_tokens)
+    settings = Settings(model=args.model, device="cpu", precision="fp32", decoder="torch",
+                        max_new_tokens=args.new_tokens)
     engine = DotOCRInference(settings)
     engine.load()
     loaded = engine._loaded  # the engine's own model, tokenizer and preparer serve the bare side too

@@ -34,7 +34,8 @@ DEFAULT_MODEL = "rednote-hilab/dots.ocr"
 DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "4bit", "fp16", "bf16", "fp32")
 DECODERS = ("auto", "torch", "llamacpp")
-GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_k_m")
+GGUF_TYPES = ("f32", "f16", "q8_0", "q4_k_m")
+"""What the GGUF writer makes: F32 (exact against the torch decoder), F16, and llama.cpp's Q8_0 and Q4_K_M."""
 PROMPT_MODES = ("text", "layout", "layout-json", "grounding")
 OUTPUT_FORMATS = ("text", "markdown", "json")
 ENGINES = ("local", "remote")

@@ -61,8 +61,9 @@ class Engine:
                               default=self._settings.prompt)
 
     def _set_state(self, status: Status, detail: str = "", progress: float | None = None, *,
-                   device: str | None = None, precision: str | None = None, decoder: str | None = None) -> None:
-        self._state = EngineState(Status(status), detail, progress, device, precision, decoder)
+                   device: str | None = None, precision: str | None = None, decoder: str | None = None,
+                   gguf_type: str | None = None) -> None:
+        self._state = EngineState(Status(status), detail, progress, device, precision, decoder, gguf_type)
         if self._on_state is not None:
             try:
                 self._on_state(self._state)

@@ -21,18 +21,18 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import data_dir
+from ..config import GGUF_TYPES, data_dir
 from ..errors import DotOCRError
 
 log = logging.getLogger("dotocr.engine")
 
-GGUF_TYPES = ("f32", "f16", "q8_0", "q4_k_m")
 WRITTEN_TYPES = ("f32", "f16")  # written by us; the others are quantised by llama.cpp from one of these
 # llama_ftype values in llama.h (stable since the GGUF format began).
 LLAMA_FTYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_k_m": 15}
@@ -388,7 +388,8 @@ def write_decoder_gguf(folder: Path, out: Path, gguf_type: str, *, progress: boo
         writer.write_ti_data_to_file()
         handles: dict[Path, Any] = {}
         done = 0
-        with contextlib.ExitStack() as stack, tqdm(total=total, unit="B", unit_scale=True, disable=not progress,
+        bar = progress and sys.stderr is not None and sys.stderr.isatty()  # a terminal, not a log or a pipe
+        with contextlib.ExitStack() as stack, tqdm(total=total, unit="B", unit_scale=True, disable=not bar,
                                                    desc=f"GGUF {gguf_type.upper()}") as bar:
             for t in tensors:
                 if t.file not in handles:

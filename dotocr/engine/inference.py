@@ -75,7 +75,7 @@ class DotOCRInference(Engine):
             old, self._settings = self._settings, settings
             if self._loaded is None:
                 return
-            if old.model != settings.model or _decoder_key(old) != _decoder_key(settings):
+            if old.model != settings.model:
                 self.unload()
                 return
             try:
@@ -87,8 +87,9 @@ class DotOCRInference(Engine):
             if settings.precision == "auto" and old.precision == "auto" and settings.device == old.device:
                 # Free GPU memory now excludes our own loaded model, so `auto` would re-plan smaller.
                 precision = self._loaded.precision
-            if (plan.device, precision, plan.decoder) != (
-                    self._loaded.device, self._loaded.precision, self._loaded.decoder.name):
+            loaded = self._loaded
+            if (plan.device, precision, plan.decoder, plan.gguf_type) != (
+                    loaded.device, loaded.precision, loaded.decoder.name, loaded.gguf_type):
                 self.unload()
 
     def _ensure_loaded(self) -> LoadedModel:
@@ -106,7 +107,8 @@ class DotOCRInference(Engine):
             self._set_state(Status.LOADING, f"loading {folder.name} ({plan.precision} on {plan.device})")
             log.info("Loading %s in %s on %s: %s", folder, plan.precision, plan.device, plan.reason)
             started = time.perf_counter()
-            self._loaded = load_checkpoint(folder, plan)
+            self._loaded = load_checkpoint(folder, plan, on_progress=lambda p: self._set_state(
+                Status.LOADING, f"writing the llama.cpp {plan.gguf_type} weights of {folder.name} (once)", p))
             log.info("Model ready in %.1f s", time.perf_counter() - started)
         except DotOCRError as exc:
             self._set_state(Status.ERROR, str(exc))
@@ -129,7 +131,7 @@ class DotOCRInference(Engine):
         loaded = self._loaded
         assert loaded is not None
         self._set_state(Status.READY, f"{loaded.precision} on {loaded.device}", device=loaded.device,
-                        precision=loaded.precision, decoder=loaded.decoder.name)
+                        precision=loaded.precision, decoder=loaded.decoder.name, gguf_type=loaded.gguf_type)
 
     # -- OCR --------------------------------------------------------------------------------------------
 
@@ -154,7 +156,7 @@ class DotOCRInference(Engine):
                 self._cancel_idle_timer()
                 loaded = self._ensure_loaded()
                 self._set_state(Status.BUSY, "reading", device=loaded.device, precision=loaded.precision,
-                                decoder=loaded.decoder.name)
+                                decoder=loaded.decoder.name, gguf_type=loaded.gguf_type)
                 try:
                     return self._ocr_with_retry(
                         loaded, picture, started, prompt=prompt, bbox=bbox,
@@ -229,6 +231,7 @@ class DotOCRInference(Engine):
             width=prepared.original_size[0], height=prepared.original_size[1],
             image_tokens=prepared.image_tokens, prompt_tokens=len(ids), generated_tokens=len(new_tokens),
             device=loaded.device, precision=loaded.precision, decoder=loaded.decoder.name,
+            gguf_type=loaded.gguf_type,
             timings={"preprocess": round(prepared_at - started, 4), "prefill": round(first - prepared_at, 4),
                      "decode": round(finished - first, 4), "total": round(finished - started, 4)},
             peak_gpu_mb=memory.peak_mb() if memory is not None else None,
@@ -258,11 +261,6 @@ class DotOCRInference(Engine):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
-
-
-def _decoder_key(settings: Settings) -> tuple[str, str]:
-    """Settings that pick the decoder and its weights file without changing the device plan."""
-    return str(getattr(settings, "decoder", "auto")), str(getattr(settings, "gguf_type", ""))
 
 
 def _is_cuda_oom(exc: BaseException) -> bool:

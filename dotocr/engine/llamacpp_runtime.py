@@ -28,6 +28,28 @@ class LlamaCppUnavailableError(DotOCRError):
     """llama-cpp-python is missing or is not the version these bindings are written for."""
 
 
+def llamacpp_installed() -> bool:
+    """Whether the pinned llama-cpp-python and the GGUF writer are installed, without importing either
+    (the decoder choice asks this; importing llama.cpp loads its shared library)."""
+    import importlib.metadata
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("gguf") is None:
+        return False
+    try:
+        return importlib.metadata.version("llama-cpp-python") == PINNED_VERSION
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def gpu_offload_supported() -> bool:
+    """Whether this llama-cpp-python build can run layers on a GPU (CUDA, Vulkan); imports the bindings."""
+    try:
+        return bool(load_bindings().llama_supports_gpu_offload())
+    except LlamaCppUnavailableError:
+        return False
+
+
 def llamacpp_available() -> bool:
     """Whether the pinned llama-cpp-python can be imported (imports it)."""
     try:

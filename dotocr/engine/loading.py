@@ -6,6 +6,7 @@ This is the one place that decides device and precision. Every other module asks
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -48,6 +49,8 @@ class LoadPlan:
     precision: str
     reason: str
     decoder: str = "torch"
+    gguf_type: str | None = None
+    """For the llama.cpp decoder: the GGUF weight type (f32, f16, q8_0, q4_k_m)."""
 
 
 @dataclass
@@ -63,6 +66,8 @@ class LoadedModel:
     precision: str
     memory: GpuMemory | None = None
     """Peak-memory bookkeeping on CUDA; None on the CPU."""
+    gguf_type: str | None = None
+    """With the llama.cpp decoder: its GGUF weight type."""
 
 
 class GpuMemory:
@@ -81,9 +86,43 @@ class GpuMemory:
 
 # -- device and precision ----------------------------------------------------------------------------------
 
-def plan_load(settings: Settings, *, cuda: dict[str, Any] | None = None) -> LoadPlan:
-    """Decide where and how to run. `cuda` describes the GPU (see `describe_cuda`); tests pass their own."""
-    cuda = describe_cuda() if cuda is None else cuda
+def plan_load(settings: Settings, *, cuda: dict[str, Any] | None = None,
+              llamacpp: bool | None = None) -> LoadPlan:
+    """Decide where and how to run, and which decoder. `cuda` describes the GPU (see `describe_cuda`) and
+    `llamacpp` says whether llama.cpp can be used; tests pass their own."""
+    plan = _plan_device(settings, describe_cuda() if cuda is None else cuda)
+    return _plan_decoder(settings, plan, llamacpp)
+
+
+def _plan_decoder(settings: Settings, plan: LoadPlan, llamacpp: bool | None) -> LoadPlan:
+    """torch or llama.cpp, and for llama.cpp the GGUF type: `--gguf-type`, else by precision (fp32 an F32 file,
+    exact against torch; 16-bit F16; 4-bit Q4_K_M; `auto` on a CPU Q8_0, llama.cpp's fast near-lossless type)."""
+    from .llamacpp_runtime import INSTALL_HINT, gpu_offload_supported, llamacpp_installed
+
+    wanted = settings.decoder
+    if wanted == "torch":
+        return plan
+    installed = llamacpp_installed() if llamacpp is None else llamacpp
+    if wanted == "llamacpp" and not installed:
+        raise PrecisionError("The llama.cpp decoder was requested but llama-cpp-python (the pinned version) and "
+                             f"gguf are not installed; {INSTALL_HINT}, or use --decoder torch.")
+    if not installed:
+        return dataclasses.replace(plan, reason=plan.reason + "; decoder: torch (llama-cpp-python not installed)")
+    if wanted == "auto" and plan.device == "cuda" and llamacpp is None and not gpu_offload_supported():
+        return dataclasses.replace(plan, reason=plan.reason + "; decoder: torch (this llama-cpp-python has no "
+                                   "GPU support, and the GPU runs torch faster than the CPU runs llama.cpp)")
+    if settings.gguf_type:
+        gguf_type = settings.gguf_type
+    elif plan.device == "cpu" and settings.precision == "auto":
+        gguf_type = "q8_0"
+    else:
+        gguf_type = {"fp32": "f32", "fp16": "f16", "bf16": "f16", "4bit": "q4_k_m"}[plan.precision]
+    how = "as requested" if wanted == "llamacpp" else "llama.cpp is installed"
+    return dataclasses.replace(plan, decoder="llamacpp", gguf_type=gguf_type,
+                               reason=f"{plan.reason}; decoder: llama.cpp {gguf_type.upper()} GGUF ({how})")
+
+
+def _plan_device(settings: Settings, cuda: dict[str, Any]) -> LoadPlan:
     device, precision = settings.device, settings.precision
 
     if device == "cuda" and not cuda["available"]:
@@ -246,14 +285,17 @@ def _progress_tqdm(on_progress: Callable[[float], None]):
 
 # -- loading ----------------------------------------------------------------------------------------------
 
-def load_checkpoint(folder: Path, plan: LoadPlan) -> LoadedModel:
-    """Model, tokenizer, image preparer and stop ids from one checkpoint folder. Never runs checkpoint code."""
+def load_checkpoint(folder: Path, plan: LoadPlan,
+                    on_progress: Callable[[float], None] | None = None) -> LoadedModel:
+    """Decoder, tokenizer, image preparer and stop ids from one checkpoint folder. Never runs checkpoint code.
+
+    `on_progress` hears about a one-off GGUF conversion (llama.cpp decoder), which can take minutes.
+    """
     import torch
     from transformers import AutoTokenizer, BitsAndBytesConfig, GenerationConfig
     from transformers.utils import logging as transformers_logging
 
     from .configuration_dots import DotsOCRConfig
-    from .decoders.torch_decoder import TorchDecoder
     from .modeling_dots_ocr import DotsOCRForCausalLM
     from .preprocessing import ImagePreparer
 
@@ -261,6 +303,23 @@ def load_checkpoint(folder: Path, plan: LoadPlan) -> LoadedModel:
         config = DotsOCRConfig.from_pretrained(folder)
     except Exception as exc:
         raise ModelUnavailableError(f"The checkpoint in {folder} has an unreadable config.json ({exc}).") from None
+    transformers_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar; downloads keep theirs
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        preparer = ImagePreparer.from_pretrained(folder)
+    except OSError as exc:
+        raise ModelUnavailableError(f"The checkpoint in {folder} is incomplete ({exc}).") from None
+    eos = _eos_ids(folder, tokenizer)
+    memory = GpuMemory() if plan.device == "cuda" else None
+    if plan.decoder == "llamacpp":
+        from .decoders.llamacpp import load_llamacpp_decoder
+
+        decoder = load_llamacpp_decoder(folder, precision=plan.precision, gguf_type=plan.gguf_type,
+                                        device=plan.device, on_progress=on_progress)
+        return LoadedModel(decoder=decoder, tokenizer=tokenizer, preparer=preparer, eos_token_ids=eos,
+                           image_token_id=config.image_token_id, folder=folder, device=plan.device,
+                           precision=plan.precision, memory=memory, gguf_type=plan.gguf_type)
+    from .decoders.torch_decoder import TorchDecoder
     dtype = getattr(torch, DTYPE_NAMES[plan.precision])
     kwargs: dict[str, Any] = {"config": config, "dtype": dtype, "device_map": {"": plan.device}}
     if plan.precision == "4bit":
@@ -269,23 +328,18 @@ def load_checkpoint(folder: Path, plan: LoadPlan) -> LoadedModel:
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.float16,
             llm_int8_skip_modules=list(UNQUANTIZED_MODULES) + _unquantizable(config, plan.device))
-    transformers_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar; downloads keep theirs
     try:
         model = DotsOCRForCausalLM.from_pretrained(folder, **kwargs).eval()
-        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-        preparer = ImagePreparer.from_pretrained(folder)
     except torch.cuda.OutOfMemoryError:
         raise
     except OSError as exc:
         raise ModelUnavailableError(f"The checkpoint in {folder} is incomplete ({exc}).") from None
-    eos = _eos_ids(folder, tokenizer)
     # Only the stop ids come from the checkpoint's generation_config; its max_length (32768) would just fight
     # max_new_tokens, which the engine sets per call.
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=eos[0], do_sample=False)
     return LoadedModel(decoder=TorchDecoder(model, plan.device, plan.precision), tokenizer=tokenizer,
                        preparer=preparer, eos_token_ids=eos, image_token_id=config.image_token_id, folder=folder,
-                       device=plan.device, precision=plan.precision,
-                       memory=GpuMemory() if plan.device == "cuda" else None)
+                       device=plan.device, precision=plan.precision, memory=memory)
 
 
 def _eos_ids(folder: Path, tokenizer) -> list[int]:

@@ -27,6 +27,8 @@ class OCRResult:
     precision: str
     decoder: str = "torch"
     """What generated the text: torch, llamacpp, or remote."""
+    gguf_type: str | None = None
+    """With the llama.cpp decoder: the GGUF weight type (f32, f16, q8_0, q4_k_m)."""
     timings: dict[str, float] = field(default_factory=dict)
     """Seconds per stage: preprocess, prefill (vision + prompt), decode, total."""
     peak_gpu_mb: float | None = None

@@ -42,6 +42,8 @@ class EngineState:
     """What runs, once known: "bf16", "fp16", "fp32", "4bit", a GGUF type such as "q8_0", or "unknown"."""
     decoder: str | None = None
     """Which decoder generates the text: "torch", "llamacpp" or "remote"."""
+    gguf_type: str | None = None
+    """With the llama.cpp decoder: its GGUF weight type ("q8_0", ...)."""
 
     @property
     def loading(self) -> bool:
@@ -53,4 +55,6 @@ class EngineState:
         if not self.precision or not self.device:
             return ""
         text = f"{self.precision} on {self.device}"
-        return f"{text} ({self.decoder})" if self.decoder and self.decoder not in ("torch", "remote") else text
+        if self.decoder == "llamacpp":
+            return f"{text}, llama.cpp {(self.gguf_type or '').upper()}".rstrip()
+        return text

@@ -35,6 +35,8 @@ class Health(BaseModel):
     precision: str | None = None
     decoder: str | None = None
     """What generates the text once loaded: torch, llamacpp or remote."""
+    gguf_type: str | None = None
+    """With the llama.cpp decoder: the GGUF weight type."""
     engine: str
     version: str
     proof: str | None = None
@@ -56,6 +58,7 @@ class OCRResponse(BaseModel):
     device: str
     precision: str
     decoder: str = "torch"
+    gguf_type: str | None = None
     timings: dict[str, float]
     peak_gpu_mb: float | None = None
     loop_start: int | None = None

@@ -82,7 +82,8 @@ class ServerState:
         return Health(
             status=status, detail=engine_state.detail, engine_state=engine_state.status.value,
             progress=engine_state.progress, model=self.model_name, device=engine_state.device,
-            precision=engine_state.precision, decoder=engine_state.decoder, engine=settings.engine,
+            precision=engine_state.precision, decoder=engine_state.decoder,
+            gguf_type=engine_state.gguf_type, engine=settings.engine,
             version=__version__)
 
     @property
