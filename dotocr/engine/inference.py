@@ -23,7 +23,7 @@ from transformers import StoppingCriteriaList
 from ..config import Settings
 from ..errors import DotOCRError, ModelUnavailableError, OutOfMemoryError
 from .base import Engine, EngineState
-from .generation import DeltaStreamer, RepetitionGuard, trim_repetition
+from .generation import DeltaStreamer, RepetitionGuard
 from .layout import cells_to_markdown, map_cells_to_original, parse_cells
 from .loading import LoadedModel, load_checkpoint, plan_load, resolve_checkpoint
 from .preprocessing import ImageInput, PreparedImage, load_image
@@ -173,7 +173,7 @@ class DotOCRInference(Engine):
         ids = encode_prompt(loaded.tokenizer, instruction, prepared.image_tokens)
         device = loaded.device
         input_ids = torch.tensor([ids], device=device)
-        guard = RepetitionGuard(len(ids))
+        guard = RepetitionGuard(len(ids), loaded.eos_token_ids)
         streamer = DeltaStreamer(loaded.tokenizer, on_text)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
             "do_sample": False}
@@ -189,6 +189,7 @@ class DotOCRInference(Engine):
         finished = time.perf_counter()
         new_tokens = output[0, len(ids):].tolist()
         stop_reason, kept = self._stop_reason(new_tokens, guard, loaded.eos_token_ids, max_new_tokens)
+        loop_start = guard.guard.loop_start if stop_reason == "repetition" and guard.guard else None
         tokenizer = loaded.tokenizer
         raw = tokenizer.decode(new_tokens, skip_special_tokens=True)
         text = tokenizer.decode(kept, skip_special_tokens=True)
@@ -202,13 +203,13 @@ class DotOCRInference(Engine):
             timings={"preprocess": round(prepared_at - started, 4), "prefill": round(first - prepared_at, 4),
                      "decode": round(finished - first, 4), "total": round(finished - started, 4)},
             peak_gpu_mb=round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None,
-            cells=cells, file=file)
+            cells=cells, file=file, loop_start=loop_start)
 
     @staticmethod
     def _stop_reason(tokens: list[int], guard: RepetitionGuard, eos: list[int],
                      max_new_tokens: int) -> tuple[str, list[int]]:
-        if guard.triggered:
-            return "repetition", trim_repetition(tokens)
+        if guard.guard is not None and guard.guard.triggered:
+            return "repetition", guard.guard.keep(tokens)
         if tokens and tokens[-1] in eos:
             return "eos", tokens[:-1]
         if len(tokens) >= max_new_tokens:

@@ -55,6 +55,7 @@ class OCRResponse(BaseModel):
     peak_gpu_mb: float | None = None
     cells: list[dict[str, Any]] | None = None
     file: str | None = None
+    loop_start: int | None = None
 
 
 OCR_FORM_SCHEMA: dict[str, Any] = {
