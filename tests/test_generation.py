@@ -1,4 +1,8 @@
-"""Repetition guard, loop trimming and the text streamer: synthetic sequences and a real generate() loop."""
+"""The generate() side of the loop guard (RepetitionGuard, a StoppingCriteria) and the text streamer.
+
+The rules themselves are tested in tests/test_loop_guard.py; here: new tokens reach one LoopGuard per
+sequence whatever the step size, eos is not fed, a batch is flagged per row, and inside a real generate().
+"""
 
 from __future__ import annotations
 
@@ -10,14 +14,8 @@ import pytest
 import torch
 
 import dotocr.engine  # noqa: F401 - registers dots_ocr, so AutoTokenizer never asks about remote code
-from dotocr.engine.generation import (
-    MIN_REPEATS,
-    MIN_SPAN,
-    DeltaStreamer,
-    RepetitionGuard,
-    find_repeated_tail,
-    trim_repetition,
-)
+from dotocr.engine.generation import DeltaStreamer, RepetitionGuard
+from dotocr.engine.loop_guard import SHORT_SPAN, find_loop
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -30,9 +28,9 @@ def words(rng: random.Random, count: int) -> list[int]:
     return [rng.randint(200, 900) for _ in range(count)]
 
 
-def run_guard(generated: list[int], step: int = 1, **thresholds) -> tuple[RepetitionGuard, int | None]:
+def run_guard(generated: list[int], step: int = 1, eos: tuple[int, ...] = ()) -> tuple[RepetitionGuard, int | None]:
     """Feed PROMPT + generated to a new guard `step` tokens at a time; (guard, generated count at trip)."""
-    guard = RepetitionGuard(len(PROMPT), **thresholds)
+    guard = RepetitionGuard(len(PROMPT), eos)
     sequence = torch.tensor([PROMPT + generated])
     for end in range(step, len(generated) + step, step):
         end = min(end, len(generated))
@@ -43,43 +41,34 @@ def run_guard(generated: list[int], step: int = 1, **thresholds) -> tuple[Repeti
     return guard, None
 
 
-# -- the guard trips on loops -----------------------------------------------------------------------
+def test_the_prompts_image_pads_are_not_fed():
+    guard, tripped_at = run_guard(words(random.Random(6), 300))
+    assert tripped_at is None and not guard.triggered and guard.guard.tokens[:3] != [1000] * 3
 
 
-@pytest.mark.parametrize("period", [1, 2, 3, 7, 21, 40, 128])
-def test_guard_trips_on_a_loop_far_before_the_token_limit(period):
-    rng = random.Random(period)
-    text = words(rng, 150)
-    block = [10 + i for i in range(period)]  # tokens that ordinary text above never uses
-    generated = text + block * 400
-    guard, tripped_at = run_guard(generated)
-    needed = max(MIN_SPAN, period * MIN_REPEATS)
-    assert tripped_at == len(text) + needed  # exactly when the rule is met, not before
-    assert tripped_at < 2000
-    assert guard.triggered and guard.period == period and guard.loop_start == len(text)
-
-
-def test_guard_trips_on_a_row_of_dots_and_on_a_looping_table_row():
+def test_a_dot_loop_stops_generate_within_the_short_span():
     rng = random.Random(3)
-    dots_loop = words(rng, 30) + [DOTS] * 1000
-    guard, tripped_at = run_guard(dots_loop)
-    assert tripped_at == 30 + MIN_SPAN and guard.period == 1
-
-    row = [PIPE, 300, PIPE, 301, PIPE, 302, PIPE, NEWLINE]
-    guard, tripped_at = run_guard(words(rng, 30) + row * 500)
-    assert guard.triggered and guard.period == len(row) and tripped_at == 30 + MIN_SPAN
+    guard, tripped_at = run_guard(words(rng, 30) + [DOTS] * 1000)
+    assert tripped_at == 30 + SHORT_SPAN and guard.guard.period == 1 and guard.guard.loop_start == 30
 
 
-def test_guard_gives_the_same_answer_for_several_tokens_per_call():
+def test_several_tokens_per_call_give_the_same_verdict():
     generated = words(random.Random(4), 77) + [5, 6, 7] * 200
     one_by_one = run_guard(generated, step=1)
     in_chunks = run_guard(generated, step=13)
-    assert one_by_one[0].period == in_chunks[0].period == 3
-    assert one_by_one[0].loop_start == in_chunks[0].loop_start == 77
+    assert one_by_one[0].guard.period == in_chunks[0].guard.period == 3
+    assert one_by_one[0].guard.loop_start == in_chunks[0].guard.loop_start == 77
     assert in_chunks[1] - 13 < one_by_one[1] <= in_chunks[1]
+    assert (one_by_one[0].guard.loop_start, 3) == find_loop(generated)
 
 
-def test_guard_flags_each_sequence_of_a_batch():
+def test_eos_is_not_fed_to_the_guard():
+    generated = words(random.Random(5), 20) + [7] * 40 + [978]
+    guard, _ = run_guard(generated, eos=(978, 1008))
+    assert 978 not in guard.guard.tokens and len(guard.guard.tokens) == 60
+
+
+def test_each_sequence_of_a_batch_is_flagged():
     rng = random.Random(5)
     looping = words(rng, 20) + [7] * 400
     fine = words(rng, 420)
@@ -89,41 +78,7 @@ def test_guard_flags_each_sequence_of_a_batch():
     for end in range(1, 421):
         flags = guard(batch[:, : len(PROMPT) + end], None)
     assert flags.tolist() == [True, False] and guard.triggered
-
-
-# -- ... but not on repetition that real pages have ---------------------------------------------------
-
-
-def test_guard_ignores_the_prompts_image_pads():
-    guard, tripped_at = run_guard(words(random.Random(6), 300))
-    assert tripped_at is None and not guard.triggered
-
-
-def test_table_of_contents_dot_leaders_do_not_trip():
-    rng = random.Random(7)
-    generated = []
-    for _ in range(120):
-        leader = [DOTS] * rng.randint(3, 20)
-        generated += words(rng, rng.randint(2, 6)) + leader + [rng.randint(600, 700), NEWLINE]
-    assert run_guard(generated)[1] is None
-
-
-def test_markdown_tables_and_a_few_identical_rows_do_not_trip():
-    rng = random.Random(8)
-    columns = 60
-    header = [PIPE] + [t for i in range(columns) for t in (300 + i, PIPE)] + [NEWLINE]
-    separator = [PIPE] + [DASHES, PIPE] * columns + [NEWLINE]
-    empty_row = [PIPE] + [40, PIPE] * columns + [NEWLINE]  # 122 tokens, identical every time
-    table = header + separator + empty_row * (MIN_REPEATS - 1) + words(rng, 40)
-    assert run_guard(table)[1] is None
-    # the same table with twelve identical rows is indistinguishable from a loop
-    assert run_guard(header + separator + empty_row * MIN_REPEATS)[0].triggered
-
-
-def test_a_run_just_below_the_span_does_not_trip():
-    rng = random.Random(9)
-    assert run_guard(words(rng, 10) + [DOTS] * (MIN_SPAN - 1) + words(rng, 50))[1] is None
-    assert run_guard(words(rng, 10) + [DOTS] * MIN_SPAN)[1] == 10 + MIN_SPAN
+    assert guard.guards[0].loop_start == 20 and not guard.guards[1].triggered
 
 
 def test_guard_cost_per_call_stays_small_at_4000_tokens():
@@ -139,44 +94,6 @@ def test_guard_cost_per_call_stays_small_at_4000_tokens():
     per_call = (time.perf_counter() - started) / 201
     assert not guard.triggered
     assert per_call < 0.0005, f"{per_call * 1e6:.0f} us per call"
-
-
-# -- trimming -------------------------------------------------------------------------------------
-
-
-def test_trim_keeps_one_copy_of_the_block():
-    text = words(random.Random(11), 40)
-    block = [10, 11, 12, 13]
-    assert trim_repetition(text + block * 100 + block[:2]) == text + block
-    assert trim_repetition(text + [DOTS] * 500) == text + [DOTS]
-
-
-def test_trim_leaves_legitimate_repetition_alone():
-    rng = random.Random(12)
-    toc = words(rng, 10) + [DOTS] * 12 + [650]
-    assert trim_repetition(toc) == toc
-    rows = words(rng, 10) + [PIPE, 40, PIPE, NEWLINE] * 5
-    assert trim_repetition(rows) == rows
-    assert trim_repetition([]) == [] and trim_repetition([5]) == [5]
-
-
-def test_trim_agrees_with_where_the_guard_stopped():
-    rng = random.Random(13)
-    for period in (1, 5, 33, 100):
-        block = [10 + (i % 90) for i in range(period)]
-        generated = words(rng, 60) + block * 300
-        guard, tripped_at = run_guard(generated)
-        produced = generated[:tripped_at]
-        assert find_repeated_tail(produced) == (guard.loop_start, guard.period)
-        assert trim_repetition(produced) == generated[: 60 + period]
-
-
-def test_thresholds_are_adjustable():
-    generated = [1, 2, 3] + [9] * 40
-    assert run_guard(generated, min_span=30, min_repeats=5)[1] == 33
-    assert trim_repetition(generated, min_span=30, min_repeats=5) == [1, 2, 3, 9]
-    with pytest.raises(ValueError):
-        RepetitionGuard(5, max_period=0)
 
 
 # -- the streamer ---------------------------------------------------------------------------------
@@ -263,7 +180,7 @@ def test_guard_and_streamer_inside_generate(tokenizer):
     prompt = [1005, 1001, 1000, 1000, 1002, 480, 260, 1006, 1007]
     script = tokenizer.encode("Résumé: 中文 — fine", add_special_tokens=False)
     loop = tokenizer.encode("\n____", add_special_tokens=False)
-    guard = RepetitionGuard(len(prompt))
+    guard = RepetitionGuard(len(prompt), (1008,))
     pieces: list[str] = []
     streamer = DeltaStreamer(tokenizer, pieces.append)
     threads = torch.get_num_threads()
@@ -278,8 +195,8 @@ def test_guard_and_streamer_inside_generate(tokenizer):
     finally:
         torch.set_num_threads(threads)
     generated = output[0, len(prompt):].tolist()
-    assert guard.triggered and guard.period == len(loop)
-    assert len(generated) == len(script) + max(MIN_SPAN, len(loop) * MIN_REPEATS)
+    assert guard.triggered and guard.guard.period == len(loop) and guard.guard.loop_start == len(script)
+    assert len(generated) == guard.guard.loop_start + 40 * len(loop)  # a 5-token block: 40 copies
     assert "".join(pieces) == tokenizer.decode(generated)
     assert all("\ufffd" not in piece for piece in pieces)
-    assert tokenizer.decode(trim_repetition(generated)) == "Résumé: 中文 — fine\n____"
+    assert tokenizer.decode(guard.guard.keep(generated)) == "Résumé: 中文 — fine\n____"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 
 import pytest
 from loop_corpus import LEGITIMATE, QWEN2_SPLIT, training_text
@@ -221,7 +222,7 @@ def test_the_guard_module_uses_the_standard_library_only():
     import ast
     import sys
 
-    tree = ast.parse(open(loop_guard.__file__, encoding="utf-8").read())
+    tree = ast.parse(Path(loop_guard.__file__).read_text(encoding="utf-8"))
     modules = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                for alias in node.names}
     modules |= {node.module.split(".")[0] for node in ast.walk(tree)

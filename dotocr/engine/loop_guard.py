@@ -23,11 +23,12 @@ uses; the legitimate examples are the corpus in tests/test_loop_guard.py.
   copies when it has 12 or more (a sentence, a filled table row: real pages repeat one up to about 11
   times, as in a table of 11 identical rows). A loop of a 20-token empty row is stopped at 800 tokens,
   of a 30-token sentence at 480, far below the default limit.
-* **Wandering**: the last WANDER_WINDOW = 96 tokens use at most WANDER_DISTINCT = 3 different tokens
+* **Wandering**: the last WANDER_WINDOW = 96 tokens use at most WANDER_DISTINCT = 3 different tokens,
   and the last half window held no exact periodic stretch of half a window or more (an exact run belongs
-  to the rules above: the 31 empty cells have 3 different tokens). A tail cycling among patterns like `x`, `yx`, `xyy` with a
-  shifting phase has no exact period, so only this rule sees it. Real text this poor over 96 tokens and
-  not periodic is rare: a long binary string (`0`, `1`, space) is the one case known to be cut.
+  to the rules above: the 31 empty cells use 3 different tokens). A tail cycling among patterns like
+  `x`, `yx`, `xyy` with a shifting phase has no exact period, so only this rule sees it. Real text this
+  poor over 96 tokens and not periodic is rare: a long binary string (`0`, `1`, space) is the one case
+  known to be cut.
 * **Counting** (a fixed frame with a changing number, `1. 2. 3. ...`): a near-exact period of
   FUZZY_MIN_PERIOD = 3 .. MAX_PERIOD tokens where each copy differs from the one before in one burst of at
   most FUZZY_BURST = 3 tokens (the digits that changed; Qwen2 writes every digit as its own token), and
@@ -70,8 +71,8 @@ _PAIR_SHIFT = 32  # token ids are far below 2**32: a pair (a, b) is the int a <<
 
 
 class _Run:
-    """One candidate period: tokens[j] == tokens[j - period] for every j since `exact_from`, and, for a fuzzy
-    run, since `start` apart from bursts of changed tokens at least one period apart."""
+    """One candidate period: tokens[j] == tokens[j - period] for every j since `exact_from`, and since `start`
+    apart from bursts of at most FUZZY_BURST changed tokens with more than FUZZY_GAP matches between them."""
 
     __slots__ = ("period", "start", "exact_from", "burst_start", "burst_end", "burst_last", "history", "cycled",
                  "rich")
@@ -126,18 +127,38 @@ class LoopGuard:
         """Take the next generated token; True once a loop is detected (and from then on)."""
         if self.triggered:
             return True
-        tokens = self.tokens
+        tokens, runs = self.tokens, self._runs
         index = len(tokens)
         tokens.append(token)
-        runs = self._runs
         if runs:
             self._advance(runs, token, index)
-        self._add_candidates(token, index)
-        self._slide_window(token)
-        found = self._check(index)
-        if found is not None:
-            self.triggered = True
-            self.loop_start, self.period, self.rule = found
+        # candidate periods: the distance back to this token's, and this pair's, previous occurrence
+        previous = self._last.get(token)
+        self._last[token] = index
+        if previous is not None and index - previous not in runs:
+            self._start_run(index - previous, index)
+        if index:
+            pair = tokens[index - 1] << _PAIR_SHIFT | token
+            previous = self._last_pair.get(pair)
+            self._last_pair[pair] = index
+            if previous is not None and index - previous not in runs:
+                self._start_run(index - previous, index)
+        # the window of the wandering rule: how often each token occurs in the last wander_window tokens
+        window, counts = self._window, self._counts
+        window.append(token)
+        counts[token] = counts.get(token, 0) + 1
+        if len(window) > self.wander_window:
+            old = window.popleft()
+            left = counts[old] - 1
+            if left:
+                counts[old] = left
+            else:
+                del counts[old]
+        if runs or len(counts) <= self.wander_distinct:
+            found = self._check(index)
+            if found is not None:
+                self.triggered = True
+                self.loop_start, self.period, self.rule = found
         return self.triggered
 
     def keep(self, tokens: Sequence[int]) -> list[int]:
@@ -170,38 +191,13 @@ class LoopGuard:
         for period in dead:
             del runs[period]
 
-    def _add_candidates(self, token: int, index: int) -> None:
-        tokens, runs = self.tokens, self._runs
-        previous = self._last.get(token)
-        self._last[token] = index
-        if previous is not None:
-            self._start_run(index - previous, index)
-        if index:
-            pair = tokens[index - 1] << _PAIR_SHIFT | token
-            previous = self._last_pair.get(pair)
-            self._last_pair[pair] = index
-            if previous is not None and len(runs) < MAX_CANDIDATES:
-                self._start_run(index - previous, index)
-
     def _start_run(self, period: int, index: int) -> None:
         runs = self._runs
-        if period <= self.max_period and period not in runs and len(runs) < MAX_CANDIDATES:
+        if period <= self.max_period and len(runs) < MAX_CANDIDATES:
             tokens, start = self.tokens, index
             while start - 1 - period >= 0 and tokens[start - 1] == tokens[start - 1 - period]:
                 start -= 1  # the repetition may have begun before this token revealed the period
             runs[period] = _Run(period, start)
-
-    def _slide_window(self, token: int) -> None:
-        window, counts = self._window, self._counts
-        window.append(token)
-        counts[token] = counts.get(token, 0) + 1
-        if len(window) > self.wander_window:
-            old = window.popleft()
-            left = counts[old] - 1
-            if left:
-                counts[old] = left
-            else:
-                del counts[old]
 
     def _check(self, index: int) -> tuple[int, int, str] | None:
         """(loop start, period, rule) when a rule is met at this token."""
