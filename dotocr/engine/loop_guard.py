@@ -65,7 +65,7 @@ FUZZY_BURST = 3
 FUZZY_GAP = 2
 COUNT_CYCLE = 10
 COUNT_COPIES = 100
-MAX_CANDIDATES = 16
+MAX_CANDIDATES = 12
 
 _PAIR_SHIFT = 32  # token ids are far below 2**32: a pair (a, b) is the int a << 32 | b, no tuple per token
 
@@ -85,14 +85,18 @@ class _Run:
         self.burst_end = -1
         self.burst_last: int | None = None  # last changed token of the current burst (a units digit)
         self.history: deque[int] = deque(maxlen=COUNT_CYCLE)  # that token for the previous bursts
-        self.cycled = 0  # bursts in a row whose last token equals the one COUNT_CYCLE bursts before
+        self.cycled = 0  # bursts whose last token equals the one COUNT_CYCLE bursts before
         self.rich: bool | None = None  # whether the block has RICH_DISTINCT tokens; decided once, when needed
 
-    def close_burst(self) -> None:
+    def close_burst(self) -> bool:
+        """Record the burst that just ended; False when it breaks the count cycle (then this is no count)."""
         history = self.history
         if len(history) == COUNT_CYCLE:
-            self.cycled = self.cycled + 1 if history[0] == self.burst_last else 0
+            if history[0] != self.burst_last:
+                return False
+            self.cycled += 1
         history.append(self.burst_last)
+        return True
 
 
 class LoopGuard:
@@ -180,9 +184,7 @@ class LoopGuard:
                     run.burst_end, run.burst_last = index, token  # the same changed number, one more digit
                     run.exact_from, run.rich = index + 1, None
                     continue
-                if index - run.burst_end > FUZZY_GAP:  # at least FUZZY_GAP matching tokens since the last burst
-                    if run.burst_last is not None:
-                        run.close_burst()
+                if index - run.burst_end > FUZZY_GAP and (run.burst_last is None or run.close_burst()):
                     run.burst_start = run.burst_end = index
                     run.burst_last = token
                     run.exact_from, run.rich = index + 1, None
