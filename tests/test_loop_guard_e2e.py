@@ -5,7 +5,6 @@ The seeds were found by running the tiny model of `tiny_models.save_tiny_checkpo
 new token id gets the next letter):
 
 * 10: `A` then `B` again and again (one token).
-* 30: `CD` for a dozen copies, then `CDE` for good: the loop changes its block on the way.
 * 69: `CD`, `CE` and then `HI` alternations, one after the other.
 * 98: `ABC` and `AB` interleaved with a shifting phase (`ABCABABCABCABABCAB...`): no exact period, only the
   wandering rule sees it.
@@ -24,14 +23,14 @@ import pytest
 from cli_helpers import REPO, text_image
 from tiny_models import save_tiny_checkpoint
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(300)
 
-SEEDS = {10: "short", 30: "short", 69: "short", 98: "wander"}
+SEEDS = (10, 69, 98)
 
 
 def test_looping_models_stop_with_repetition_through_the_cli(tmp_path, dots_tiny):
     image = text_image(tmp_path / "shot.png", (300, 120))
-    # one torch thread each: four children share the machine, extra threads would only fight
+    # one torch thread each: three children share the machine, extra threads would only fight
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     children = {}
     for seed in SEEDS:  # one process per model, all at once
@@ -41,7 +40,7 @@ def test_looping_models_stop_with_repetition_through_the_cli(tmp_path, dots_tiny
              str(folder), "--device", "cpu", "--precision", "fp32", "--max-new-tokens", "300"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=REPO)
     for seed, child in children.items():
-        out, err = child.communicate(timeout=150)
+        out, err = child.communicate(timeout=240)
         assert child.returncode == 0, err.decode()
         result = json.loads(out)
         assert result["stop_reason"] == "repetition", (seed, result)
