@@ -1,12 +1,13 @@
 """The loop guard on its own: real loops are stopped early, real repeating content never is.
 
-Text is tokenised with a byte-level BPE trained here, offline, with Qwen2's pre-tokenizer (digits alone,
-`<td` `></` `td` split as in the real vocabulary) on `loop_corpus.training_text()`. Its merges are capped at
-MAX_TOKEN_LENGTH bytes, so it packs long runs less than the real Qwen2 tokenizer does (which writes a
-200-column box rule as 25 tokens of 8 characters); that makes the corpus check stricter, not looser. Checked
-once against the real Qwen2 vocabulary (llama.cpp's vocab-only file, not available to the tests): every
-`LEGITIMATE` text passes there too, with 99 to 881 tokens; here they take as many or more tokens, except
-Markdown separator rows, which Qwen2 splits into `|` `---` per column, so that form is checked as token ids.
+Text is tokenised with a byte-level BPE trained here, offline (under a second), with Qwen2's pre-tokenizer
+(digits alone, `<td` `></` `td` split as in the real vocabulary) on `loop_corpus.training_text()`. That text
+is small, so the vocabulary stays near 1,100 tokens and merges are capped at MAX_TOKEN_LENGTH bytes: it packs
+long runs less than the real Qwen2 tokenizer (which writes 64 dots, or 8 box-drawing characters, as one
+token), which makes the corpus check stricter, not looser. Checked once against the real Qwen2 vocabulary
+(llama.cpp's vocab-only file, not available to the tests): every `LEGITIMATE` text passes there too, with 99
+to 881 tokens, and here each takes at least as many tokens (asserted below), except Markdown separator rows,
+which Qwen2 splits into `|` `---` per column, so that form is checked as token ids.
 """
 
 from __future__ import annotations
@@ -125,6 +126,18 @@ def test_dot_leader_and_underscore_loops(bpe):
         assert abs(guard.loop_start - start) <= 1
         kept = bpe.decode(guard.keep(tokens))
         assert kept.startswith(prefix) and len(kept) < len(prefix) + 2 * MAX_TOKEN_LENGTH
+
+
+def test_loops_right_after_a_long_table_of_numbers(bpe):
+    """A numeric table keeps many candidate periods alive; a loop after it must still find its own."""
+    rng = random.Random(10)
+    table = "<table>" + "".join(f"<tr><td>{rng.randint(0, 9)}</td><td>{rng.randint(10, 99)}</td></tr>"
+                                for _ in range(300))
+    before = len(ids(bpe, table))
+    for tail, rule, within in (("." * 3000, "short", 64), ("<td></td>" * 300, "block", 4 * 40 + 8),
+                               ("<tr><td></td><td></td><td></td><td></td></tr>" * 100, "block", 1000)):
+        guard, tripped_at = feed(ids(bpe, table + tail))
+        assert guard.rule == rule and before - 8 <= guard.loop_start and tripped_at - before <= within, tail[:20]
 
 
 def test_the_empty_row_loop_is_stopped_after_40_copies(bpe):

@@ -195,11 +195,17 @@ class LoopGuard:
 
     def _start_run(self, period: int, index: int) -> None:
         runs = self._runs
-        if period <= self.max_period and len(runs) < MAX_CANDIDATES:
-            tokens, start = self.tokens, index
-            while start - 1 - period >= 0 and tokens[start - 1] == tokens[start - 1 - period]:
-                start -= 1  # the repetition may have begun before this token revealed the period
-            runs[period] = _Run(period, start)
+        if period > self.max_period:
+            return
+        if len(runs) >= MAX_CANDIDATES:  # full (a long stretch matches at many periods): the shortest win
+            longest = max(runs)
+            if longest <= period:
+                return
+            del runs[longest]
+        tokens, start = self.tokens, index
+        while start - 1 - period >= 0 and tokens[start - 1] == tokens[start - 1 - period]:
+            start -= 1  # the repetition may have begun before this token revealed the period
+        runs[period] = _Run(period, start)
 
     def _check(self, index: int) -> tuple[int, int, str] | None:
         """(loop start, period, rule) when a rule is met at this token."""
