@@ -34,7 +34,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(FIXTURE))
     parser.add_argument("--crop", default="400x100")
-    parser.add_argument("--new-tokens", type=int, default=128, help="below the repetition guard's 256-token span")
+    parser.add_argument("--new-tokens", type=int, default=128,
+                        help="the golden model writes no loop (by the loop guard's rules) in its first 128 "
+                             "tokens, so both sides generate the same tokens")
     parser.add_argument("--pairs", type=int, default=31)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; 1 by default: on a shared 2-core machine two OpenMP threads on a "

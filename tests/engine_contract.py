@@ -61,6 +61,7 @@ class EngineContract:
         assert (result.width, result.height) == (333, 77)
         assert result.prompt == "text"
         assert result.stop_reason in STOP_REASONS
+        assert (result.loop_start is None) == (result.stop_reason != "repetition")
         assert 1 <= result.generated_tokens <= self.MAX_NEW
         assert result.image_tokens > 0 and result.prompt_tokens > result.image_tokens
         assert set(result.timings) >= {"preprocess", "prefill", "decode", "total"}

@@ -112,7 +112,7 @@ def test_repetition_guard_stops_a_looping_model_early(tmp_path, dots_tiny):
     engine = DotOCRInference(tiny_settings(_constant_token_checkpoint(tmp_path, dots_tiny, dot)))
     result = engine.ocr(sample_image(), max_new_tokens=2000)
     assert result.stop_reason == "repetition"
-    assert result.generated_tokens < 400
+    assert result.generated_tokens == 64 and result.loop_start == 0  # a one-token loop: 64 tokens at most
     assert set(result.raw) == {"."} and len(result.raw) == result.generated_tokens
     assert 0 < len(result.text) < 20  # the repeated tail was trimmed to one block
 
@@ -126,7 +126,7 @@ def test_a_random_model_ends_by_a_recorded_reason(engine):
 def test_eos_stops_generation(tmp_path, dots_tiny):
     engine = DotOCRInference(tiny_settings(_constant_token_checkpoint(tmp_path, dots_tiny, 978)))
     result = engine.ocr(sample_image(), max_new_tokens=50)
-    assert result.stop_reason == "eos"
+    assert result.stop_reason == "eos" and result.loop_start is None
     assert result.generated_tokens == 1 and result.text == ""
 
 

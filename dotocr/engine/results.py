@@ -37,6 +37,8 @@ class OCRResult:
     cells: list[dict[str, Any]] | None = None
     """Layout cells (bbox in input-image pixels, category, text) for the layout prompts."""
     file: str | None = None
+    loop_start: int | None = None
+    """With stop_reason "repetition": index among the generated tokens where the loop began (None otherwise)."""
 
     def to_json_dict(self) -> dict[str, Any]:
         """The JSON contract shared by `dotocr ocr --format json` and `POST /ocr`."""

@@ -64,6 +64,7 @@ class OCRResponse(BaseModel):
     loop_start: int | None = None
     cells: list[dict[str, Any]] | None = None
     file: str | None = None
+    loop_start: int | None = None
 
 
 OCR_FORM_SCHEMA: dict[str, Any] = {
