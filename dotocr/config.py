@@ -69,8 +69,11 @@ class Settings:
         for name, low in (("max_image_size", 28), ("max_new_tokens", 1), ("history_size", 0),
                           ("idle_minutes", 0), ("api_port", 1)):
             value = getattr(self, name)
+            if name == "max_image_size" and value == 0 and not isinstance(value, bool):
+                continue  # 0: no cap beyond dots.ocr's own sizing
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise SettingsError(f"{name} = {value!r} must be a whole number of at least {low}.")
+                raise SettingsError(f"{name} = {value!r} must be a whole number of at least {low}"
+                                    + (" (or 0 for no cap)." if name == "max_image_size" else "."))
         if self.api_port > 65535:
             raise SettingsError(f"api_port = {self.api_port} is not a port; use a number from 1 to 65535.")
         if not isinstance(self.model, str) or not self.model.strip():
@@ -191,8 +194,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                        f"(default {DEFAULT_MODEL})")
     group.add_argument("--device", choices=DEVICES)
     group.add_argument("--precision", choices=PRECISIONS)
-    group.add_argument("--max-image-size", type=_whole_number(28), metavar="PX",
-                       help="longest image side in pixels (default 1024)")
+    group.add_argument("--max-image-size", type=_image_cap, metavar="PX",
+                       help="cap on the longest image side in pixels, 0 for none (default 1024)")
     group.add_argument("--max-new-tokens", type=_whole_number(1), metavar="N")
 
 
@@ -223,3 +226,11 @@ def _whole_number(low: int, high: int | None = None):
 
 
 port_number = _whole_number(1, 65535)
+
+
+def _image_cap(text: str) -> int:
+    """--max-image-size: 0 (no cap) or at least 28 pixels."""
+    value = _whole_number(0)(text)
+    if 0 < value < 28:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 (no cap) or at least 28")
+    return value

@@ -83,7 +83,8 @@ def test_salvage_is_fast_on_a_long_broken_answer():
 def test_boxes_map_to_input_pixels():
     preparer = ImagePreparer()
     prepared = preparer.prepare(Image.new("RGB", (2000, 1000), "white"), 1024)
-    scale = prepared.scale
+    sx, sy = prepared.scale
+    assert prepared.image.size == (1008, 504)
     cells = [
         {"bbox": [100, 50, 504, 252], "category": "Text", "text": "a"},
         {"bbox": [1000.7, 10, 2000, 2000], "category": "Text", "text": "clamped"},
@@ -92,13 +93,21 @@ def test_boxes_map_to_input_pixels():
         {"category": "Text", "text": "no box at all"},
     ]
     mapped = map_cells_to_original(cells, prepared)
-    assert mapped[0]["bbox"] == [round(100 / scale), round(50 / scale), 1000, 500]
-    assert mapped[1]["bbox"] == [round(1000.7 / scale), round(10 / scale), 2000, 1000]
-    assert mapped[2]["bbox"] == [round(20 / scale), round(10 / scale), round(60 / scale), round(40 / scale)]
+    assert mapped[0]["bbox"] == [round(100 / sx), round(50 / sy), 1000, 500]
+    assert mapped[1]["bbox"] == [round(1000.7 / sx), round(10 / sy), 2000, 1000]
+    assert mapped[2]["bbox"] == [round(20 / sx), round(10 / sy), round(60 / sx), round(40 / sy)]
     assert "bbox" not in mapped[3] and "bbox" not in mapped[4]
     assert all(isinstance(v, int) for v in mapped[0]["bbox"])
     assert cells[0]["bbox"] == [100, 50, 504, 252]  # the input cells are left alone
     assert [cell["text"] for cell in mapped] == [cell["text"] for cell in cells]
+
+
+def test_boxes_map_back_per_axis_when_the_sides_round_differently():
+    """A 1000 x 1013 image is 1008 x 1008 for the model: x and y scale differently, and both are undone."""
+    prepared = ImagePreparer().prepare(Image.new("RGB", (1000, 1013), "white"), None)
+    assert prepared.image.size == (1008, 1008)
+    mapped = map_cells_to_original([{"bbox": [504, 504, 1008, 1008], "category": "Text", "text": "x"}], prepared)
+    assert mapped[0]["bbox"] == [500, 506, 1000, 1013]
 
 
 def test_markdown_in_reading_order():

@@ -1,9 +1,9 @@
 """`RemoteEngine`: the engine interface, with the model on an OpenAI-compatible server elsewhere.
 
 The server can be vLLM serving dots.ocr (`vllm serve rednote-hilab/dots.ocr ...`) or another dotocr-serve.
-The image is loaded and sized here exactly as the local engine sizes it (sides multiples of 28, within
-max_image_size), so the server's own processor leaves it as it is and any boxes in the answer are in
-pixels we can map back. The request is the one dots.ocr's own client sends: the image as a PNG data URL
+The image is loaded and sized here exactly as the local engine sizes it (dots.ocr's own rule, within
+max_image_size when set), so the server's own processor leaves it as it is and any boxes in the answer are
+in pixels we can map back. The request is the one dots.ocr's own client sends: the image as a PNG data URL
 and `<|img|><|imgpad|><|endofimg|>` before the instruction. The answer is streamed, so `on_text` works,
 and post-processed like a local answer.
 
@@ -127,18 +127,20 @@ class RemoteEngine(Engine):
     def ocr(self, image: ImageInput, *, prompt: str | None = None, output_format: str | None = None,
             bbox: tuple[float, float, float, float] | None = None, max_new_tokens: int | None = None,
             temperature: float = 0.0, top_p: float = 1.0, instruction: str | None = None,
-            on_text: Callable[[str], None] | None = None, file: str | None = None) -> OCRResult:
+            on_text: Callable[[str], None] | None = None, file: str | None = None,
+            max_image_size: int | None = None, system: str | None = None) -> OCRResult:
         """Same arguments and result as `DotOCRInference.ocr`; the generation happens on the server."""
         started = time.perf_counter()
         picture = load_image(image)
         prompt = self._resolve_prompt(prompt, output_format, bbox, instruction)
         with self._lock:
             client = self._ensure_connected()
-            prepared = self._preparer.prepare(picture, self._settings.max_image_size, patches=False)
+            cap = self._settings.max_image_size if max_image_size is None else max_image_size
+            prepared = self._preparer.prepare(picture, cap, patches=False)
             if instruction is None:
                 instruction = instruction_for(prompt, prepared.box_to_model(bbox) if bbox is not None else None)
             body = self._request_body(prepared, instruction, max_new_tokens or self._settings.max_new_tokens,
-                                      temperature, top_p)
+                                      temperature, top_p, system)
             self._set_state(Status.BUSY, "reading", device=self._remote_device or "remote",
                             precision=self._precision or "unknown", decoder="remote")
             try:
@@ -166,16 +168,18 @@ class RemoteEngine(Engine):
     # -- the HTTP exchange --------------------------------------------------------------------------
 
     def _request_body(self, prepared: PreparedImage, instruction: str, max_new_tokens: int,
-                      temperature: float, top_p: float) -> dict[str, Any]:
+                      temperature: float, top_p: float, system: str | None = None) -> dict[str, Any]:
         png = io.BytesIO()
         prepared.image.save(png, format="PNG")
         data_url = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system is not None else []
+        messages.append({"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_url}},
+            {"type": "text", "text": IMAGE_PLACEHOLDER + instruction},
+        ]})
         return {
             "model": self._settings.remote_model,
-            "messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": data_url}},
-                {"type": "text", "text": IMAGE_PLACEHOLDER + instruction},
-            ]}],
+            "messages": messages,
             "max_completion_tokens": max_new_tokens,
             "max_tokens": max_new_tokens,  # servers that predate max_completion_tokens
             "temperature": temperature,
