@@ -26,12 +26,14 @@ class ServerLimits:
 
     max_upload_bytes: int = 20 * MIB
     """Largest image file accepted by POST /ocr (a base64 image in a chat request may be 4/3 of this)."""
-    max_waiting: int = 8
-    """Requests allowed to wait behind the one being generated; more are refused with 503."""
-    request_timeout_s: float = 300.0
-    """Longest a request may take, queueing included, before it gets 504 and its generation is stopped."""
+    max_waiting: int = 128
+    """Requests allowed to wait behind the one being generated; more are refused with 503. The official parser
+    sends 16 pages at once (64 recommended for PDFs); vLLM queues them all, so the line holds that and more."""
+    request_timeout_s: float = 3600.0
+    """Longest a request may take, queueing included, before it gets 504 and its generation is stopped: long
+    enough for a line of dense pages on a slow machine (a page on a CPU can take minutes)."""
     retry_after_s: int = 5
-    """What 503 answers put in Retry-After."""
+    """What 503 answers put in Retry-After before any generation has finished (then: recent durations)."""
     max_body_bytes_other: int = 64 * 1024
     """Body limit for every route that takes no image."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from dotocr.errors import DotOCRError
 from .errors import busy_error, engine_error, loading_error, timeout_error
 from .gate import GateFull, GateTimeout, GenerationGate, StopGeneration, Ticket
 from .limits import ServerLimits
+from .pacing import Pacing
 from .schemas import Health
 from .uploads import check_image_bytes
 
@@ -33,6 +35,7 @@ class ServerState:
         self.limits = limits
         self.load_on_start = load_on_start
         self.gate = GenerationGate(limits.max_waiting)
+        self.pacing = Pacing(limits.retry_after_s)
         self.loading = False
         self._loader: threading.Thread | None = None
 
@@ -95,9 +98,11 @@ class ServerState:
         """A place in line for one generation, or 503 busy at once."""
         self.check_ready()
         try:
-            return self.gate.admit(self.limits.request_timeout_s)
+            ticket = self.gate.admit(self.limits.request_timeout_s)
         except GateFull:
-            raise busy_error(self.limits.retry_after_s) from None
+            raise busy_error(self.pacing.refused(self.gate.admitted)) from None
+        self.pacing.admitted()
+        return ticket
 
     async def decode(self, data: bytes, what: str) -> Image.Image:
         """Turn uploaded bytes into an image off the event loop; 415/400 before the request queues."""
@@ -114,10 +119,17 @@ class ServerState:
         """The request's token cap, never above the server's setting (the official parser asks for 16k)."""
         return min(requested or self.max_new_tokens, self.max_new_tokens)
 
+    def _timed(self, call: Callable[[], OCRResult]) -> OCRResult:
+        """Run one generation and remember how long a finished one took (for Retry-After)."""
+        started = time.monotonic()
+        result = call()
+        self.pacing.finished(time.monotonic() - started)
+        return result
+
     async def run_ocr(self, ticket: Ticket, image: Image.Image, **kwargs: Any) -> OCRResult:
         """One OCR call in line; its generation stops if the deadline passes or the client leaves."""
         def work() -> OCRResult:
-            return self.engine.ocr(image, on_text=lambda _delta: ticket.check(), **kwargs)
+            return self._timed(lambda: self.engine.ocr(image, on_text=lambda _delta: ticket.check(), **kwargs))
 
         try:
             return await ticket.run(work)
@@ -142,7 +154,7 @@ class ServerState:
             loop.call_soon_threadsafe(pieces.put_nowait, delta)
 
         def work() -> OCRResult:
-            return self.engine.ocr(image, on_text=on_text, **kwargs)
+            return self._timed(lambda: self.engine.ocr(image, on_text=on_text, **kwargs))
 
         async def next_piece() -> Any:
             try:
