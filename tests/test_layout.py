@@ -155,3 +155,57 @@ def test_tables_markdown_cannot_hold_stay_html(html):
 def test_span_of_one_is_still_plain():
     html = "<table><tr><td colspan='1'>a</td><td rowspan=\"1\">b</td></tr></table>"
     assert html_table_to_markdown(html) == "| a | b |\n| --- | --- |"
+
+
+@pytest.mark.parametrize("text", ["$a$ and $b$", "where $x$ is \\(y\\)", "$$a$$ then $$b$$"])
+def test_formula_text_with_several_formulas_is_not_wrapped_again(text):
+    assert cells_to_markdown([{"category": "Formula", "text": text}]) == text
+
+
+def test_page_headers_and_footers_can_be_left_out():
+    cells = [{"category": "Page-header", "text": "Annual report 2024"}, *CELLS]
+    full = cells_to_markdown(cells)
+    assert full.startswith("Annual report 2024\n\n") and full.endswith("Page 1")
+    without = cells_to_markdown(cells, furniture=False)
+    assert "Annual report" not in without and "Page 1" not in without
+    assert without == cells_to_markdown([c for c in CELLS if c["category"] != "Page-footer"])
+
+
+def picture_page() -> Image.Image:
+    from PIL import ImageDraw
+
+    page = Image.new("RGB", (600, 400), "white")
+    ImageDraw.Draw(page).rectangle((100, 50, 299, 149), fill=(200, 30, 30))
+    return page
+
+
+def test_pictures_can_be_embedded_as_png_data_urls():
+    import base64
+    import io
+    import re
+
+    from dotocr.engine.layout import picture_markdown
+
+    cells = [{"category": "Text", "text": "Before"}, {"bbox": [100, 50, 300, 150], "category": "Picture"},
+             {"bbox": [0, 0, 0, 0], "category": "Picture"}, {"category": "Text", "text": "After"}]
+    markdown = cells_to_markdown(cells, picture=picture_markdown(picture_page(), "embed"))
+    match = re.fullmatch(r"Before\n\n!\[Picture 1\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)\n\nAfter", markdown)
+    assert match, markdown[:200]
+    crop = Image.open(io.BytesIO(base64.b64decode(match.group(1))))
+    assert crop.size == (200, 100) and crop.convert("RGB").getpixel((100, 50)) == (200, 30, 30)
+    assert picture_markdown(picture_page(), "drop") is None
+    assert cells_to_markdown(cells) == "Before\n\nAfter"  # dropped by default, as before
+
+
+def test_pictures_can_be_linked_as_files(tmp_path):
+    from dotocr.engine.layout import picture_markdown
+
+    def save(crop: Image.Image, number: int) -> str:
+        name = f"page-fig{number}.png"
+        crop.save(tmp_path / name)
+        return name
+
+    cells = [{"bbox": [100, 50, 300, 150], "category": "Picture"}, {"bbox": [0, 0, 50, 50], "category": "Picture"}]
+    markdown = cells_to_markdown(cells, picture=picture_markdown(picture_page(), "link", save))
+    assert markdown == "![Picture 1](page-fig1.png)\n\n![Picture 2](page-fig2.png)"
+    assert Image.open(tmp_path / "page-fig1.png").size == (200, 100)

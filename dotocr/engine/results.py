@@ -35,10 +35,15 @@ class OCRResult:
     cells: list[dict[str, Any]] | None = None
     """Layout cells (bbox in input-image pixels, category, text) for the layout prompts."""
     file: str | None = None
+    page: int | None = None
+    """For a PDF page: its number, 1-based (width, height and any boxes are in that page's pixels)."""
+    dpi: float | None = None
+    """For a PDF page: what it was rendered at, so a box in its pixels is x * 72 / dpi points."""
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The JSON contract shared by `dotocr ocr --format json` and `POST /ocr`."""
+        """The JSON contract shared by `dotocr ocr --format json` and `POST /ocr`; page fields only for PDFs."""
         data = asdict(self)
-        if data["cells"] is None:
-            del data["cells"]
+        for optional in ("cells", "page", "dpi"):
+            if data[optional] is None:
+                del data[optional]
         return data
