@@ -1,4 +1,10 @@
-"""Where `dotocr ocr` puts each result: stdout, or one file per image under --out."""
+"""Where `dotocr ocr` puts each result: stdout, or one file per input under --out.
+
+A PDF gives one result per page. On stdout every page is written as soon as it is read (JSON: one line per
+page, each carrying `page`); in text and Markdown the pages of one PDF are joined by PAGE_BREAKS. Under
+--out a PDF becomes one file holding all its pages (JSON: a list of page objects), written when its last
+page is done.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ from typing import Any
 from dotocr.cli.inputs import STDIN_NAME, InputImage
 
 SUFFIXES = {"text": ".txt", "markdown": ".md", "json": ".json"}
+PAGE_BREAKS = {"text": "\f", "markdown": "\n---\n"}
+"""Between two pages of a PDF: a form feed in plain text (as pdftotext writes), a thematic break in Markdown."""
 
 
 def json_line(data: dict[str, Any]) -> str:
@@ -19,8 +27,8 @@ def json_line(data: dict[str, Any]) -> str:
 
 
 class StdoutWriter:
-    """Results on stdout. Text formats get a `==> name <==` header when there are several images,
-    so a batch stays readable and splittable; JSON needs none (each object carries `file`)."""
+    """Results on stdout. Text formats get a `==> name <==` header when there are several inputs,
+    so a batch stays readable and splittable; JSON needs none (each object carries `file` and `page`)."""
 
     def __init__(self, output_format: str, batch: bool, write_line: Callable[[str], None]) -> None:
         self.output_format = output_format
@@ -28,23 +36,29 @@ class StdoutWriter:
         self._write_line = write_line
         self._count = 0
 
-    def write(self, image: InputImage, data: dict[str, Any]) -> None:
+    def write(self, image: InputImage, data: dict[str, Any], *, first_page: bool = True) -> None:
         if self.output_format == "json":
             self._write_line(json_line(data))
             return
         text = str(data.get("text", "")).rstrip("\n")
-        if self.batch:
+        if not first_page:
+            self._write_line(PAGE_BREAKS[self.output_format])
+        elif self.batch:
             prefix = "\n" if self._count else ""
             self._write_line(f"{prefix}==> {image.name} <==")
         self._write_line(text)
         self._count += 1
 
+    def finish(self, image: InputImage) -> None:
+        """Nothing to do: every page went out as it came."""
+
 
 class FolderWriter:
-    """One file per image in `folder`, named after the image with the format's suffix.
+    """One file per input in `folder`, named after it with the format's suffix.
 
-    Two images with the same stem (a.png, a.jpg) get a.txt and a.jpg.txt; a name that would land on
-    one of the batch's own inputs is never used, so an input is never overwritten.
+    Two inputs with the same stem (a.png, a.jpg) get a.txt and a.jpg.txt; a name that would land on
+    one of the batch's own inputs is never used, so an input is never overwritten. Names are chosen for
+    the whole batch up front (in input order), so pictures saved beside a result can be named after it.
     """
 
     def __init__(self, folder: Path, output_format: str, inputs: list[InputImage]) -> None:
@@ -53,8 +67,14 @@ class FolderWriter:
         self.suffix = SUFFIXES[output_format]
         self._taken = {_key(p) for p in (i.path for i in inputs) if p is not None}
         self.written: list[Path] = []
+        self._targets: dict[int, Path] = {}
+        self._pages: dict[int, list[dict[str, Any]]] = {}
+        for image in inputs:
+            self.target_for(image)
 
     def target_for(self, image: InputImage) -> Path:
+        if id(image) in self._targets:
+            return self._targets[id(image)]
         base = "stdin" if image.name == STDIN_NAME else Path(image.name).name
         stem = Path(base).stem or base
         candidates = [stem + self.suffix, base + self.suffix]
@@ -63,15 +83,32 @@ class FolderWriter:
             path = self.folder / name
             if _key(path) not in self._taken:
                 self._taken.add(_key(path))
+                self._targets[id(image)] = path
                 return path
         raise OSError(f"no free file name for {image.name} in {self.folder}")
 
-    def write(self, image: InputImage, data: dict[str, Any]) -> Path:
-        target = self.target_for(image)
+    def write(self, image: InputImage, data: dict[str, Any], *, first_page: bool = True) -> Path | None:
+        """An image's result is written at once; a PDF page's is kept until `finish`."""
+        if data.get("page") is None:
+            return self._store(self.target_for(image), self._content([data], document=False))
+        self._pages.setdefault(id(image), []).append(data)
+        return None
+
+    def finish(self, image: InputImage) -> Path | None:
+        """Write a PDF's pages (those that were read) into its one file."""
+        pages = self._pages.pop(id(image), None)
+        if not pages:
+            return None
+        return self._store(self.target_for(image), self._content(pages, document=True))
+
+    def _content(self, results: list[dict[str, Any]], *, document: bool) -> str:
         if self.output_format == "json":
-            content = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
-        else:
-            content = str(data.get("text", "")).rstrip("\n") + "\n"
+            value: Any = results if document else results[0]
+            return json.dumps(value, ensure_ascii=False, indent=2) + "\n"
+        texts = [str(r.get("text", "")).rstrip("\n") for r in results]
+        return ("\n" + PAGE_BREAKS[self.output_format] + "\n").join(texts) + "\n"
+
+    def _store(self, target: Path, content: str) -> Path:
         tmp = target.with_name(target.name + ".part")
         tmp.write_text(content, encoding="utf-8", newline="\n")
         os.replace(tmp, target)

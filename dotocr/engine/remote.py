@@ -45,7 +45,8 @@ MAX_ERROR_BODY = 4096
 
 
 class RemoteEngine(Engine):
-    """Thread-safe, one request at a time like the local engine. Connects on `load()` or `ocr()`."""
+    """Thread-safe; several threads may have requests in flight at once (a serving engine batches them).
+    Connects on `load()` or `ocr()`."""
 
     def __init__(self, settings: Settings, *, on_state: Callable[[EngineState], None] | None = None,
                  read_timeout_s: float = READ_TIMEOUT_S, busy_retry_s: float = BUSY_RETRY_S) -> None:
@@ -57,6 +58,7 @@ class RemoteEngine(Engine):
         self._precision: str | None = None
         self._remote_device: str | None = None
         self._lock = threading.RLock()
+        self._in_flight = 0
 
     # -- state --------------------------------------------------------------------------------------
 
@@ -133,22 +135,28 @@ class RemoteEngine(Engine):
         started = time.perf_counter()
         picture = load_image(image)
         prompt = self._resolve_prompt(prompt, output_format, bbox, instruction)
+        cap = self._settings.max_image_size if max_image_size is None else max_image_size
+        prepared = self._preparer.prepare(picture, cap, patches=False)
+        if instruction is None:
+            instruction = instruction_for(prompt, prepared.box_to_model(bbox) if bbox is not None else None)
+        body = self._request_body(prepared, instruction, max_new_tokens or self._settings.max_new_tokens,
+                                  temperature, top_p, system)
         with self._lock:
             client = self._ensure_connected()
-            cap = self._settings.max_image_size if max_image_size is None else max_image_size
-            prepared = self._preparer.prepare(picture, cap, patches=False)
-            if instruction is None:
-                instruction = instruction_for(prompt, prepared.box_to_model(bbox) if bbox is not None else None)
-            body = self._request_body(prepared, instruction, max_new_tokens or self._settings.max_new_tokens,
-                                      temperature, top_p, system)
+            self._in_flight += 1
             self._set_state(Status.BUSY, "reading", device=self._remote_device or "remote",
                             precision=self._precision or "unknown", decoder="remote")
-            try:
-                answer = self._complete(client, body, on_text, time.perf_counter())
-            except RemoteEngineError as exc:
+        try:
+            answer = self._complete(client, body, on_text, time.perf_counter())
+        except RemoteEngineError as exc:
+            with self._lock:
+                self._in_flight -= 1
                 self._set_state(Status.ERROR, str(exc))
-                raise
-            self._set_ready(f"remote {self.url}")
+            raise
+        with self._lock:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._set_ready(f"remote {self.url}")
         text, cells = format_answer(prompt, answer.text, prepared)
         finished = time.perf_counter()
         return OCRResult(
