@@ -160,10 +160,16 @@ def fitting_dpi(width_pt: float, height_pt: float, dpi: float, max_pixels: int =
     """`dpi`, or the highest DPI at which a page of this size (in points) stays within `max_pixels`."""
     if width_pt <= 0 or height_pt <= 0:
         return dpi
-    pixels = (width_pt * dpi / 72) * (height_pt * dpi / 72)
-    if pixels <= max_pixels:
+
+    def pixels(at: float) -> int:  # PDFium may round each side up by a pixel; leave room for that
+        return (math.ceil(width_pt * at / 72) + 1) * (math.ceil(height_pt * at / 72) + 1)
+
+    if pixels(dpi) <= max_pixels:
         return dpi
-    return math.floor(dpi * math.sqrt(max_pixels / pixels) * 100) / 100
+    fitted = math.floor(dpi * math.sqrt(max_pixels / pixels(dpi)) * 100) / 100
+    while fitted > 1 and pixels(fitted) > max_pixels:
+        fitted = round(fitted - 0.01, 2)
+    return fitted
 
 
 def check_dpi(dpi: float) -> float:
