@@ -87,7 +87,7 @@ def test_parse_bbox_accepts_four_numbers_and_rejects_the_rest():
     (["ocr", "x.png", "--prompt", "grounding"], "needs --bbox"),
     (["ocr", "x.png", "--prompt", "text", "--bbox", "1,2,30,40"], "needs --prompt grounding"),
     (["ocr", "x.png", "--format", "pdf"], "invalid choice"),
-    (["ocr", "x.png", "--max-image-size", "10"], "--max-image-size: 10 must be at least 28"),
+    (["ocr", "x.png", "--max-image-size", "10"], "--max-image-size: 10 must be 0 (no cap) or at least 28"),
     (["ocr"], "PATH"),
 ])
 def test_usage_errors_exit_2_with_one_message(cli, argv, message):
