@@ -382,7 +382,7 @@ def test_progress_bar_on_a_terminal_never_on_stdout(images):
     os.close(master)
     assert child.returncode == 0, terminal.decode(errors="replace")
     # the bar was drawn (how far it got before it cleared itself depends on timing; tqdm flips slow rates)
-    assert b"/2 [" in terminal and (b"image/s" in terminal or b"s/image" in terminal)
+    assert b"/2 [" in terminal and (b"page/s" in terminal or b"s/page" in terminal)  # one step per image or page
     assert len(json_lines(stdout)) == 2  # stdout holds the two objects and nothing of the bar
 
 
