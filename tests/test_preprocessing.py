@@ -231,7 +231,7 @@ def test_a_drawn_box_maps_back_within_a_pixel_for_every_sizing(preparer, size, m
     # the model's own box for that rectangle, mapped back: exact to a pixel when no cap shrinks it
     mx1, my1, mx2, my2 = prepared.box_to_model(box)
     back = prepared.to_original(mx1, my1) + prepared.to_original(mx2, my2)
-    for got, want, tol in zip(back, box, (0.5 / sx, 0.5 / sy) * 2):
+    for got, want, tol in zip(back, box, (0.5 / sx, 0.5 / sy) * 2, strict=True):
         assert abs(got - want) <= max(1.0, tol)
 
     rng = random.Random(1)

@@ -221,9 +221,8 @@ def test_chat_turns_we_cannot_render_get_one_sentence(url: str, messages, words:
     for message in messages:
         if message["role"] == "user":
             message["content"].insert(0, image_part)
-    if messages[-1]["role"] != "user":
-        if messages[0]["role"] == "assistant":
-            messages.append({"role": "user", "content": [image_part]})
+    if messages[-1]["role"] != "user" and messages[0]["role"] == "assistant":
+        messages.append({"role": "user", "content": [image_part]})
     response = httpx.post(f"{url}/v1/chat/completions", json={"model": "m", "messages": messages}, timeout=30)
     assert_error(response, 400, *words)
 
