@@ -8,6 +8,12 @@ The image is resized once, bicubic, to those sides, so every image the official 
 exactly vLLM's size and token count, and a box the model writes maps back exactly (a separate scale per
 axis, since each side is rounded on its own). Nothing is enlarged beyond what `min_pixels` needs.
 
+Tiny screen crops (one 12 px line, 180 x 14) are not enlarged further either: they become 224 x 28, what
+vLLM would make of them. The earlier rule here lifted such a crop 4x (to a 56 px short side); that gave the
+model an image no dots.ocr server would give it and boxes that disagreed with the official parser, for a
+gain in reading that was never measured (no real weights can be run here). dots.ocr was trained through
+this processor, so its rule is the one we keep; a person who wants larger glyphs can zoom before capturing.
+
 Two additions, neither of which touches an image the official rule handles on its own terms:
 
 * `max_image_size`, when set (the tray's `--max-image-size 1024` for small GPUs), caps the longest side:
