@@ -37,8 +37,11 @@ from .status import EngineState, Status
 log = logging.getLogger("dotocr.engine.remote")
 
 CONNECT_TIMEOUT_S = 5.0
-READ_TIMEOUT_S = 300.0
-"""Longest wait for the next piece of the answer (a big page's prefill on a busy server can be long)."""
+READ_TIMEOUT_S = 3600.0
+"""Longest wait for the next piece of the answer: a request waiting in a busy server's line gets no bytes until
+its turn (dotocr-serve's own deadline is an hour by default), and a dense page's prefill can be long."""
+MAX_CONNECTIONS = 256
+"""Enough for `dotocr ocr --concurrency` at its maximum: requests never wait for a free connection."""
 BUSY_RETRY_S = 60.0
 """How long a request keeps retrying while the server answers 503 (loading, or its queue is full)."""
 MAX_ERROR_BODY = 4096
@@ -98,7 +101,8 @@ class RemoteEngine(Engine):
         key = self._settings.remote_api_key
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         client = httpx.Client(headers=headers, timeout=httpx.Timeout(
-            self._read_timeout_s, connect=CONNECT_TIMEOUT_S, pool=CONNECT_TIMEOUT_S))
+            self._read_timeout_s, connect=CONNECT_TIMEOUT_S, pool=CONNECT_TIMEOUT_S),
+            limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=32))
         try:
             response = self._send(client, "GET", f"{self.url}/models", timeout=CONNECT_TIMEOUT_S * 2)
             if response.status_code == 404:
