@@ -16,7 +16,16 @@ from typing import Any
 from ..config import Settings
 from ..errors import DotOCRError
 from .base import Engine
-from .documents import DEFAULT_DPI, DocumentError, Page, PdfDocument, check_dpi, is_pdf, parse_page_ranges
+from .documents import (
+    DEFAULT_DPI,
+    MAX_PAGE_PIXELS,
+    DocumentError,
+    Page,
+    PdfDocument,
+    check_dpi,
+    is_pdf,
+    parse_page_ranges,
+)
 from .images import MAX_INPUT_PIXELS, ImageInput, declared_png_size, load_image
 from .inference import DotOCRInference
 from .layout import FURNITURE, PICTURE_MODES, cells_to_markdown, picture_markdown
@@ -50,8 +59,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DEFAULT_DPI", "FURNITURE", "IMAGE_PLACEHOLDER", "MAX_INPUT_PIXELS", "PICTURE_MODES", "PROMPT_MODES",
-           "DocumentError", "DotOCRError", "DotOCRInference", "DotsOCRConfig", "DotsOCRForCausalLM",
+__all__ = ["DEFAULT_DPI", "FURNITURE", "IMAGE_PLACEHOLDER", "MAX_INPUT_PIXELS", "MAX_PAGE_PIXELS", "PICTURE_MODES",
+           "PROMPT_MODES", "DocumentError", "DotOCRError", "DotOCRInference", "DotsOCRConfig", "DotsOCRForCausalLM",
            "DotsVisionConfig", "Engine", "EngineState", "ImageInput", "OCRResult", "Page", "PdfDocument",
            "RemoteEngine", "Status", "cells_to_markdown", "check_dpi", "declared_png_size", "instruction_for",
            "is_pdf", "load_image", "make_engine", "parse_page_ranges", "picture_markdown", "resolve_prompt",

@@ -8,6 +8,7 @@ with one result object per page, in page order.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from anyio import to_thread
@@ -15,11 +16,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from dotocr.config import OUTPUT_FORMATS, PROMPT_MODES
-from dotocr.engine import DEFAULT_DPI, PdfDocument, check_dpi, is_pdf, parse_page_ranges
+from dotocr.engine import DEFAULT_DPI, MAX_PAGE_PIXELS, PdfDocument, check_dpi, is_pdf, parse_page_ranges
 from dotocr.errors import DotOCRError
 
 from .errors import ApiError, engine_error
 from .gate import Ticket
+from .memory import declared_pixels
 from .schemas import OCR_FORM_SCHEMA, DocumentResponse, ErrorResponse, OCRResponse
 from .state import ServerState
 from .uploads import Form, read_multipart
@@ -51,20 +53,25 @@ async def ocr(request: Request) -> JSONResponse:
     """`curl -F file=@shot.png -F prompt=text http://127.0.0.1:8765/ocr`"""
     server: ServerState = request.app.state.dotocr
     ticket = server.admit()
+    release: Callable[[], None] | None = None
     try:
         form = await read_multipart(request, server.limits.max_upload_bytes)
         options = _ocr_options(form, server)
         filename, data = form.files["file"]
         what = f"The uploaded file {filename!r}" if filename else "The upload"
-        if is_pdf(data):
-            return JSONResponse(await _read_pdf(server, ticket, data, filename[:MAX_FILENAME], what, form.fields,
-                                                options))
-        if form.fields.get("pages") or form.fields.get("dpi"):
+        pdf = is_pdf(data)
+        if not pdf and (form.fields.get("pages") or form.fields.get("dpi")):
             raise ApiError(400, "pages and dpi apply to PDF uploads only; leave them out for an image.",
                            "invalid_form")
+        release = server.hold_pixels(MAX_PAGE_PIXELS if pdf else declared_pixels(data))  # a PDF: one page at a time
+        if pdf:
+            return JSONResponse(await _read_pdf(server, ticket, data, filename[:MAX_FILENAME], what, form.fields,
+                                                options))
         image = await server.decode(data, what)
         result = await server.run_ocr(ticket, image, file=filename[:MAX_FILENAME], **options)
     finally:
+        if release is not None:
+            release()
         ticket.close()
     return JSONResponse(result.to_json_dict())  # as is: `cells` is absent, not null, for the text prompt
 

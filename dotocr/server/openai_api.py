@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -29,6 +29,7 @@ from dotocr.engine import IMAGE_PLACEHOLDER, OCRResult, instruction_for
 from dotocr.errors import DotOCRError
 
 from .errors import ApiError, engine_error, error_body, log
+from .memory import declared_pixels
 from .ocr_api import ERRORS
 from .schemas import ChatCompletion, ChatCompletionRequest, ImagePart, ModelCard, ModelList, TextPart
 from .state import ServerState
@@ -61,7 +62,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     server: ServerState = request.app.state.dotocr
     image_bytes, instruction, system = _render_messages(body, server.limits.max_upload_bytes)
     ticket = server.admit()
+    release: Callable[[], None] | None = None
     try:
+        release = server.hold_pixels(declared_pixels(image_bytes))
         image = await server.decode(image_bytes, "The image in image_url")
         options: dict[str, Any] = {
             "prompt": _mode_for(instruction), "instruction": instruction, "system": system,
@@ -74,10 +77,13 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             pieces = await server.stream_ocr(ticket, image, **options)
-            return StreamingResponse(_sse(pieces(), model, include_usage, server),
+            stream_release, release = release, None  # held until the stream ends
+            return StreamingResponse(_sse(pieces(), model, include_usage, server, stream_release),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
         result = await server.run_ocr(ticket, image, **options)
     finally:
+        if release is not None:
+            release()
         ticket.close()
     return _completion(result, model)
 
@@ -166,8 +172,18 @@ def _completion(result: OCRResult, model: str) -> dict[str, Any]:
 
 
 async def _sse(pieces: AsyncIterator[str | OCRResult], model: str, include_usage: bool,
-               server: ServerState) -> AsyncIterator[str]:
+               server: ServerState, release: Callable[[], None] | None = None) -> AsyncIterator[str]:
     """Chunks as OpenAI streams them; an error after the start arrives as an `error` event, then [DONE]."""
+    try:
+        async for event in _events(pieces, model, include_usage, server):
+            yield event
+    finally:
+        if release is not None:
+            release()
+
+
+async def _events(pieces: AsyncIterator[str | OCRResult], model: str, include_usage: bool,
+                  server: ServerState) -> AsyncIterator[str]:
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
 

@@ -19,6 +19,7 @@ from dotocr.errors import DotOCRError
 from .errors import busy_error, engine_error, loading_error, timeout_error
 from .gate import GateFull, GateTimeout, GenerationGate, StopGeneration, Ticket
 from .limits import ServerLimits
+from .memory import PixelBudget
 from .pacing import Pacing
 from .schemas import Health
 from .uploads import check_image_bytes
@@ -36,6 +37,7 @@ class ServerState:
         self.load_on_start = load_on_start
         self.gate = GenerationGate(limits.max_waiting)
         self.pacing = Pacing(limits.retry_after_s)
+        self.pixels = PixelBudget()
         self.loading = False
         self._loader: threading.Thread | None = None
 
@@ -103,6 +105,13 @@ class ServerState:
             raise busy_error(self.pacing.refused(self.gate.admitted)) from None
         self.pacing.admitted()
         return ticket
+
+    def hold_pixels(self, pixels: int) -> Callable[[], None]:
+        """Reserve room for a decoded image in the waiting room (see memory.py), or 503 busy; returns the release."""
+        release = self.pixels.reserve(pixels)
+        if release is None:
+            raise busy_error(self.pacing.refused(self.gate.admitted)) from None
+        return release
 
     async def decode(self, data: bytes, what: str) -> Image.Image:
         """Turn uploaded bytes into an image off the event loop; 415/400 before the request queues."""
