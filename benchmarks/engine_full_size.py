@@ -112,7 +112,7 @@ def child(args: argparse.Namespace) -> dict:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     sync()
     load_s = time.perf_counter() - started
-    model = loaded.model
+    model = loaded.decoder.model
     # Weights loaded in the checkpoint's own dtype stay memory-mapped and are read on first use; touch them
     # all now, so the resident size counts them and the first run does not pay for reading them.
     with torch.inference_mode():

@@ -65,7 +65,7 @@ def main() -> None:
 
     def bare() -> list[int]:
         with torch.inference_mode():
-            out = loaded.model.generate(**inputs, attention_mask=torch.ones_like(inputs["input_ids"]),
+            out = loaded.decoder.model.generate(**inputs, attention_mask=torch.ones_like(inputs["input_ids"]),
                                         max_new_tokens=args.new_tokens, do_sample=False,
                                         eos_token_id=loaded.eos_token_ids, pad_token_id=loaded.eos_token_ids[0])
         return out[0, len(ids):].tolist()

@@ -1,7 +1,9 @@
 """The one settings object every front end shares, its TOML file, and its command-line flags.
 
-Settings flow one way: file -> command-line overrides -> engine. A broken file is reported with
-its name and line, the app runs on defaults, and the file is never overwritten.
+Settings flow one way: file -> command-line overrides -> engine. Each setting is declared once (default,
+allowed values or range, help, flag) as field metadata of `Settings`; validation and the flags read it.
+A broken file is reported with its name (and line), the app runs on defaults, and the file is never
+overwritten.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import stat
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,61 +25,89 @@ else:  # pragma: no cover - exercised on 3.10 only
 import tomli_w
 from platformdirs import user_config_path, user_data_path
 
+from dotocr.storage import PRIVATE_FILE, FileTooLargeError, locked, read_limited, write_atomic
+
 APP_NAME = "dotocr"
 DEFAULT_MODEL = "rednote-hilab/dots.ocr"
 
 DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "4bit", "fp16", "bf16", "fp32")
+DECODERS = ("auto", "torch", "llamacpp")
+GGUF_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_k_m")
 PROMPT_MODES = ("text", "layout", "layout-json", "grounding")
 OUTPUT_FORMATS = ("text", "markdown", "json")
 ENGINES = ("local", "remote")
 
+MAX_SETTINGS_BYTES = 1_000_000
+"""A settings file is a few hundred bytes; anything over this is not one and is not read."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """How one setting is declared, once: validation and its command-line flag both read this."""
+
+    help: str
+    choices: tuple[str, ...] = ()
+    special: tuple[Any, ...] = ()  # values allowed besides the choices or range, e.g. "" = "pick for me"
+    special_means: str = ""  # what the special values mean, for messages
+    minimum: int | None = None
+    maximum: int | None = None
+    flag: str | None = None  # the command-line flag; None when the setting has none
+    metavar: str | None = None
+    default_text: str | None = None  # how --help names the default, when not the value itself
+
+
+def setting(default: Any, help: str, **declaration: Any) -> Any:
+    """A Settings field with its declaration attached (dataclass field metadata)."""
+    return field(default=default, metadata={"option": Option(help=help, **declaration)})
+
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything a user can choose. Frozen: a change is a new object, handed to the engine whole."""
+    """Everything a user can choose. Frozen: a change is a new object, handed to the engine whole.
 
-    model: str = DEFAULT_MODEL
-    device: str = "auto"
-    precision: str = "auto"
-    max_image_size: int = 1024
-    max_new_tokens: int = 4096
-    prompt: str = "text"
-    output_format: str = "text"
+    Each field declares its default, allowed values or range, help text and flag once, here."""
+
+    model: str = setting(DEFAULT_MODEL, "Hugging Face repo id or local checkpoint folder", flag="--model",
+                         metavar="ID_OR_FOLDER")
+    device: str = setting("auto", "where the model runs", choices=DEVICES, flag="--device")
+    precision: str = setting("auto", "weight precision: auto picks what fits the GPU", choices=PRECISIONS,
+                             flag="--precision")
+    decoder: str = setting("auto", "which code runs the text decoder: torch, llama.cpp (GGUF), or auto",
+                           choices=DECODERS, flag="--decoder")
+    gguf_type: str = setting("", "GGUF weight type for the llama.cpp decoder", choices=GGUF_TYPES,
+                             special=("",), special_means="chosen by the precision", flag="--gguf-type",
+                             default_text="chosen by the precision")
+    max_image_size: int = setting(1024, "cap on the longest image side in pixels", minimum=28, maximum=8192,
+                                  special=(0,), special_means="no cap beyond dots.ocr's own sizing",
+                                  flag="--max-image-size", metavar="PX")
+    max_new_tokens: int = setting(4096, "most tokens the model may write per image", minimum=1, maximum=131072,
+                                  flag="--max-new-tokens", metavar="N")
+    prompt: str = setting("text", "what to ask the model: plain text, layout as Markdown, layout cells as "
+                          "JSON, or the text inside a box (grounding)", choices=PROMPT_MODES, flag="--prompt")
+    output_format: str = setting("text", "text, markdown, or json: one object per image per line",
+                                 choices=OUTPUT_FORMATS, flag="--format")
     # tray
-    hotkey: str = "ctrl+alt+shift+o"
-    history_size: int = 20
-    idle_minutes: int = 0
-    api_enabled: bool = False
-    api_port: int = 8765
+    hotkey: str = setting("ctrl+alt+shift+o", "global hotkey of the tray, e.g. ctrl+alt+shift+o",
+                          flag="--hotkey", metavar="KEYS")
+    history_size: int = setting(20, "how many results the tray's history keeps", minimum=0, maximum=1000)
+    idle_minutes: int = setting(0, "unload the model after this many idle minutes (0: never)", minimum=0,
+                                maximum=10080)
+    api_enabled: bool = setting(False, "the tray also serves the local HTTP API")
+    api_port: int = setting(8765, "port of the local HTTP API", minimum=1, maximum=65535, metavar="PORT")
     # where inference runs
-    engine: str = "local"
-    remote_url: str = "http://127.0.0.1:8000/v1"
-    remote_api_key: str = ""
-    remote_model: str = "model"
+    engine: str = setting("local", "run the model here (local) or ask an OpenAI-compatible server (remote)",
+                          choices=ENGINES)
+    remote_url: str = setting("http://127.0.0.1:8000/v1", "base URL of the remote server")
+    remote_api_key: str = setting("", "API key for the remote server (kept in this file, readable only by you)")
+    remote_model: str = setting("model", "model name the remote server expects")
 
     def __post_init__(self) -> None:
-        for name, allowed in (
-            ("device", DEVICES),
-            ("precision", PRECISIONS),
-            ("prompt", PROMPT_MODES),
-            ("output_format", OUTPUT_FORMATS),
-            ("engine", ENGINES),
-        ):
-            value = getattr(self, name)
-            if value not in allowed:
-                raise SettingsError(f"{name} = {value!r} is not one of {', '.join(allowed)}.")
-        for name, low in (("max_image_size", 28), ("max_new_tokens", 1), ("history_size", 0),
-                          ("idle_minutes", 0), ("api_port", 1)):
-            value = getattr(self, name)
-            if name == "max_image_size" and value == 0 and not isinstance(value, bool):
-                continue  # 0: no cap beyond dots.ocr's own sizing
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise SettingsError(f"{name} = {value!r} must be a whole number of at least {low}"
-                                    + (" (or 0 for no cap)." if name == "max_image_size" else "."))
-        if self.api_port > 65535:
-            raise SettingsError(f"api_port = {self.api_port} is not a port; use a number from 1 to 65535.")
-        if not isinstance(self.model, str) or not self.model.strip():
+        for name, declared in _declared().items():
+            problem = _check(name, getattr(self, name), declared)
+            if problem:
+                raise SettingsError(problem)
+        if not self.model.strip():
             raise SettingsError("model must name a Hugging Face repo id or a local folder.")
 
     def replace(self, **changes: Any) -> Settings:
@@ -95,6 +126,54 @@ class SettingsError(ValueError):
     """A setting has a value we cannot use; the message says which and what is allowed."""
 
 
+def declaration(name: str) -> Option:
+    """The declaration of setting `name` (KeyError for a name that is not a setting)."""
+    return _declared()[name]
+
+
+def default_of(name: str) -> Any:
+    return _fields()[name].default
+
+
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in fields(Settings)}
+
+
+def _declared() -> dict[str, Option]:
+    return {f.name: f.metadata["option"] for f in fields(Settings)}
+
+
+def _shown(value: Any) -> str:
+    """A value as a message shows it: short, and safe for integers too long for repr()."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return "a number that long"
+    text = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check(name: str, value: Any, declared: Option) -> str | None:
+    """The sentence saying why `value` is not allowed for `name`, or None when it is."""
+    kind = type(default_of(name))
+    if kind is bool:
+        return None if isinstance(value, bool) else f"{name} = {_shown(value)} must be true or false."
+    special = any(value == s and type(value) is type(s) for s in declared.special)
+    besides = (f", or {' or '.join(_shown(s) for s in declared.special)} ({declared.special_means})"
+               if declared.special else "")
+    if kind is int:
+        low, high = declared.minimum, declared.maximum
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if special or ok and (low is None or value >= low) and (high is None or value <= high):
+            return None
+        if high is None:
+            return f"{name} = {_shown(value)} must be a whole number of at least {low}{besides}."
+        return f"{name} = {_shown(value)} must be a whole number from {low} to {high}{besides}."
+    if not isinstance(value, str):
+        return f"{name} = {_shown(value)} must be text."
+    if declared.choices and value not in declared.choices and not special:
+        return f"{name} = {_shown(value)} is not one of {', '.join(declared.choices)}{besides}."
+    return None
+
+
 def settings_path() -> Path:
     override = os.environ.get("DOTOCR_CONFIG")
     if override:
@@ -111,7 +190,13 @@ def data_dir() -> Path:
 
 @dataclass
 class SettingsFile:
-    """The TOML file behind the settings. Remembers whether it was broken so it is never overwritten."""
+    """The TOML file behind the settings.
+
+    A file that cannot be read (bad TOML, not UTF-8, nested too deeply, a number too long, too big) is
+    reported in one sentence naming it, the app runs on defaults, and the file is left exactly as it is:
+    `save` and `update` refuse to write while it is broken, so a person's edit is never overwritten.
+    Writes are atomic and, for read-modify-write, locked against our other processes (dotocr.storage).
+    """
 
     path: Path = field(default_factory=settings_path)
     problems: list[str] = field(default_factory=list)
@@ -121,87 +206,152 @@ class SettingsFile:
         """Read the file; problems go to `self.problems` as one sentence each, never an exception."""
         self.problems = []
         self.broken = False
-        if not self.path.exists():
-            return Settings()
         try:
-            data = tomllib.loads(self.path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            data = self._read()
+        except _Unreadable as exc:
             self.broken = True
-            line = getattr(exc, "lineno", None)
-            where = f"{self.path}, line {line}" if line else str(self.path)
-            reason = getattr(exc, "msg", str(exc))
-            self.problems.append(
-                f"The settings file {where} could not be read ({reason}); using defaults and leaving "
-                "the file untouched until you fix it."
-            )
+            self.problems.append(str(exc))
             return Settings()
-        except OSError as exc:
-            self.broken = True
-            self.problems.append(f"The settings file {self.path} could not be opened ({exc.strerror}).")
+        if data is None:
             return Settings()
+        if data.get("remote_api_key"):
+            _close_up(self.path)
         return self._from_mapping(data)
 
+    def _read(self) -> dict[str, Any] | None:
+        """The file's table, None when there is no file; _Unreadable (with its sentence) otherwise."""
+        try:
+            raw = read_limited(self.path, MAX_SETTINGS_BYTES)
+        except FileNotFoundError:
+            return None
+        except FileTooLargeError:
+            raise _Unreadable(self._sentence(f"it is larger than {MAX_SETTINGS_BYTES // 1000} KB, so it cannot "
+                                             "be a settings file")) from None
+        except OSError as exc:
+            raise _Unreadable(f"The settings file {self.path} could not be opened ({exc.strerror or exc}); "
+                              "using defaults.") from None
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            raise _Unreadable(self._sentence("it is saved as UTF-16; save it as UTF-8"))
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _Unreadable(self._sentence(f"it is not UTF-8 text, byte {exc.start}; save it as UTF-8")) from None
+        text = text.removeprefix("\ufeff")  # Notepad's UTF-8 signature
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            line = getattr(exc, "lineno", None)
+            raise _Unreadable(self._sentence(str(getattr(exc, "msg", exc)), line)) from None
+        except RecursionError:
+            raise _Unreadable(self._sentence("it is nested too deeply")) from None
+        except (ValueError, MemoryError):  # a number too long to convert, e.g. 5000 digits
+            raise _Unreadable(self._sentence("a value in it is too large")) from None
+
+    def _sentence(self, reason: str, line: int | None = None) -> str:
+        where = f"{self.path}, line {line}" if line else str(self.path)
+        return (f"The settings file {where} could not be read ({reason}); dotocr uses its defaults and leaves "
+                "the file untouched until you fix or delete it.")
+
     def _from_mapping(self, data: dict[str, Any]) -> Settings:
-        known = {f.name for f in fields(Settings)}
+        known = _declared()
         settings = Settings()
         for key, value in data.items():
             if key not in known:
-                self.problems.append(f"Unknown setting {key!r} in {self.path} is ignored.")
+                self.problems.append(f"Unknown setting {_shown(key)} in {self.path} is ignored.")
                 continue
-            try:
-                settings = settings.replace(**{key: value})
-            except (SettingsError, TypeError) as exc:
-                self.problems.append(f"In {self.path}: {exc} Using the default {getattr(Settings(), key)!r}.")
+            problem = _check(key, value, known[key])
+            if problem is None:
+                try:
+                    settings = settings.replace(**{key: value})
+                except SettingsError as exc:
+                    problem = str(exc)
+            if problem is not None:
+                self.problems.append(f"In {self.path}: {problem} Using the default {default_of(key)!r}.")
         return settings
 
     def save(self, settings: Settings) -> bool:
         """Write every setting (to create the file). False, writing nothing, if the file was broken."""
         if self.broken:
             return False
-        return self._write(settings.to_dict())
+        return self._locked_write(lambda _current: settings.to_dict())
 
     def update(self, changes: dict[str, Any]) -> bool:
         """Change these keys in the file as it is now, keeping everything else the person wrote there
-        (unknown keys, values we could not use, edits made since we read it). False, writing nothing, when
-        the file cannot be read or parsed now, or cannot be written."""
-        current: dict[str, Any] = {}
-        if self.path.exists():
-            try:
-                current = tomllib.loads(self.path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-                self.broken = True
-                return False
-        return self._write({**current, **Settings().replace(**changes).to_dict_subset(changes)})
+        (unknown keys, values we could not use, edits made since we read it). Locked, so another of our
+        processes updating other keys at the same time keeps its keys too. False, writing nothing, when
+        the file cannot be read or parsed now, or cannot be written. SettingsError for a bad value."""
+        values = Settings().replace(**changes).to_dict_subset(changes)
+        return self._locked_write(lambda current: {**current, **values})
 
-    def _write(self, data: dict[str, Any]) -> bool:
+    def _locked_write(self, make: Any) -> bool:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".toml.tmp")
-            tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
-            os.replace(tmp, self.path)
+            with locked(self.path):
+                try:
+                    current = self._read() or {}
+                except _Unreadable as exc:
+                    self.broken = True
+                    self.problems.append(str(exc))
+                    return False
+                write_atomic(self.path, tomli_w.dumps(make(current)), mode=PRIVATE_FILE)
         except OSError as exc:
-            self.problems.append(f"The settings file {self.path} could not be written ({exc.strerror}).")
+            self.problems.append(f"The settings file {self.path} could not be written ({exc.strerror or exc}).")
             return False
         return True
 
 
+def _close_up(path: Path) -> None:
+    """A file holding an API key that an older version left readable by others becomes 0600 (POSIX; only a
+    regular file of ours, never through a symlink)."""
+    if not hasattr(os, "getuid"):
+        return
+    try:
+        info = os.lstat(path)
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and info.st_mode & 0o077:
+            os.chmod(path, PRIVATE_FILE)
+    except OSError:
+        pass
+
+
+class _Unreadable(Exception):
+    """The settings file exists but cannot be used; the message is the sentence for the person."""
+
+
 # -- command-line flags shared by `dotocr`, `dotocr-tray` and `dotocr-serve` -------------------------
+
+ENGINE_FLAGS = ("model", "device", "precision", "decoder", "gguf_type", "max_image_size", "max_new_tokens")
+
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """The engine's flags; each defaults to None so an unset flag leaves the settings file's value."""
     group = parser.add_argument_group("engine")
-    group.add_argument("--model", help="Hugging Face repo id or local checkpoint folder "
-                       f"(default {DEFAULT_MODEL})")
-    group.add_argument("--device", choices=DEVICES)
-    group.add_argument("--precision", choices=PRECISIONS)
-    group.add_argument("--max-image-size", type=_image_cap, metavar="PX",
-                       help="cap on the longest image side in pixels, 0 for none (default 1024)")
-    group.add_argument("--max-new-tokens", type=_whole_number(1), metavar="N")
+    for name in ENGINE_FLAGS:
+        add_setting_argument(group, name)
+
+
+def add_setting_argument(parser: Any, name: str, *, help: str | None = None) -> argparse.Action:
+    """The flag of setting `name`, built from its declaration (choices, range, help, default).
+    Its default is None, so a flag left out overrides nothing."""
+    declared = declaration(name)
+    flag = declared.flag or "--" + name.replace("_", "-")
+    default = declared.default_text or default_of(name)
+    options: dict[str, Any] = {"dest": name, "default": None,
+                               "help": f"{help or declared.help} (default {default})"}
+    kind = type(default_of(name))
+    if kind is bool:
+        options["action"] = argparse.BooleanOptionalAction
+    elif kind is int:
+        options["type"] = argument_type(name)
+        options["metavar"] = declared.metavar or "N"
+    elif declared.choices:
+        options["choices"] = declared.choices
+    else:
+        options["metavar"] = declared.metavar
+    return parser.add_argument(flag, **options)
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given as flags for this run; a flag left out is None and overrides nothing."""
-    names = {f.name for f in fields(Settings)}
+    names = _declared()
     return {name: value for name, value in vars(args).items() if name in names and value is not None}
 
 
@@ -210,27 +360,30 @@ def settings_from_args(args: argparse.Namespace, base: Settings) -> Settings:
     return base.replace(**overrides_from_args(args))
 
 
-def _whole_number(low: int, high: int | None = None):
-    """An argparse type for whole numbers in [low, high] with a message that says the range."""
+def argument_type(name: str):
+    """An argparse type for the whole-number setting `name`, with its declared range and special values."""
+    declared = declaration(name)
+    low = declared.minimum if declared.minimum is not None else -(2**63)
+    high = declared.maximum
+    special = [s for s in declared.special if isinstance(s, int)]
+
     def parse(text: str) -> int:
+        if len(text) > 30:
+            raise argparse.ArgumentTypeError(f"{text[:20]!r}... is not a whole number of a sensible size")
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value in special:
+            return value
         if value < low or (high is not None and value > high):
+            besides = f", or {' or '.join(map(str, special))} ({declared.special_means})" if special else ""
             raise argparse.ArgumentTypeError(
-                f"{value} must be at least {low}" if high is None else f"{value} must be from {low} to {high}")
+                (f"{value} must be at least {low}" if high is None else f"{value} must be from {low} to {high}")
+                + besides)
         return value
 
     return parse
 
 
-port_number = _whole_number(1, 65535)
-
-
-def _image_cap(text: str) -> int:
-    """--max-image-size: 0 (no cap) or at least 28 pixels."""
-    value = _whole_number(0)(text)
-    if 0 < value < 28:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 (no cap) or at least 28")
-    return value
+port_number = argument_type("api_port")

@@ -531,11 +531,15 @@ def _remote_models(settings: Settings) -> tuple[bool, str]:
     import urllib.error
     import urllib.request
 
+    from dotocr.engine import is_loopback_url
+
     request = urllib.request.Request(settings.remote_url.rstrip("/") + "/models")
     if settings.remote_api_key:
         request.add_header("Authorization", f"Bearer {settings.remote_api_key}")
+    # no proxy for a server on this machine: it would be handed the key
+    handlers = [urllib.request.ProxyHandler({})] if is_loopback_url(settings.remote_url) else []
     try:
-        with urllib.request.urlopen(request, timeout=3.0) as response:
+        with urllib.request.build_opener(*handlers).open(request, timeout=3.0) as response:
             data = json.loads(response.read(256 * 1024))
     except urllib.error.HTTPError as exc:
         return False, f"HTTP {exc.code} {exc.reason}"

@@ -22,5 +22,9 @@ class OutOfMemoryError(DotOCRError):
     """The GPU ran out of memory even after one retry at a smaller image size."""
 
 
+class PromptTooLongError(DotOCRError):
+    """The instruction is longer, in tokens, than the caller allows."""
+
+
 class RemoteEngineError(DotOCRError):
     """A remote OpenAI-compatible server could not be reached or answered with an error."""

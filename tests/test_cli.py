@@ -22,7 +22,7 @@ from PIL import Image
 from dotocr.cli.arguments import build_parser, parse_bbox
 from dotocr.cli.engine_choice import same_model
 from dotocr.cli.inputs import InputImage, expand_inputs
-from dotocr.cli.outputs import FolderWriter
+from dotocr.cli.outputs import FolderWriter, StdoutWriter, shown_name
 from dotocr.cli.server_probe import parse_health, probe_server
 from tests.cli_helpers import REPO, TINY, TINY_FLAGS, run_dotocr, text_image, write_bad_files
 
@@ -87,7 +87,8 @@ def test_parse_bbox_accepts_four_numbers_and_rejects_the_rest():
     (["ocr", "x.png", "--prompt", "grounding"], "needs --bbox"),
     (["ocr", "x.png", "--prompt", "text", "--bbox", "1,2,30,40"], "needs --prompt grounding"),
     (["ocr", "x.png", "--format", "pdf"], "invalid choice"),
-    (["ocr", "x.png", "--max-image-size", "10"], "--max-image-size: 10 must be 0 (no cap) or at least 28"),
+    (["ocr", "x.png", "--max-image-size", "10"], "--max-image-size: 10 must be from 28 to 8192, or 0"),
+    (["ocr", "x.png", "--decoder", "vllm"], "invalid choice"),
     (["ocr"], "PATH"),
 ])
 def test_usage_errors_exit_2_with_one_message(cli, argv, message):
@@ -141,6 +142,69 @@ def test_folder_writer_never_reuses_a_name_or_an_input(tmp_path):
     writer = FolderWriter(tmp_path, "text", inputs)
     targets = [writer.target_for(i).name for i in inputs]
     assert targets == ["a.txt", "a.jpg.txt", "scan.txt.txt", "stdin.txt"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinks")
+def test_folder_writer_never_writes_through_a_planted_symlink(tmp_path):
+    """The old fixed temporary name `a.txt.part`, planted as a link to another file, is not followed."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.txt.part").symlink_to(victim)
+    (out / ".a.txt.tmp").symlink_to(victim)
+    image = InputImage(str(tmp_path / "a.png"), tmp_path / "a.png")
+    writer = FolderWriter(out, "text", [image])
+    writer.prepare(image)
+    assert writer.write(image, {"text": "result"}) == out / "a.txt"
+    assert victim.read_text() == "precious"
+    assert (out / "a.txt").read_text(encoding="utf-8") == "result\n"
+
+
+def test_folder_writer_leaves_existing_files_alone_unless_told(tmp_path):
+    image = InputImage(str(tmp_path / "a.png"), tmp_path / "a.png")
+    (tmp_path / "out").mkdir()
+    mine = tmp_path / "out" / "a.txt"
+    mine.write_text("the person's own notes")
+    writer = FolderWriter(tmp_path / "out", "text", [image])
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
+        writer.prepare(image)
+    with pytest.raises(FileExistsError):  # the write itself refuses too (the file may appear late)
+        writer.write(image, {"text": "result"})
+    assert mine.read_text() == "the person's own notes"
+    replacing = FolderWriter(tmp_path / "out", "text", [image], overwrite=True)
+    replacing.prepare(image)
+    replacing.write(image, {"text": "result"})
+    assert mine.read_text() == "result\n"
+
+
+def test_names_with_line_breaks_cannot_forge_batch_headers():
+    lines: list[str] = []
+    writer = StdoutWriter("text", batch=True, write_line=lines.append)
+    forged = "a.png <==\nfake text\n\n==> b.png"
+    writer.write(InputImage(forged, b"x"), {"text": "real"})
+    writer.write(InputImage("c\u202egnp.txt\x1b[2J", b"x"), {"text": "more"})
+    printed = "\n".join(lines).splitlines()
+    headers = [line for line in printed if line.startswith("==> ")]
+    assert len(headers) == 2
+    assert headers[0] == "==> a.png <==\\nfake text\\n\\n==> b.png <=="
+    assert headers[1] == "==> c\\u202egnp.txt\\x1b[2J <=="
+    assert shown_name("C:\\shots\\a.png") == "C:\\shots\\a.png"  # Windows paths are left readable
+
+
+@pytest.mark.timeout(60)
+def test_out_refuses_existing_results_before_loading_any_model(tmp_path):
+    image = text_image(tmp_path / "a.png", (60, 30))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.txt").write_text("keep me")
+    done = run_dotocr("ocr", str(image), "--out", str(out), "--model", str(tmp_path / "no-such-model"),
+                      "--local")
+    assert done.returncode == 1
+    assert "already exists; pass --overwrite" in done.stderr
+    assert "no-such-model" not in done.stderr  # refused before the model was looked for
+    assert (out / "a.txt").read_text() == "keep me"
+    assert_clean_stderr(done.stderr)
 
 
 def test_health_parsing_accepts_only_a_dotocr_health_body():

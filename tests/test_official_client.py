@@ -221,28 +221,20 @@ def test_a_full_line_answers_503_with_the_estimate(dots_tiny: Path):
     assert refused.headers["Retry-After"] == "1"  # one generation of the tiny model: well under a second
 
 
-def test_pixel_budget_bounds_what_the_line_holds():
-    from dotocr.server.memory import PixelBudget, declared_pixels
-
-    budget = PixelBudget(limit=1000)
-    first = budget.reserve(5000)  # alone, anything fits: a request is never refused forever
-    assert first is not None and budget.held == 5000
-    assert budget.reserve(1) is None
-    first()
-    first()  # giving back twice gives back once
-    assert budget.held == 0
-    second, third = budget.reserve(600), budget.reserve(400)
-    assert second is not None and third is not None and budget.reserve(1) is None
-    assert declared_pixels(png_bytes_of(page((640, 480)))) == 640 * 480 and declared_pixels(b"junk") == 0
-
-
 def png_bytes_of(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def test_a_line_past_its_pixel_budget_answers_503_and_recovers(dots_tiny: Path):
+def test_the_default_memory_budget_holds_the_parsers_64_a4_pages():
+    from dotocr.server.state import decoded_cost
+
+    a4 = decoded_cost((1654, 2339), "RGB")  # a page at 200 DPI, as the parser sends it
+    assert 64 * a4 <= ServerLimits().max_decoded_bytes and ServerLimits().max_bodies >= 64
+
+
+def test_a_line_past_its_memory_budget_answers_503_with_the_estimate_and_recovers(dots_tiny: Path):
     from server_helpers import wait_until_ready
 
     from dotocr.server import start_background_server
@@ -251,21 +243,19 @@ def test_a_line_past_its_pixel_budget_answers_503_and_recovers(dots_tiny: Path):
     try:
         wait_until_ready(background.url)
         state = background._server.config.app.state.dotocr  # the running server's own state
-        state.pixels.limit = 100_000
         body = {"model": "m", "max_tokens": 1, "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": image_to_data_url(page((400, 300)))}}]}]}
         url = f"{background.url}/v1/chat/completions"
-        assert httpx.post(url, json=body, timeout=60).status_code == 200  # alone it fits, 120,000 pixels
-        assert state.pixels.held == 0
-        holder = state.pixels.reserve(50_000)  # another request's image, waiting in line
+        assert httpx.post(url, json=body, timeout=60).status_code == 200
+        assert state.budget.used == 0
+        held = state.budget.capacity - 1000  # other requests' images, waiting in line
+        assert state.budget.reserve(held)
         refused = httpx.post(url, json=body, timeout=60)
-        assert refused.status_code == 503 and int(refused.headers["Retry-After"]) >= 1
-        holder()
+        assert refused.status_code == 503 and refused.json()["error"]["type"] == "busy"
+        assert refused.headers["Retry-After"] == "1"  # from the tiny model's recent generation time
+        state.budget.release(held)
         upload = httpx.post(f"{background.url}/ocr", files={"file": ("p.png", png_bytes_of(page((400, 300))))},
                             timeout=60)
-        assert upload.status_code == 200 and state.pixels.held == 0
-        stream = httpx.post(url, json={**body, "stream": True}, timeout=60)
-        assert stream.status_code == 200 and stream.text.rstrip().endswith("data: [DONE]")
-        assert state.pixels.held == 0  # given back when the stream ended
+        assert upload.status_code == 200 and state.budget.used == 0
     finally:
         background.stop()

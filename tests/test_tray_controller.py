@@ -18,10 +18,12 @@ from PIL import Image
 from dotocr.capture import Monitor, Region, grab_all, grab_rect
 from dotocr.config import Settings, SettingsFile
 from dotocr.tray.autostart import get_autostart
+from dotocr.tray.choices import CudaFacts
 from dotocr.tray.clipboard import get_clipboard
-from dotocr.tray.controller import Controller, Services, open_with_os
+from dotocr.tray.controller import Controller, Services
 from dotocr.tray.history import History
 from dotocr.tray.hotkey import get_hotkey_backend
+from dotocr.tray.services import open_with_os
 from tests.capture_helpers import pattern_image
 from tests.tray_helpers import (
     BlankEngine,
@@ -78,7 +80,7 @@ def loaded(xvfb, dots_tiny, tmp_path) -> Controller:
     controller = make_controller(tiny_settings(dots_tiny), tmp_path)
     controller.start()
     assert controller.wait_loaded(60)
-    assert controller.icon_state().status == "ready", controller.status_text()
+    assert controller.state().status == "ready", controller.status_text()
     return controller
 
 
@@ -90,7 +92,7 @@ def test_a_crop_goes_to_the_engine_and_its_text_to_the_clipboard_history_and_a_t
     xclip_write("before")
     crop = pattern_image(120, 80)
     assert loaded.start_ocr(crop)
-    assert loaded.busy and loaded.icon_state().status == "busy"
+    assert loaded.busy and loaded.state().status == "busy"
     assert loaded.wait_idle(60)
 
     engine = loaded.engine
@@ -102,7 +104,7 @@ def test_a_crop_goes_to_the_engine_and_its_text_to_the_clipboard_history_and_a_t
     title, body = loaded.services.notifier.shown[-1]
     assert title.startswith(f"Copied {len(text):,} character")
     assert body  # a preview of the text
-    assert not loaded.busy and loaded.icon_state().status == "ready"
+    assert not loaded.busy and loaded.state().status == "ready"
 
 
 def test_an_empty_result_keeps_the_clipboard_and_says_nothing_was_recognised(xvfb, dots_tiny, tmp_path):
@@ -242,7 +244,7 @@ def test_history_items_can_be_copied_again(xvfb, dots_tiny, tmp_path):
 
 
 def test_precision_choices_follow_the_engine_and_gpu_choices_need_cuda(loaded, tmp_path):
-    assert loaded.cuda_available is False  # this machine has no CUDA GPU
+    assert loaded.cuda == CudaFacts(False)  # this machine has no CUDA GPU
     assert loaded.precision_choice() == "cpu"
     before = loaded.settings
     loaded.set_precision("4bit")
@@ -254,52 +256,64 @@ def test_precision_choices_follow_the_engine_and_gpu_choices_need_cuda(loaded, t
     auto.start()
     assert auto.wait_loaded(60)
     assert auto.precision_choice() == "cpu"  # auto resolved to the CPU
-    assert auto.status_text() == "Ready (CPU)"
+    assert auto.status_text() in ("Ready (fp32 on cpu)", "Ready (bf16 on cpu)")  # what the engine measured
 
 
 @pytest.fixture
 def auto_device(xvfb, dots_tiny, tmp_path) -> Controller:
-    """Loaded with device "auto" (the CPU here) in fp32, so choosing the CPU item is a real switch."""
-    controller = make_controller(tiny_settings(dots_tiny, device="auto"), tmp_path)
+    """Loaded with device "auto" (the CPU here) in fp32, from a settings file."""
+    settings_file = SettingsFile(tmp_path / "settings.toml")
+    settings = tiny_settings(dots_tiny, device="auto")
+    settings_file.save(settings)
+    controller = make_controller(settings, tmp_path, settings_file=settings_file, file_settings=settings)
     controller.start()
     assert controller.wait_loaded(60)
     return controller
 
 
-def test_switching_precision_reloads_in_the_background(auto_device):
+def test_clicking_the_cpu_item_auto_already_chose_changes_nothing(auto_device):
+    """The real engine's resolved plan checks the item; the old tray compared the requested strings
+    ("auto", "fp32") with ("cpu", "auto"), saved them and reconfigured the engine."""
     engine = auto_device.engine
+    before, saved = engine.settings, auto_device.tray_settings.file.path.read_bytes()
+    assert (engine.device, engine.precision) == ("cpu", "fp32")
+    assert auto_device.precision_choice() == "cpu"
     auto_device.set_precision("cpu")
-    assert (auto_device.settings.device, auto_device.settings.precision) == ("cpu", "auto")
     assert auto_device.wait_loaded(60)
-    assert (engine.settings.device, engine.settings.precision) == ("cpu", "auto")  # reconfigured
-    assert auto_device.icon_state().status == "ready"
-    assert engine.precision in ("fp32", "bf16")
+    assert engine.settings is before  # not reconfigured
+    assert auto_device.settings.device == "auto"
+    assert auto_device.tray_settings.file.path.read_bytes() == saved
+    assert titles(auto_device) == []
 
 
-def test_choosing_a_precision_during_a_read_returns_at_once_and_switches_afterwards(auto_device):
+def test_a_precision_change_during_a_read_returns_at_once_and_reloads_afterwards(auto_device):
+    """The settings file switches fp32 to bf16 while a read holds the model: Reload settings returns at once,
+    the read finishes in fp32, then the same engine reloads in bf16 (the engine decides: its plan changed)."""
     engine = auto_device.engine
     engine.gate = threading.Event()
-    safety = threading.Timer(3, engine.gate.set)  # without the fix the click would wait for the read
+    safety = threading.Timer(3, engine.gate.set)  # were the Tk thread blocked, the read would end first
     safety.start()
     try:
         assert auto_device.start_ocr(pattern_image(60, 40))
         assert engine.entered.wait(10)  # the read now holds the model
+        file_settings = auto_device.tray_settings.file_settings
+        auto_device.tray_settings.file.save(file_settings.replace(precision="bf16"))
         started = time.perf_counter()
-        auto_device.set_precision("cpu")  # what the menu click runs on the Tk thread
+        auto_device.reload_settings()  # what the menu click runs on the Tk thread
         elapsed = time.perf_counter() - started
         assert elapsed < 0.5, f"the Tk thread was blocked for {elapsed:.1f} s"
-        assert auto_device.precision_choice() == "cpu"  # the radio item moves at once
-        assert titles(auto_device)[-1] == "Precision"  # and a toast says when it applies
+        assert auto_device.settings.precision == "bf16"
         time.sleep(0.2)
-        assert engine.settings.device == "auto"  # the read is not disturbed
+        assert engine.settings.precision == "fp32"  # the read is not disturbed
     finally:
         engine.gate.set()
         safety.cancel()
     assert auto_device.wait_idle(30)
     assert auto_device.wait_loaded(60)
-    assert len(engine.results) == 1
-    assert (engine.settings.device, engine.settings.precision) == ("cpu", "auto")
-    assert auto_device.icon_state().status == "ready"
+    assert len(engine.results) == 1 and engine.results[0].precision == "fp32"
+    assert auto_device.engine is engine
+    assert (engine.device, engine.precision) == ("cpu", "bf16")  # reloaded, in what was asked
+    assert auto_device.status_text() == "Ready (bf16 on cpu)"
 
 
 def test_a_capture_fails_at_once_when_the_engine_cannot_be_created(xvfb, dots_tiny, tmp_path):
@@ -329,7 +343,7 @@ def test_a_capture_fails_at_once_when_the_engine_cannot_be_created(xvfb, dots_ti
     assert titles(controller)[-1] == "OCR failed" and "torch" in controller.services.notifier.shown[-1][1]
     assert xclip_read() == "untouched"
     assert controller.history_items() == []
-    assert not controller.busy and controller.icon_state().status == "error"
+    assert not controller.busy and controller.state().status == "error"
 
 
 def test_when_copying_fails_the_text_is_kept_in_history_and_the_toast_says_so(loaded, monkeypatch):
@@ -372,11 +386,11 @@ def test_a_capture_error_is_shown_as_it_is_without_a_traceback(xvfb, dots_tiny, 
 
 def test_free_gpu_memory_unloads_until_the_next_capture(loaded):
     loaded.free_memory()
-    wait_for(lambda: loaded.icon_state().status == "unloaded", 10)
+    wait_for(lambda: loaded.state().status == "unloaded", 10)
     assert "next capture" in loaded.status_text()
     assert loaded.start_ocr(pattern_image(40, 40))
     assert loaded.wait_idle(60)
-    assert loaded.icon_state().status == "ready"
+    assert loaded.state().status == "ready"
 
 
 def test_posted_work_runs_only_when_drained_and_a_failing_action_does_not_stop_the_rest(xvfb, dots_tiny,

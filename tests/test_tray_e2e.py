@@ -29,7 +29,7 @@ from PIL import Image
 from dotocr.capture.overlay import WINDOW_CLASS, dimmed
 from dotocr.engine import DotOCRInference
 from dotocr.tray.app import TrayApp
-from dotocr.tray.controller import Controller
+from dotocr.tray.engine_host import api_available
 from dotocr.tray.single_instance import send_to_running
 from tests.capture_helpers import ImageWindow, drag_args, pattern_image, pump_until
 from tests.tray_helpers import RecordingEngine, RecordingNotifier, tiny_settings, wait_for, xclip_read, xclip_write
@@ -126,7 +126,7 @@ def wait_until_ready(app: TrayApp) -> None:
     app.controller.post(ticked.set)  # runs once mainloop turns, i.e. after the hotkey was registered
     assert ticked.wait(30)
     assert app.controller.hotkey_error is None, app.controller.hotkey_error
-    wait_for(lambda: app.controller.icon_state().status == "ready", 120)
+    wait_for(lambda: app.controller.state().status == "ready", 120)
 
 
 def wait_for_result(app: TrayApp, engine: RecordingEngine, count: int) -> None:
@@ -350,7 +350,7 @@ def test_the_dotocr_tray_command_end_to_end(xvfb_one, dots_tiny, tmp_path, capsy
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.skipif(not Controller.api_available(), reason="dotocr.server is not installed")
+@pytest.mark.skipif(not api_available(), reason="dotocr.server is not installed")
 def test_quit_unregisters_the_hotkey_stops_the_api_then_the_icon_then_tk(xvfb_one, dots_tiny, tmp_path):
     import socket
 
@@ -368,8 +368,8 @@ def test_quit_unregisters_the_hotkey_stops_the_api_then_the_icon_then_tk(xvfb_on
 
     def scenario() -> None:
         wait_until_ready(app)
-        wait_for(lambda: app.controller.api_handle is not None, 30)
-        hotkey, handle = app.controller.services.hotkey, app.controller.api_handle
+        wait_for(lambda: app.controller.host.api_server is not None, 30)
+        hotkey, handle = app.controller.services.hotkey, app.controller.host.api_server
         # the real steps, each noting when it runs
         hotkey.unregister = recorded("hotkey unregistered", hotkey.unregister)
         handle.stop = recorded("local API stopped", handle.stop)

@@ -13,10 +13,12 @@ import pytest
 import tomli_w
 
 from dotocr.config import SettingsFile
-from dotocr.tray.controller import Controller
+from dotocr.engine import EngineState, Status
+from dotocr.tray.engine_host import api_available
 from dotocr.tray.hotkey import get_hotkey_backend
-from dotocr.tray.icon import STATUSES, TOOLTIP_MAX, IconState, draw_icon, tooltip
+from dotocr.tray.icon import draw_icon
 from dotocr.tray.menu import build_menu, fill_tk_menu
+from dotocr.tray.status_words import TOOLTIP_MAX, tooltip
 from tests.test_tray_controller import make_controller
 from tests.tray_helpers import tiny_settings, wait_for, xclip_read, xclip_write
 from tests.xvfb import needs_xdotool, needs_xvfb, xdotool, xvfb_fixture
@@ -30,7 +32,7 @@ xvfb = xvfb_fixture(640, 480)
 def icon(xvfb):
     import pystray  # on X11 pystray connects to the display when imported
 
-    icon = pystray.Icon("dotocr-test", draw_icon(IconState("ready")), "dotocr")
+    icon = pystray.Icon("dotocr-test", draw_icon(EngineState(Status.READY)), "dotocr")
     yield icon
     # pystray's X11 icon closes its display connection only when garbage-collected, which may be after
     # this module's Xvfb is gone; close it now, while the server still answers.
@@ -71,14 +73,15 @@ def controller(xvfb, dots_tiny, tmp_path):
 def test_the_menu_has_every_entry_in_order(controller, icon):
     menu = build_menu(controller)
     labels = visible_labels(menu)
-    api = ["Expose local API (127.0.0.1:8765)"] if controller.api_available() else []
+    api = ["Expose local API (127.0.0.1:8765)"] if api_available() else []
     assert labels == [
         "Loading the model", "---", "Capture region", "Repeat last region", "---", "Precision", "Output",
         "History", "---", "Start at login", *api, "Free GPU memory", "Open settings file", "Reload settings",
         "---", "Quit",
     ]
     assert item_named(menu, "Capture region").text.endswith(controller.settings.hotkey)
-    assert visible_labels(item_named(menu, "Precision").submenu) == ["4-bit GPU", "FP16 GPU", "CPU"]
+    # nothing has asked the GPU yet: the 16-bit item cannot say bf16 or fp16
+    assert visible_labels(item_named(menu, "Precision").submenu) == ["4-bit GPU", "16-bit GPU", "CPU"]
     assert visible_labels(item_named(menu, "Output").submenu) == ["Plain text", "Markdown"]
     assert not item_named(menu, "Repeat last region").enabled  # nothing captured yet
     assert item_named(menu, "Capture region").default  # a click on the icon captures
@@ -89,8 +92,8 @@ def test_without_cuda_the_gpu_items_are_disabled_and_cpu_is_checked(controller, 
     assert controller.wait_loaded(60)
     precision = item_named(build_menu(controller), "Precision").submenu
     assert [(i.text, i.enabled, i.checked, i.radio) for i in precision.items] == [
-        ("4-bit GPU", False, False, True), ("FP16 GPU", False, False, True), ("CPU", True, True, True)]
-    assert item_named(build_menu(controller), "Ready (CPU)") is not None
+        ("4-bit GPU", False, False, True), ("16-bit GPU", False, False, True), ("CPU", True, True, True)]
+    assert item_named(build_menu(controller), "Ready (fp32 on cpu)") is not None  # what runs, as resolved
 
 
 def test_output_radio_switches_to_markdown_and_back(controller, icon):
@@ -134,7 +137,7 @@ def test_free_gpu_memory_unloads_the_model(controller, icon):
     controller.start()
     assert controller.wait_loaded(60)
     click(controller, menu, icon, "Free GPU memory")
-    wait_for(lambda: controller.icon_state().status == "unloaded", 10)
+    wait_for(lambda: controller.state().status == "unloaded", 10)
     assert visible_labels(menu)[0].startswith("Model not in memory")
 
 
@@ -148,11 +151,11 @@ def test_capture_and_repeat_go_through_the_queue(controller, icon):
     assert opened == []  # pystray's thread only posted the work
     controller.drain()
     assert len(opened) == 1
-    controller.last_region = Region(Monitor(0, 0, 0, 640, 480), 10, 10, 50, 40)
+    controller.flow.last_region = Region(Monitor(0, 0, 0, 640, 480), 10, 10, 50, 40)
     assert item_named(menu, "Repeat last region").enabled
 
 
-@pytest.mark.skipif(not Controller.api_available(), reason="dotocr.server is not installed")
+@pytest.mark.skipif(not api_available(), reason="dotocr.server is not installed")
 def test_expose_local_api_serves_the_tray_engine_on_loopback(xvfb, dots_tiny, tmp_path, icon):
     import httpx
 
@@ -166,12 +169,12 @@ def test_expose_local_api_serves_the_tray_engine_on_loopback(xvfb, dots_tiny, tm
     label = f"Expose local API (127.0.0.1:{port})"
     assert item_named(menu, label).checked is False
     click(controller, menu, icon, label)
-    wait_for(lambda: controller.api_handle is not None, 20)
+    wait_for(lambda: controller.host.api_server is not None, 20)
     assert item_named(menu, label).checked is True
     health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).json()
     assert health["status"] == "ready"
     click(controller, menu, icon, label)
-    assert controller.api_handle is None
+    assert controller.host.api_server is None
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
 
@@ -179,10 +182,10 @@ def test_expose_local_api_serves_the_tray_engine_on_loopback(xvfb, dots_tiny, tm
 def test_open_settings_file_creates_the_file(controller, icon, tmp_path):
     from dotocr.config import SettingsFile
 
-    controller.settings_file = SettingsFile(tmp_path / "made" / "settings.toml")
+    controller.tray_settings.file = SettingsFile(tmp_path / "made" / "settings.toml")
     controller.services.open_file = lambda path: True
     click(controller, build_menu(controller), icon, "Open settings file")
-    assert controller.settings_file.path.exists()
+    assert controller.tray_settings.file.path.exists()
 
 
 def test_quit_runs_the_quit_sequence(controller, icon):
@@ -222,7 +225,7 @@ def test_a_load_error_shows_the_reason_and_retry_reads_the_fixed_file(icon, dots
     menu = build_menu(controller)
     assert visible_labels(menu)[0].startswith("Error: ")
     assert "missing-model" in visible_labels(menu)[0]
-    assert controller.icon_state().status == "error"
+    assert controller.state().status == "error"
     notifier = controller.services.notifier
 
     # retry as it is: the same failure again, nothing crashes
@@ -234,7 +237,7 @@ def test_a_load_error_shows_the_reason_and_retry_reads_the_fixed_file(icon, dots
     settings_file.path.write_text(tiny_toml(dots_tiny), encoding="utf-8")
     click(controller, menu, icon, "Retry loading the model")
     assert controller.wait_loaded(60)
-    assert controller.icon_state().status == "ready"
+    assert controller.state().status == "ready"
     assert controller.engine.settings.model == str(dots_tiny)
     assert "Retry loading the model" not in visible_labels(menu)
     assert notifier.titles().count("The model could not be loaded") == 2
@@ -259,7 +262,7 @@ def test_reload_settings_applies_the_file_with_the_command_line_on_top(icon, dot
     assert controller.output_choice() == "markdown"
     assert [entry.text for entry in controller.history_items()] == ["result 4", "result 3"]
     wait_for(lambda: engine.settings == settings, 10)  # reconfigured (on a worker thread), same engine
-    assert controller.engine is engine and controller.icon_state().status == "ready"
+    assert controller.engine is engine and controller.state().status == "ready"
     assert controller.services.notifier.titles() == []
 
     # a half-saved, broken file: one toast naming the line, and the tray keeps what it had
@@ -304,7 +307,7 @@ def test_a_taken_hotkey_is_reported_and_a_new_one_in_the_file_works_after_reload
 
 
 def test_a_hotkey_problem_is_a_status_line(controller, icon):
-    controller.hotkey_error = "The hotkey ctrl+alt+shift+o is already taken by another program."
+    controller.hotkeys.error = "The hotkey ctrl+alt+shift+o is already taken by another program."
     labels = visible_labels(build_menu(controller))
     assert labels[1] == "Hotkey problem: The hotkey ctrl+alt+shift+o is already taken by another program."
 
@@ -345,24 +348,33 @@ def test_the_tk_rendering_mirrors_the_pystray_menu_and_its_entries_act(controlle
 
 
 def test_every_state_has_its_own_picture():
-    pictures = {status: draw_icon(IconState(status)).tobytes() for status in STATUSES}
-    assert len(set(pictures.values())) == len(STATUSES)
+    pictures = {status: draw_icon(EngineState(status)).tobytes() for status in Status}
+    assert len(set(pictures.values())) == len(Status)
     for size in (16, 32, 64):
-        image = draw_icon(IconState("ready"), size)
+        image = draw_icon(EngineState(Status.READY), size)
         assert image.size == (size, size) and image.mode == "RGBA"
         assert image.getpixel((0, 0))[3] == 0  # transparent corner, the tray shows through
 
 
 def test_the_download_percentage_is_drawn():
-    ten = draw_icon(IconState("downloading", progress=0.10)).tobytes()
-    ninety = draw_icon(IconState("downloading", progress=0.90)).tobytes()
+    ten = draw_icon(EngineState(Status.DOWNLOADING, progress=0.10)).tobytes()
+    ninety = draw_icon(EngineState(Status.DOWNLOADING, progress=0.90)).tobytes()
     assert ten != ninety
 
 
+def test_a_long_tooltip_can_be_set_on_the_x11_icon(icon):
+    from dotocr.tray.app import icon_title
+
+    long = tooltip(EngineState(Status.ERROR, detail="The model folder /home/zoë/模型 does not exist " * 4), "x")
+    title = icon_title(icon, long)
+    title.encode("latin-1")  # what pystray's X11 backend does with it
+    assert title.startswith("dotocr: The model folder /home/zoë/?? does not exist") and title.endswith("?")
+
+
 def test_tooltips_say_the_state_and_fit_windows():
-    ready = tooltip(IconState("ready"), "ctrl+alt+shift+o")
-    assert ready == "dotocr: ready, press ctrl+alt+shift+o to capture"
-    assert tooltip(IconState("downloading", progress=0.42), "x") == "dotocr: downloading the model 42%"
-    long = tooltip(IconState("error", detail="The model could not be loaded " * 10), "x")
+    ready = tooltip(EngineState(Status.READY, device="cuda", precision="bf16"), "ctrl+alt+shift+o")
+    assert ready == "dotocr: ready (bf16 on cuda), press ctrl+alt+shift+o to capture"
+    assert tooltip(EngineState(Status.DOWNLOADING, progress=0.42), "x") == "dotocr: downloading the model 42%"
+    long = tooltip(EngineState(Status.ERROR, detail="The model could not be loaded " * 10), "x")
     assert len(long) == TOOLTIP_MAX and long.endswith("\u2026")
-    assert "taken" in tooltip(IconState("ready"), "ctrl+o", problem="hotkey taken")
+    assert "taken" in tooltip(EngineState(Status.READY), "ctrl+o", problem="hotkey taken")

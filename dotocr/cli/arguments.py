@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from dotocr import __version__
-from dotocr.config import OUTPUT_FORMATS, PROMPT_MODES, add_engine_arguments
+from dotocr.config import add_engine_arguments, add_setting_argument
 
 Box = tuple[int, int, int, int]
 
@@ -80,15 +80,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "dots.ocr's own parser does.",
         epilog="Exit status: 0 all images done, 1 some failed, 2 bad usage, 130 interrupted.")
     ocr.add_argument("paths", nargs="+", metavar="PATH", help="image or PDF file, folder, glob, or - for stdin")
-    ocr.add_argument("--prompt", choices=PROMPT_MODES,
-                     help="what to ask the model: plain text (default), layout as Markdown, layout cells "
-                          "as JSON, or the text inside --bbox")
+    add_setting_argument(ocr, "prompt", help="what to ask the model: plain text, layout as Markdown, layout "
+                                             "cells as JSON, or the text inside --bbox")
     ocr.add_argument("--bbox", type=parse_bbox, metavar="X1,Y1,X2,Y2",
                      help="box to read, in input-image pixels (implies --prompt grounding)")
-    ocr.add_argument("--format", choices=OUTPUT_FORMATS, dest="output_format",
-                     help="text (default), markdown, or json: one object per image per line")
+    add_setting_argument(ocr, "output_format")
     ocr.add_argument("--out", type=Path, metavar="DIR",
-                     help="write one file per image into DIR (name.txt, .md or .json) instead of stdout")
+                     help="write one file per image or PDF into DIR (name.txt, .md or .json) instead of stdout; "
+                          "an existing file there is left alone and that input fails, unless --overwrite")
+    ocr.add_argument("--overwrite", action="store_true",
+                     help="with --out: replace result files that already exist")
     ocr.add_argument("--pages", type=parse_pages, metavar="LIST",
                      help="PDF pages to read, e.g. 1-3,7 (default: all)")
     ocr.add_argument("--dpi", type=parse_dpi, metavar="DPI",

@@ -38,6 +38,10 @@ def find_ready_server(settings: Settings, notice: Callable[[str], None],
     server = probe_server(settings.api_port)
     if server is None:
         return None
+    if not server.verified:
+        notice(f"something on {server.base_url} answers like a dotocr server but cannot prove it is yours "
+               "(it does not know this user's server secret); sending it nothing and loading the model here")
+        return None
     if server.model and not same_model(server.model, settings.model):
         notice(f"a dotocr server at {server.base_url} runs {server.model}, not {settings.model}; "
                "loading the model here")
@@ -49,7 +53,7 @@ def find_ready_server(settings: Settings, notice: Callable[[str], None],
         while server is not None and server.status in LOADING_STATES and time.monotonic() < deadline:
             time.sleep(0.5)
             server = probe_server(settings.api_port, timeout=2.0)
-        if server is None:
+        if server is None or not server.verified:
             return None
     if server.status != "ready":
         notice(f"the dotocr server at {server.base_url} reports {server.status!r}; loading the model here")
@@ -58,12 +62,13 @@ def find_ready_server(settings: Settings, notice: Callable[[str], None],
 
 
 def remote_settings_for(server: RunningServer, settings: Settings) -> Settings:
-    token = os.environ.get("DOTOCR_API_TOKEN", "")
+    """Settings that talk to our own local server: with the local API token only, never the key the
+    settings hold for a remote server (that key is meant for that server alone)."""
     return settings.replace(
         engine="remote",
         remote_url=server.openai_url,
         remote_model=server.model or settings.remote_model,
-        remote_api_key=token or settings.remote_api_key,
+        remote_api_key=os.environ.get("DOTOCR_API_TOKEN", ""),
     )
 
 

@@ -19,7 +19,7 @@ from dotocr.cli.arguments import DEFAULT_REMOTE_CONCURRENCY
 from dotocr.cli.engine_choice import choose_engine
 from dotocr.cli.inputs import STDIN_NAME, InputImage, expand_inputs
 from dotocr.cli.ordered import in_order
-from dotocr.cli.outputs import FolderWriter, StdoutWriter
+from dotocr.cli.outputs import FolderWriter, StdoutWriter, shown_name
 from dotocr.cli.quiet import quiet_libraries
 from dotocr.config import Settings, SettingsError, SettingsFile, settings_from_args
 
@@ -193,9 +193,6 @@ def _run_batch(args: argparse.Namespace, settings: Settings, prompt: str | None,
     if args.pictures == "link" and args.out is None:
         reporter.error("--pictures link saves the pictures beside the Markdown; give --out DIR too.")
         return EXIT_FAILED
-    jobs, unreadable = plan_jobs(images, args.pages, reporter.error)
-    failed += unreadable
-    reporter.set_total(len(jobs))
 
     writer: StdoutWriter | FolderWriter
     if args.out is not None:
@@ -204,10 +201,25 @@ def _run_batch(args: argparse.Namespace, settings: Settings, prompt: str | None,
         except OSError as exc:
             reporter.error(f"the output folder {args.out} could not be created ({exc.strerror or exc}).")
             return EXIT_FAILED
-        writer = FolderWriter(args.out, settings.output_format, images)
+        writer = FolderWriter(args.out, settings.output_format, images, overwrite=args.overwrite)
     else:
         writer = StdoutWriter(settings.output_format, batch=len(images) > 1, write_line=reporter.stdout_line)
+    ready = []
+    for image in images:  # a result that would replace a file fails now, before any model loads
+        try:
+            writer.prepare(image)
+        except OSError as exc:
+            reporter.error(_about(Job(image), str(exc)))
+            failed += 1
+        else:
+            ready.append(image)
+    jobs, unreadable = plan_jobs(ready, args.pages, reporter.error)
+    failed += unreadable
+    total = len(jobs) + len(problems) + len(images) - len(ready) + unreadable
+    reporter.set_total(len(jobs))
     if not jobs:
+        if total > 1:
+            reporter.error(f"{failed} of {total} inputs failed.")
         return EXIT_FAILED
 
     if not args.verbose:
@@ -254,6 +266,15 @@ def _run_batch(args: argparse.Namespace, settings: Settings, prompt: str | None,
                 if job.last:
                     _finish(writer, job, reporter)
                 continue
+            except Exception as exc:  # a bug met on one odd file: name it, keep the traceback for -v, go on
+                logging.getLogger("dotocr").debug("unexpected error on %s", job.label(), exc_info=exc)
+                reporter.error(_about(job, f"could not be read: an internal error ({type(exc).__name__}); "
+                                      "please report it with the file."))
+                failed += 1
+                reporter.advance()
+                if job.last:
+                    _finish(writer, job, reporter)
+                continue
             try:
                 writer.write(job.input, result.to_json_dict(), first_page=id(job.input) not in written_any)
                 written_any.add(id(job.input))
@@ -261,6 +282,9 @@ def _run_batch(args: argparse.Namespace, settings: Settings, prompt: str | None,
                     writer.finish(job.input)
             except BrokenPipeError:
                 raise  # the reader went away (`| head`): stop quietly, see main()
+            except FileExistsError as exc:  # appeared since prepare(): still never replaced
+                reporter.error(_about(job, str(exc)))
+                failed += 1
             except OSError as exc:
                 reporter.error(_about(job, f"the result could not be written ({exc.strerror or exc})."))
                 failed += 1
@@ -268,7 +292,6 @@ def _run_batch(args: argparse.Namespace, settings: Settings, prompt: str | None,
     finally:
         pages.close()
 
-    total = len(jobs) + len(problems) + unreadable
     if failed and total > 1:
         unit = "pages and inputs" if any(job.page is not None for job in jobs) else "inputs"
         reporter.error(f"{failed} of {total} {unit} failed.")
@@ -336,16 +359,17 @@ def request_prompt(args: argparse.Namespace, settings: Settings) -> str | None:
 
 
 def _display(image: InputImage) -> str:
-    return "Standard input" if image.name == STDIN_NAME else f'"{image.name}"'
+    return "Standard input" if image.name == STDIN_NAME else f'"{shown_name(image.name)}"'
 
 
 def _about(job: Job, message: str) -> str:
-    """`name: message` (or `name page N: message`), unless the message already names the file and page."""
+    """`name: message` (or `name page N: message`), unless the message already names the file (and page);
+    the name escaped either way."""
     image = job.input
-    named = image.name != STDIN_NAME and image.name in message
-    if named and (job.page is None or f"Page {job.page} " in message or f"page {job.page}" in message):
-        return message
-    return f"{job.label()}: {message}"
+    names_page = job.page is None or f"Page {job.page} " in message or f"page {job.page}" in message
+    if image.name != STDIN_NAME and image.name in message and names_page:
+        return message.replace(image.name, shown_name(image.name))
+    return f"{shown_name(job.label())}: {message}"
 
 
 def _isatty(stream: Any) -> bool:

@@ -10,15 +10,32 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dotocr.cli.inputs import STDIN_NAME, InputImage
+from dotocr.storage import NORMAL_FILE, write_atomic
 
 SUFFIXES = {"text": ".txt", "markdown": ".md", "json": ".json"}
 PAGE_BREAKS = {"text": "\f", "markdown": "\n---\n"}
 """Between two pages of a PDF: a form feed in plain text (as pdftotext writes), a thematic break in Markdown."""
+
+
+def shown_name(name: str) -> str:
+    """A file name safe to print on one line: line breaks, other control characters and bidi overrides
+    become escapes (\\n, \\x1b, \\u202e), so a crafted name cannot forge a `==> name <==` header or
+    repaint the terminal. Backslashes stay as they are: they are Windows' path separator."""
+    out = []
+    for char in name:
+        if unicodedata.category(char) in ("Cc", "Cf", "Zl", "Zp"):
+            code = ord(char)
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char)
+                       or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"))
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 def json_line(data: dict[str, Any]) -> str:
@@ -27,8 +44,8 @@ def json_line(data: dict[str, Any]) -> str:
 
 
 class StdoutWriter:
-    """Results on stdout. Text formats get a `==> name <==` header when there are several inputs,
-    so a batch stays readable and splittable; JSON needs none (each object carries `file` and `page`)."""
+    """Results on stdout. Text formats get a `==> name <==` header when there are several images,
+    so a batch stays readable and splittable; JSON needs none (each object carries `file`)."""
 
     def __init__(self, output_format: str, batch: bool, write_line: Callable[[str], None]) -> None:
         self.output_format = output_format
@@ -45,36 +62,49 @@ class StdoutWriter:
             self._write_line(PAGE_BREAKS[self.output_format])
         elif self.batch:
             prefix = "\n" if self._count else ""
-            self._write_line(f"{prefix}==> {image.name} <==")
+            self._write_line(f"{prefix}==> {shown_name(image.name)} <==")
         self._write_line(text)
         self._count += 1
+
+    def prepare(self, image: InputImage) -> None:
+        """Nothing to check before reading an image: stdout always takes its result."""
 
     def finish(self, image: InputImage) -> None:
         """Nothing to do: every page went out as it came."""
 
 
-class FolderWriter:
-    """One file per input in `folder`, named after it with the format's suffix.
+class OutputExistsError(FileExistsError):
+    """A result would replace a file that is already there; the message says what to do."""
 
-    Two inputs with the same stem (a.png, a.jpg) get a.txt and a.jpg.txt; a name that would land on
-    one of the batch's own inputs is never used, so an input is never overwritten. Names are chosen for
-    the whole batch up front (in input order), so pictures saved beside a result can be named after it.
+
+class FolderWriter:
+    """One file per image in `folder`, named after the image with the format's suffix.
+
+    Two images with the same stem (a.png, a.jpg) get a.txt and a.jpg.txt; a name that would land on
+    one of the batch's own inputs is never used, so an input is never overwritten. A file that already
+    exists is replaced only with `overwrite` (--overwrite); otherwise that image fails with one sentence
+    before it is read, and the check is repeated atomically when the result is written. Each result is
+    written through dotocr.storage: a fresh temporary file, never a planted one, renamed into place.
     """
 
-    def __init__(self, folder: Path, output_format: str, inputs: list[InputImage]) -> None:
+    def __init__(self, folder: Path, output_format: str, inputs: list[InputImage], *,
+                 overwrite: bool = False) -> None:
         self.folder = folder
         self.output_format = output_format
         self.suffix = SUFFIXES[output_format]
+        self.overwrite = overwrite
         self._taken = {_key(p) for p in (i.path for i in inputs) if p is not None}
-        self.written: list[Path] = []
         self._targets: dict[int, Path] = {}
         self._pages: dict[int, list[dict[str, Any]]] = {}
-        for image in inputs:
+        self.written: list[Path] = []
+        for image in inputs:  # names for the whole batch, in input order: pictures saved beside can use them
             self.target_for(image)
 
     def target_for(self, image: InputImage) -> Path:
-        if id(image) in self._targets:
-            return self._targets[id(image)]
+        """The file this image's result goes to, the same on every call for the same image."""
+        known = self._targets.get(id(image))
+        if known is not None:
+            return known
         base = "stdin" if image.name == STDIN_NAME else Path(image.name).name
         stem = Path(base).stem or base
         candidates = [stem + self.suffix, base + self.suffix]
@@ -86,6 +116,12 @@ class FolderWriter:
                 self._targets[id(image)] = path
                 return path
         raise OSError(f"no free file name for {image.name} in {self.folder}")
+
+    def prepare(self, image: InputImage) -> None:
+        """Refuse, before the image is read, a result that would replace an existing file."""
+        target = self.target_for(image)
+        if not self.overwrite and os.path.lexists(target):
+            raise self._exists(target)
 
     def write(self, image: InputImage, data: dict[str, Any], *, first_page: bool = True) -> Path | None:
         """An image's result is written at once; a PDF page's is kept until `finish`."""
@@ -109,11 +145,17 @@ class FolderWriter:
         return ("\n" + PAGE_BREAKS[self.output_format] + "\n").join(texts) + "\n"
 
     def _store(self, target: Path, content: str) -> Path:
-        tmp = target.with_name(target.name + ".part")
-        tmp.write_text(content, encoding="utf-8", newline="\n")
-        os.replace(tmp, target)
+        try:
+            write_atomic(target, content.encode("utf-8", "replace"), mode=NORMAL_FILE, overwrite=self.overwrite)
+        except FileExistsError:
+            raise self._exists(target) from None
         self.written.append(target)
         return target
+
+    @staticmethod
+    def _exists(target: Path) -> OutputExistsError:
+        return OutputExistsError(f"{shown_name(str(target))} already exists; pass --overwrite to replace it or "
+                                 "choose another --out folder.")
 
 
 def _key(path: Path) -> str:

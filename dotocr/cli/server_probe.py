@@ -2,7 +2,9 @@
 
 One warm model per machine: a 6 GiB GPU holds one copy of dots.ocr, so `dotocr ocr` borrows a
 running server's model rather than loading a second one. The probe is stdlib-only and short
-(0.3 s) so it costs nothing when no server runs.
+(0.3 s) so it costs nothing when no server runs. Anything may listen on that port, another user's program
+included, so the probe sends a challenge that only a server knowing this user's secret answers (see
+`dotocr.local_secret`); nothing else (no image, no token) goes to a server that has not answered it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
+
+from dotocr.local_secret import CHALLENGE_HEADER, new_challenge, proves, read_secret
 
 PROBE_TIMEOUT_S = 0.3
 
@@ -24,6 +28,8 @@ class RunningServer:
     model: str | None
     device: str | None
     precision: str | None
+    verified: bool = False
+    """It answered the challenge: it knows this user's secret, so it is one of this user's servers."""
 
     @property
     def openai_url(self) -> str:
@@ -41,8 +47,10 @@ def probe_server(port: int, host: str = "127.0.0.1",
     base_url = f"http://{host}:{port}"
     # An empty ProxyHandler: a corporate HTTP_PROXY must never see, or swallow, a loopback probe.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    challenge = new_challenge()
+    request = urllib.request.Request(base_url + "/health", headers={CHALLENGE_HEADER: challenge})
     try:
-        with opener.open(base_url + "/health", timeout=timeout) as response:
+        with opener.open(request, timeout=timeout) as response:
             body = response.read(64 * 1024)
     except urllib.error.HTTPError as exc:
         # A loading server answers 503 with a JSON body; anything else is not ours.
@@ -52,10 +60,10 @@ def probe_server(port: int, host: str = "127.0.0.1",
             return None
     except (OSError, ValueError):
         return None
-    return parse_health(base_url, body)
+    return parse_health(base_url, body, challenge, port)
 
 
-def parse_health(base_url: str, body: bytes) -> RunningServer | None:
+def parse_health(base_url: str, body: bytes, challenge: str = "", port: int = 0) -> RunningServer | None:
     try:
         data: Any = json.loads(body)
     except (ValueError, UnicodeDecodeError):
@@ -67,4 +75,5 @@ def parse_health(base_url: str, body: bytes) -> RunningServer | None:
         value = data.get(key)
         return value if isinstance(value, str) and value else None
 
-    return RunningServer(base_url, data["status"], text("model"), text("device"), text("precision"))
+    verified = bool(challenge) and proves(read_secret(), challenge, port, data.get("proof"))
+    return RunningServer(base_url, data["status"], text("model"), text("device"), text("precision"), verified)

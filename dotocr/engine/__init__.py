@@ -15,6 +15,7 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import DotOCRError
+from .addresses import is_loopback_url
 from .base import Engine
 from .documents import (
     DEFAULT_DPI,
@@ -63,5 +64,5 @@ __all__ = ["DEFAULT_DPI", "FURNITURE", "IMAGE_PLACEHOLDER", "MAX_INPUT_PIXELS", 
            "PROMPT_MODES", "DocumentError", "DotOCRError", "DotOCRInference", "DotsOCRConfig", "DotsOCRForCausalLM",
            "DotsVisionConfig", "Engine", "EngineState", "ImageInput", "OCRResult", "Page", "PdfDocument",
            "RemoteEngine", "Status", "cells_to_markdown", "check_dpi", "declared_png_size", "instruction_for",
-           "is_pdf", "load_image", "make_engine", "parse_page_ranges", "picture_markdown", "resolve_prompt",
-           "strip_image_placeholder"]
+           "is_loopback_url", "is_pdf", "load_image", "make_engine", "parse_page_ranges", "picture_markdown",
+           "resolve_prompt", "strip_image_placeholder"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import warnings
 from typing import Any
 
@@ -26,7 +27,8 @@ MAX_INPUT_PIXELS = 8192 * 8192
 """About 67 megapixels: more than an 8K screen or an A4 page scanned at 600 dpi."""
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError,
-                  MemoryError, AttributeError)
+                  MemoryError, AttributeError, ArithmeticError, RuntimeError, struct.error)
+"""What Pillow's decoders raise on damaged files (a plugin's arithmetic or unpacking gone wrong included)."""
 
 
 
@@ -166,6 +168,8 @@ def _deep_to_uint8(image: Image.Image) -> Any:
         scaled = values
     elif low >= 0.0 and high <= 65535.0:
         scaled = values / 257.0
-    else:
+    elif high > low:
         scaled = (values - low) * (255.0 / (high - low))
+    else:  # one value everywhere, outside 0..65535: a flat image, shown as mid grey
+        scaled = np.full_like(values, 128.0)
     return np.clip(np.round(scaled), 0, 255).astype(np.uint8)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
-from ..errors import DotOCRError, ModelUnavailableError, OutOfMemoryError
+from ..errors import DotOCRError, ModelUnavailableError, OutOfMemoryError, PromptTooLongError
 from .base import Engine
 from .decoders.base import DecodeRequest
 from .generation import TokenPipeline
@@ -136,12 +136,14 @@ class DotOCRInference(Engine):
             bbox: tuple[float, float, float, float] | None = None, max_new_tokens: int | None = None,
             temperature: float = 0.0, top_p: float = 1.0, instruction: str | None = None,
             on_text: Callable[[str], None] | None = None, file: str | None = None,
-            should_stop: Callable[[], bool] | None = None, max_image_size: int | None = None,
-            system: str | None = None) -> OCRResult:
+            should_stop: Callable[[], bool] | None = None, max_prompt_tokens: int | None = None,
+            max_image_size: int | None = None, system: str | None = None) -> OCRResult:
         """Read one image. `output_format="markdown"` without a prompt picks the layout prompt (tables, formulas).
 
         `should_stop` is asked after every token; when it answers True the generation ends with
-        stop_reason "cancelled" (a client that left, a deadline that passed). `max_image_size` overrides the
+        stop_reason "cancelled" (a client that left, a deadline that passed). The prefill before the first
+        token cannot be interrupted. `max_prompt_tokens` caps the prompt's text tokens (the image's not
+        counted): a longer one raises PromptTooLongError before any prefill. `max_image_size` overrides the
         setting for this call (0: no cap, dots.ocr's own sizing alone). `system` is a system turn rendered
         before the user turn, as the checkpoint's chat template does.
         """
@@ -161,7 +163,8 @@ class DotOCRInference(Engine):
                         self._settings.max_image_size if max_image_size is None else max_image_size,
                         prompt=prompt, bbox=bbox, system=system,
                         max_new_tokens=max_new_tokens or self._settings.max_new_tokens, temperature=temperature,
-                        top_p=top_p, instruction=instruction, on_text=on_text, file=file, should_stop=should_stop)
+                        top_p=top_p, instruction=instruction, on_text=on_text, file=file, should_stop=should_stop,
+                        max_prompt_tokens=max_prompt_tokens)
                 finally:
                     if self._loaded is not None:
                         self._set_ready()
@@ -197,11 +200,16 @@ class DotOCRInference(Engine):
 
     def _run(self, loaded: LoadedModel, picture, started: float, max_size: int, pipelines: list[TokenPipeline],
              *, prompt: str, bbox, max_new_tokens: int, temperature: float, top_p: float,
-             instruction: str | None, system: str | None, on_text, file: str | None, should_stop) -> OCRResult:
+             instruction: str | None, system: str | None, on_text, file: str | None, should_stop,
+             max_prompt_tokens: int | None) -> OCRResult:
         prepared = loaded.preparer.prepare(picture, max_size)
         if instruction is None:
             instruction = instruction_for(prompt, prepared.box_to_model(bbox) if bbox is not None else None)
         ids = encode_prompt(loaded.tokenizer, instruction, prepared.image_tokens, system=system)
+        text_tokens = len(ids) - prepared.image_tokens
+        if max_prompt_tokens is not None and text_tokens > max_prompt_tokens:
+            raise PromptTooLongError(f"The prompt's text is {text_tokens} tokens, more than the {max_prompt_tokens} "
+                                     "allowed; shorten the instruction.")
         pipeline = TokenPipeline(tokenizer=loaded.tokenizer, eos_token_ids=loaded.eos_token_ids,
                                  max_new_tokens=max_new_tokens, on_text=on_text, should_stop=should_stop)
         pipelines.append(pipeline)

@@ -5,6 +5,7 @@ This is the one place that decides device and precision. Every other module asks
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from typing import Any
 
 from ..config import Settings, data_dir
 from ..errors import DotOCRError, ModelUnavailableError
+from ..storage import write_atomic
 
 log = logging.getLogger("dotocr.engine")
 
@@ -156,12 +158,9 @@ def cpu_prefers_bf16() -> bool:
                 x @ weight
         timings[dtype] = time.perf_counter() - start
     bf16 = timings[torch.bfloat16] < timings[torch.float32]
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"key": key, "bf16": bf16,
-                                     "seconds": {str(k): v for k, v in timings.items()}}))
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        write_atomic(cache, json.dumps({"key": key, "bf16": bf16,
+                                        "seconds": {str(k): v for k, v in timings.items()}}))
     return bf16
 
 

@@ -71,6 +71,9 @@ def resolve_prompt(prompt: str | None, *, output_format: str | None = None, bbox
             prompt = "layout"
         else:
             prompt = default
+    if instruction is not None and not _encodable(instruction):
+        raise DotOCRError("The instruction holds a lone surrogate (\\ud800 to \\udfff), which is not text; "
+                          "send it as valid UTF-8.")
     if instruction is None:
         if prompt == "grounding" and bbox is None:
             raise DotOCRError("The grounding prompt needs a bounding box (x1, y1, x2, y2 in image pixels).")
@@ -78,6 +81,14 @@ def resolve_prompt(prompt: str | None, *, output_format: str | None = None, bbox
             raise DotOCRError(f"A bounding box only applies to the grounding prompt, not to {prompt!r}; "
                               "drop the box or use the grounding prompt.")
     return prompt
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def instruction_for(mode: str, bbox: Sequence[float] | None = None) -> str:

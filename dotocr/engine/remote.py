@@ -26,6 +26,7 @@ import httpx
 
 from ..config import Settings
 from ..errors import DotOCRError, RemoteEngineError
+from .addresses import is_loopback_url
 from .base import Engine
 from .images import ImageInput, load_image
 from .layout import format_answer
@@ -100,7 +101,9 @@ class RemoteEngine(Engine):
         self._set_state(Status.LOADING, f"connecting to {self.url}")
         key = self._settings.remote_api_key
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        client = httpx.Client(headers=headers, timeout=httpx.Timeout(
+        # A proxy must never see loopback traffic (it would get the key and the image): HTTP_PROXY and
+        # friends are ignored for a server on this machine.
+        client = httpx.Client(headers=headers, trust_env=not is_loopback_url(self.url), timeout=httpx.Timeout(
             self._read_timeout_s, connect=CONNECT_TIMEOUT_S, pool=CONNECT_TIMEOUT_S),
             limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=32))
         try:
@@ -134,8 +137,13 @@ class RemoteEngine(Engine):
             bbox: tuple[float, float, float, float] | None = None, max_new_tokens: int | None = None,
             temperature: float = 0.0, top_p: float = 1.0, instruction: str | None = None,
             on_text: Callable[[str], None] | None = None, file: str | None = None,
+            should_stop: Callable[[], bool] | None = None, max_prompt_tokens: int | None = None,
             max_image_size: int | None = None, system: str | None = None) -> OCRResult:
-        """Same arguments and result as `DotOCRInference.ocr`; the generation happens on the server."""
+        """Same arguments and result as `DotOCRInference.ocr`; the generation happens on the server.
+
+        `should_stop` is asked after every streamed piece (closing the stream stops a dotocr server's
+        generation); `max_prompt_tokens` is left to the server, which counts with its own tokenizer.
+        """
         started = time.perf_counter()
         picture = load_image(image)
         prompt = self._resolve_prompt(prompt, output_format, bbox, instruction)
@@ -151,7 +159,7 @@ class RemoteEngine(Engine):
             self._set_state(Status.BUSY, "reading", device=self._remote_device or "remote",
                             precision=self._precision or "unknown", decoder="remote")
         try:
-            answer = self._complete(client, body, on_text, time.perf_counter())
+            answer = self._complete(client, body, on_text, time.perf_counter(), should_stop)
         except RemoteEngineError as exc:
             with self._lock:
                 self._in_flight -= 1
@@ -165,7 +173,8 @@ class RemoteEngine(Engine):
         finished = time.perf_counter()
         return OCRResult(
             text=text, raw=answer.text, prompt=prompt,
-            stop_reason="max_new_tokens" if answer.finish_reason == "length" else "eos",
+            stop_reason=("cancelled" if answer.finish_reason == "cancelled" else
+                         "max_new_tokens" if answer.finish_reason == "length" else "eos"),
             width=prepared.original_size[0], height=prepared.original_size[1],
             image_tokens=prepared.image_tokens,
             prompt_tokens=_first_int(answer.prompt_tokens, prepared.image_tokens),
@@ -201,7 +210,7 @@ class RemoteEngine(Engine):
         }
 
     def _complete(self, client: httpx.Client, body: dict[str, Any], on_text: Callable[[str], None] | None,
-                  sent_at: float) -> _Answer:
+                  sent_at: float, should_stop: Callable[[], bool] | None = None) -> _Answer:
         deadline = time.monotonic() + self._busy_retry_s
         while True:
             try:
@@ -211,13 +220,13 @@ class RemoteEngine(Engine):
                         log.info("%s is busy or loading; retrying in %.1f s", self.url, wait)
                     else:
                         self._raise_for_status(response)
-                        return self._read_stream(response, on_text, sent_at)
+                        return self._read_stream(response, on_text, sent_at, should_stop)
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise self._network_error(exc) from None
             time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
 
     def _read_stream(self, response: httpx.Response, on_text: Callable[[str], None] | None,
-                     sent_at: float) -> _Answer:
+                     sent_at: float, should_stop: Callable[[], bool] | None = None) -> _Answer:
         answer = _Answer(sent_at)
         content_type = response.headers.get("content-type", "")
         if "text/event-stream" not in content_type:  # a server that ignores stream=true
@@ -243,6 +252,9 @@ class RemoteEngine(Engine):
             delta = answer.take_chunk(event)
             if delta and on_text is not None:
                 on_text(delta)
+            if should_stop is not None and should_stop():
+                answer.finish_reason = "cancelled"
+                return answer.finish()
         if answer.finish_reason is None:
             raise RemoteEngineError(f"The OCR server at {self.url} closed the connection before the answer "
                                     "was complete; check the server's log.")

@@ -22,10 +22,14 @@ from dotocr.errors import (
     ImageError,
     ModelUnavailableError,
     OutOfMemoryError,
+    PromptTooLongError,
     RemoteEngineError,
 )
 
 log = logging.getLogger("dotocr.server")
+
+BODY_PARSE_DETAIL = "There was an error parsing the body"
+"""FastAPI's 400 detail when the body is JSON that Python's parser refused for a reason other than syntax."""
 
 
 class ApiError(Exception):
@@ -40,6 +44,8 @@ class ApiError(Exception):
 
 
 def error_body(message: str, kind: str, status: int) -> dict[str, Any]:
+    # A message may quote the request; a lone surrogate in it must not make the answer unencodable.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return {"error": {"message": message, "type": kind, "code": status}}
 
 
@@ -79,6 +85,8 @@ def engine_error(exc: DotOCRError, retry_after_s: int) -> ApiError:
     message = str(exc) or "The OCR engine failed."
     if isinstance(exc, ImageError):
         return ApiError(400, message, "invalid_image")
+    if isinstance(exc, PromptTooLongError):
+        return ApiError(400, message, "prompt_too_long")
     if isinstance(exc, ModelUnavailableError):
         return ApiError(503, message, "model_unavailable")
     if isinstance(exc, OutOfMemoryError):
@@ -100,9 +108,13 @@ def install_exception_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code == 404:
-            message = f"There is no {request.url.path} here; the routes are listed at /docs."
+            message = f"There is no {request.url.path} here; the routes are listed in /openapi.json."
         elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}; see /docs."
+            message = f"{request.method} is not allowed on {request.url.path}; see /openapi.json."
+        elif exc.status_code == 400 and exc.detail == BODY_PARSE_DETAIL:
+            # FastAPI's answer for a JSON body Python cannot parse (an integer of thousands of digits)
+            return error_response(ApiError(422, "The JSON body could not be read (nested too deeply, a number "
+                                           "too long, or not UTF-8); send plain JSON.", "invalid_request"))
         else:
             message = str(exc.detail)
         return error_response(ApiError(exc.status_code, message, "http_error", dict(exc.headers or {})))
@@ -129,6 +141,8 @@ def describe_validation_error(exc: RequestValidationError) -> str:
     if not errors:
         return "The request is not valid."
     first = errors[0]
-    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "the body"
+    # pydantic names union members in the location ("function-after[...]", "str"); the client's path is the rest
+    where = ".".join(str(part) for part in first.get("loc", ())
+                     if part != "body" and not (isinstance(part, str) and ("[" in part or part == "str"))) or "the body"
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     return f"Invalid request: {where}: {first.get('msg', 'is not valid')}{more}."

@@ -5,7 +5,9 @@ event loop keeps answering (health, refusals, streams). A request first takes a 
 when the line is full), then waits its turn in order, then runs. The turn is handed on only when the
 worker thread has really finished: a request that timed out or whose client left stops its generation
 through the `should_stop` check the engine calls with every piece of text, and the next request starts
-after that, never alongside it.
+after that, never alongside it. A request whose deadline passed or whose client left while it waited never
+starts. (The check runs after every generated token; the prefill before the first token cannot be
+interrupted in transformers' `generate`, so a request with a huge prompt runs its prefill to the end.)
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class GateTimeout(Exception):
 
 
 class StopGeneration(Exception):
-    """Raised inside the engine's text callback to end a generation nobody is waiting for any more."""
+    """A request that is no longer wanted reached its turn: it does not start."""
 
 
 class GenerationGate:
@@ -41,9 +43,13 @@ class GenerationGate:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._executor: ThreadPoolExecutor | None = None
 
+    @property
+    def full(self) -> bool:
+        return self.admitted >= self.capacity
+
     def admit(self, timeout_s: float) -> Ticket:
-        """A place in line, or GateFull. Call synchronously, before reading the request body."""
-        if self.admitted >= self.capacity:
+        """A place in line, or GateFull. Call synchronously, once the request body is in."""
+        if self.full:
             raise GateFull()
         self.admitted += 1
         return Ticket(self, time.monotonic() + timeout_s)
@@ -97,17 +103,29 @@ class Ticket:
         self._running = False
         self._closed = False
         self._returned = False
+        self._on_return: list[Callable[[], None]] = []
 
     def remaining(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
 
     def should_stop(self) -> bool:
-        """True once the result is no longer wanted; the engine's text callback checks it."""
-        return self.cancelled.is_set() or time.monotonic() > self.deadline
+        """True once the result is no longer wanted; the engine asks it after every token."""
+        return self.cancelled.is_set() or self.expired
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() > self.deadline
 
     def check(self) -> None:
         if self.should_stop():
             raise StopGeneration()
+
+    def on_return(self, callback: Callable[[], None]) -> None:
+        """Run `callback` when the place in line is given back (the handler is done and the work ended)."""
+        if self._returned:
+            callback()
+        else:
+            self._on_return.append(callback)
 
     async def start(self, work: Callable[[], T]) -> asyncio.Future[T]:
         """Wait for the turn (GateTimeout past the deadline), then run `work` on the worker thread.
@@ -116,9 +134,17 @@ class Ticket:
         waiting for it.
         """
         await self.gate._acquire(self.deadline)
+        if self.should_stop():  # the deadline passed or the client left just as the turn came
+            self.gate._release()
+            raise GateTimeout()
         loop = asyncio.get_running_loop()
+
+        def guarded() -> T:
+            self.check()  # the turn came while the worker thread was still busy handing over
+            return work()
+
         try:
-            future: asyncio.Future[T] = loop.run_in_executor(self.gate._executor_for_run(), work)
+            future: asyncio.Future[T] = loop.run_in_executor(self.gate._executor_for_run(), guarded)
         except BaseException:
             self.gate._release()
             raise
@@ -155,3 +181,6 @@ class Ticket:
         if self._closed and not self._returned and not self._running:
             self._returned = True
             self.gate.admitted -= 1
+            callbacks, self._on_return = self._on_return, []
+            for callback in callbacks:
+                callback()

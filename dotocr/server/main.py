@@ -42,6 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s, metavar="S",
                         help="seconds before a request gets 504 and its generation stops "
                         "(default %(default)g)")
+    parser.add_argument("--max-connections", type=int, default=defaults.max_connections, metavar="N",
+                        help="open connections at most; a new one pushes out the oldest idle one "
+                        "(default %(default)d, lowered to fit the open-file limit)")
+    parser.add_argument("--header-timeout", type=float, default=defaults.header_timeout_s, metavar="S",
+                        help="seconds a connection has to send a request's headers (default %(default)g)")
+    parser.add_argument("--body-timeout", type=float, default=defaults.body_timeout_s, metavar="S",
+                        help="seconds a request body may take in all (default %(default)g)")
+    parser.add_argument("--max-image-memory-mb", type=float, default=defaults.max_decoded_bytes / MIB,
+                        metavar="MB", help="memory for the decoded images of all requests in flight "
+                        "(default %(default)g)")
+    parser.add_argument("--max-prompt-tokens", type=int, default=defaults.max_prompt_tokens, metavar="N",
+                        help="tokens a chat request's text may take (default %(default)d)")
+    parser.add_argument("--docs", action="store_true",
+                        help="serve the interactive API page at /docs (its scripts load from a CDN)")
     parser.add_argument("--log-level", default="info",
                         choices=("critical", "error", "warning", "info", "debug"))
     add_engine_arguments(parser)
@@ -56,27 +70,33 @@ def main(argv: list[str] | None = None) -> int:
 
     from .app import create_app
     from .limits import ServerLimits
-    from .serving import ServerStartError, bind_socket, is_loopback, make_server
+    from .serving import ServerStartError, bind_socket, is_loopback, make_server, serve
 
     _show_engine_log(args.log_level)
     if not is_loopback(args.host) and not args.api_token:
         parser.error(f"--host {args.host} makes the model reachable from the network; give --api-token TOKEN "
                      f"(or set {TOKEN_ENV}) so only clients with the token can use it.")
-    if args.max_upload_mb <= 0 or args.max_waiting < 0 or args.request_timeout <= 0:
-        parser.error("--max-upload-mb and --request-timeout must be positive, --max-waiting 0 or more.")
+    if min(args.max_upload_mb, args.request_timeout, args.max_connections, args.header_timeout,
+           args.body_timeout, args.max_image_memory_mb, args.max_prompt_tokens) <= 0 or args.max_waiting < 0:
+        parser.error("--max-upload-mb, --request-timeout, --max-connections, --header-timeout, --body-timeout, "
+                     "--max-image-memory-mb and --max-prompt-tokens must be positive, --max-waiting 0 or more.")
     settings_file = SettingsFile()
     settings = settings_from_args(args, settings_file.load())
     for problem in settings_file.problems:
         print(f"dotocr-serve: {problem}", file=sys.stderr)
     port = args.port if args.port is not None else settings.api_port
     limits = ServerLimits(max_upload_bytes=int(args.max_upload_mb * MIB), max_waiting=args.max_waiting,
-                          request_timeout_s=args.request_timeout)
+                          request_timeout_s=args.request_timeout, max_connections=args.max_connections,
+                          header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout,
+                          max_decoded_bytes=max(1, int(args.max_image_memory_mb * MIB)),
+                          max_prompt_tokens=args.max_prompt_tokens)
     try:
         sock = bind_socket(args.host, port)
     except ServerStartError as exc:
         print(f"dotocr-serve: {exc}", file=sys.stderr)
         return 1
-    app = create_app(make_engine(settings), api_token=args.api_token, limits=limits)
+    app = create_app(make_engine(settings), api_token=args.api_token, limits=limits, host=args.host,
+                     docs=args.docs)
     where = f"http://{args.host}:{sock.getsockname()[1]}"
     if is_loopback(args.host):
         print(f"dotocr-serve: serving {settings.model} on {where} (this machine only); the model loads "
@@ -84,9 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"dotocr-serve: serving {settings.model} on {where}, reachable from the network; every "
               "route but /health needs 'Authorization: Bearer <token>'.", file=sys.stderr)
-    server = make_server(app, log_level=args.log_level)
+    server = make_server(app, limits=limits, log_level=args.log_level)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(server.serve(sockets=[sock]))
+        asyncio.run(serve(server, sock))
     return 0
 
 

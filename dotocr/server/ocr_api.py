@@ -8,7 +8,6 @@ with one result object per page, in page order.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 from anyio import to_thread
@@ -21,7 +20,6 @@ from dotocr.errors import DotOCRError
 
 from .errors import ApiError, engine_error
 from .gate import Ticket
-from .memory import declared_pixels
 from .schemas import OCR_FORM_SCHEMA, DocumentResponse, ErrorResponse, OCRResponse
 from .state import ServerState
 from .uploads import Form, read_multipart
@@ -35,10 +33,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": description} for code, description in (
         (400, "Bad form field, or an image that is corrupt, truncated, empty or too many pixels."),
         (401, "Missing or wrong API token (only when the server has one)."),
+        (403, "A request from a web page (foreign Origin), or a Host that is not this server."),
+        (408, "The body arrived too slowly."),
         (413, "The upload is over the size limit."),
         (415, "Not multipart/form-data, or the file is not an image."),
+        (422, "The JSON body does not match the schema."),
         (502, "The remote engine failed."),
-        (503, "Loading, busy (see Retry-After), or the model is unavailable."),
+        (503, "Loading, busy or out of image memory (see Retry-After), or the model is unavailable."),
         (504, "The request ran past the server's time limit."),
     )
 }
@@ -52,31 +53,29 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 async def ocr(request: Request) -> JSONResponse:
     """`curl -F file=@shot.png -F prompt=text http://127.0.0.1:8765/ocr`"""
     server: ServerState = request.app.state.dotocr
-    ticket = server.admit()
-    release: Callable[[], None] | None = None
+    form = await read_multipart(request, server.limits.max_upload_bytes)
+    options = _ocr_options(form, server)
+    filename, data = form.files["file"]
+    what = f"The uploaded file {filename!r}" if filename else "The upload"
+    pdf = is_pdf(data)
+    if not pdf and (form.fields.get("pages") or form.fields.get("dpi")):
+        raise ApiError(400, "pages and dpi apply to PDF uploads only; leave them out for an image.",
+                       "invalid_form")
+    ticket = server.admit()  # only now: a slow upload holds no place in line
     try:
-        form = await read_multipart(request, server.limits.max_upload_bytes)
-        options = _ocr_options(form, server)
-        filename, data = form.files["file"]
-        what = f"The uploaded file {filename!r}" if filename else "The upload"
-        pdf = is_pdf(data)
-        if not pdf and (form.fields.get("pages") or form.fields.get("dpi")):
-            raise ApiError(400, "pages and dpi apply to PDF uploads only; leave them out for an image.",
-                           "invalid_form")
-        release = server.hold_pixels(MAX_PAGE_PIXELS if pdf else declared_pixels(data))  # a PDF: one page at a time
         if pdf:
-            return JSONResponse(await _read_pdf(server, ticket, data, filename[:MAX_FILENAME], what, form.fields,
-                                                options))
-        image = await server.decode(data, what)
-        result = await server.run_ocr(ticket, image, file=filename[:MAX_FILENAME], **options)
+            server.hold(ticket, MAX_PAGE_PIXELS * 12)  # one rendered page at a time: RGBA bitmap and RGB copy
+            return JSONResponse(await _read_pdf(server, ticket, request, data, filename[:MAX_FILENAME], what,
+                                                form.fields, options))
+        image = await server.decode(ticket, data, what)
+        del form, data  # while it waits in line, the request holds the decoded image only
+        result = await server.run_ocr(ticket, request.receive, image, file=filename[:MAX_FILENAME], **options)
     finally:
-        if release is not None:
-            release()
         ticket.close()
     return JSONResponse(result.to_json_dict())  # as is: `cells` is absent, not null, for the text prompt
 
 
-async def _read_pdf(server: ServerState, ticket: Ticket, data: bytes, filename: str, what: str,
+async def _read_pdf(server: ServerState, ticket: Ticket, request: Request, data: bytes, filename: str, what: str,
                     fields: dict[str, str], options: dict[str, Any]) -> dict[str, Any]:
     """Every requested page, rendered off the event loop one at a time and read in page order."""
     wanted = _parse_pages(fields.get("pages"))
@@ -99,7 +98,7 @@ async def _read_pdf(server: ServerState, ticket: Ticket, data: bytes, filename: 
                 page = await to_thread.run_sync(document.render, number, dpi)
             except DotOCRError as exc:
                 raise engine_error(exc, server.limits.retry_after_s) from None
-            result = await server.run_ocr(ticket, page.image, file=filename, **options)
+            result = await server.run_ocr(ticket, request.receive, page.image, file=filename, **options)
             result.page, result.dpi = page.number, page.dpi
             pages.append(result.to_json_dict())
             del page

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -29,7 +29,6 @@ from dotocr.engine import IMAGE_PLACEHOLDER, OCRResult, instruction_for
 from dotocr.errors import DotOCRError
 
 from .errors import ApiError, engine_error, error_body, log
-from .memory import declared_pixels
 from .ocr_api import ERRORS
 from .schemas import ChatCompletion, ChatCompletionRequest, ImagePart, ModelCard, ModelList, TextPart
 from .state import ServerState
@@ -62,11 +61,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     server: ServerState = request.app.state.dotocr
     image_bytes, instruction, system = _render_messages(body, server.limits.max_upload_bytes)
     ticket = server.admit()
-    release: Callable[[], None] | None = None
     try:
-        release = server.hold_pixels(declared_pixels(image_bytes))
-        image = await server.decode(image_bytes, "The image in image_url")
+        image = await server.decode(ticket, image_bytes, "The image in image_url")
         options: dict[str, Any] = {
+            "max_prompt_tokens": server.limits.max_prompt_tokens,
             "prompt": _mode_for(instruction), "instruction": instruction, "system": system,
             "max_new_tokens": _token_cap(body, server.max_new_tokens),
             "temperature": body.temperature if body.temperature is not None else 0.0,
@@ -76,14 +74,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         model = body.model or server.model_name
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            pieces = await server.stream_ocr(ticket, image, **options)
-            stream_release, release = release, None  # held until the stream ends
-            return StreamingResponse(_sse(pieces(), model, include_usage, server, stream_release),
+            pieces = await server.stream_ocr(ticket, request.receive, image, **options)
+            return StreamingResponse(_sse(pieces(), model, include_usage, server),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
-        result = await server.run_ocr(ticket, image, **options)
+        result = await server.run_ocr(ticket, request.receive, image, **options)
     finally:
-        if release is not None:
-            release()
         ticket.close()
     return _completion(result, model)
 
@@ -172,18 +167,8 @@ def _completion(result: OCRResult, model: str) -> dict[str, Any]:
 
 
 async def _sse(pieces: AsyncIterator[str | OCRResult], model: str, include_usage: bool,
-               server: ServerState, release: Callable[[], None] | None = None) -> AsyncIterator[str]:
+               server: ServerState) -> AsyncIterator[str]:
     """Chunks as OpenAI streams them; an error after the start arrives as an `error` event, then [DONE]."""
-    try:
-        async for event in _events(pieces, model, include_usage, server):
-            yield event
-    finally:
-        if release is not None:
-            release()
-
-
-async def _events(pieces: AsyncIterator[str | OCRResult], model: str, include_usage: bool,
-                  server: ServerState) -> AsyncIterator[str]:
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
 

@@ -6,9 +6,9 @@ do not use); responses carry the fields OpenAI clients read.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from dotocr.config import OUTPUT_FORMATS, PROMPT_MODES
 
@@ -37,6 +37,8 @@ class Health(BaseModel):
     """What generates the text once loaded: torch, llamacpp or remote."""
     engine: str
     version: str
+    proof: str | None = None
+    """HMAC of the request's challenge with this user's server secret (see dotocr.local_secret)."""
 
 
 class OCRResponse(BaseModel):
@@ -98,28 +100,39 @@ OCR_FORM_SCHEMA: dict[str, Any] = {
 
 # -- OpenAI chat completions ------------------------------------------------------------------------
 
+def _valid_unicode(value: str) -> str:
+    """JSON may spell a lone surrogate (\\ud800); it is no text, and neither a tokenizer nor UTF-8 takes it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("holds a lone surrogate (\\ud800 to \\udfff); send valid UTF-8 text") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_valid_unicode)]
+
 class ImageURL(BaseModel):
     model_config = ConfigDict(extra="allow")
-    url: str
+    url: Text
     detail: str | None = None
 
 
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ImagePart(BaseModel):
     model_config = ConfigDict(extra="allow")
     type: Literal["image_url"]
-    image_url: ImageURL | str
+    image_url: ImageURL | Text
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[TextPart | ImagePart] | None = None
+    content: Text | list[TextPart | ImagePart] | None = None
 
 
 class StreamOptions(BaseModel):
@@ -129,14 +142,15 @@ class StreamOptions(BaseModel):
 
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
-    model: str | None = None
+    model: Text | None = None
     messages: list[ChatMessage] = Field(min_length=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    n: int | None = Field(default=None, ge=1, le=1, description="Only one choice is generated.")
-    stream: bool = False
+    # strict: `true` is not 1, "0.5" is not a number (OpenAI's API refuses them too)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, strict=True)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, strict=True)
+    max_tokens: int | None = Field(default=None, ge=1, strict=True)
+    max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
+    n: int | None = Field(default=None, ge=1, le=1, strict=True, description="Only one choice is generated.")
+    stream: bool = Field(default=False, strict=True)
     stream_options: StreamOptions | None = None
 
 

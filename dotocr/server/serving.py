@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import socket
 import sys
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 import uvicorn
 
 from .app import create_app
+from .connections import AcceptErrorLog, ConnectionTable, protocol_class
 from .limits import ServerLimits
 
 
@@ -58,10 +60,34 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(app: Any, *, log_level: str = "info", log_config: Any = uvicorn.config.LOGGING_CONFIG,
-                **config: Any) -> uvicorn.Server:
-    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, log_config=log_config,
-                                         timeout_keep_alive=5, **config))
+def make_server(app: Any, *, limits: ServerLimits, log_level: str = "info",
+                log_config: Any = uvicorn.config.LOGGING_CONFIG, **config: Any) -> uvicorn.Server:
+    """uvicorn with our connection guard (header deadline, connection cap, lingering close)."""
+    table = ConnectionTable(limits.max_connections, limits.header_timeout_s,
+                            linger_bytes=limits.body_limit("/v1/chat/completions"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, log_config=log_config,
+                                           http=protocol_class(table), timeout_keep_alive=5, **config))
+    server.connection_table = table  # type: ignore[attr-defined]
+    return server
+
+
+async def serve(server: uvicorn.Server, sock: socket.socket) -> None:
+    """Run `server` on `sock`; accept errors for lack of descriptors are logged once a minute, not per try."""
+    asyncio.get_running_loop().set_exception_handler(AcceptErrorLog())
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, QueryRedactor) for f in access.filters):
+        access.addFilter(QueryRedactor())
+    await server.serve(sockets=[sock])
+
+
+class QueryRedactor(logging.Filter):
+    """The access log shows the path without its query: a token someone put there must not land in a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].split("?", 1)[0] + "?...", *args[3:])
+        return True
 
 
 class BackgroundServer:
@@ -99,13 +125,13 @@ def start_background_server(engine: Any, port: int, *, host: str = "127.0.0.1", 
                                "give an API token.")
     sock = bind_socket(host, port)
     bound_port = sock.getsockname()[1]
-    app = create_app(engine, api_token=api_token, limits=limits or ServerLimits(),
-                     load_on_start=load_on_start)
-    server = make_server(app, log_level="warning", log_config=None)
+    limits = limits or ServerLimits()
+    app = create_app(engine, api_token=api_token, limits=limits, load_on_start=load_on_start, host=host)
+    server = make_server(app, limits=limits, log_level="warning", log_config=None)
 
     def run() -> None:
         with contextlib.suppress(SystemExit):  # uvicorn exits this way when startup fails
-            asyncio.run(server.serve(sockets=[sock]))
+            asyncio.run(serve(server, sock))
 
     thread = threading.Thread(target=run, name=f"dotocr-serve-{bound_port}", daemon=True)
     thread.start()

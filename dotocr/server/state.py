@@ -3,28 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 from anyio import to_thread
 from PIL import Image
+from starlette.types import Receive
 
 from dotocr import __version__
 from dotocr.engine import OCRResult, Status, load_image
 from dotocr.errors import DotOCRError
 
-from .errors import busy_error, engine_error, loading_error, timeout_error
+from .errors import ApiError, busy_error, engine_error, loading_error, timeout_error
 from .gate import GateFull, GateTimeout, GenerationGate, StopGeneration, Ticket
-from .limits import ServerLimits
-from .memory import PixelBudget
+from .limits import MIB, ServerLimits
 from .pacing import Pacing
 from .schemas import Health
-from .uploads import check_image_bytes
+from .uploads import inspect_image_bytes
 
 log = logging.getLogger("dotocr.server")
+T = TypeVar("T")
 
 BYTES_NAME = "The image data"
 """How `load_image` names bytes in its messages."""
@@ -36,8 +38,8 @@ class ServerState:
         self.limits = limits
         self.load_on_start = load_on_start
         self.gate = GenerationGate(limits.max_waiting)
+        self.budget = MemoryBudget(limits.max_decoded_bytes)
         self.pacing = Pacing(limits.retry_after_s)
-        self.pixels = PixelBudget()
         self.loading = False
         self._loader: threading.Thread | None = None
 
@@ -97,7 +99,7 @@ class ServerState:
     # -- requests -----------------------------------------------------------------------------------
 
     def admit(self) -> Ticket:
-        """A place in line for one generation, or 503 busy at once."""
+        """A place in line for one generation, or 503 busy at once. Taken once the request body is in."""
         self.check_ready()
         try:
             ticket = self.gate.admit(self.limits.request_timeout_s)
@@ -106,16 +108,36 @@ class ServerState:
         self.pacing.admitted()
         return ticket
 
-    def hold_pixels(self, pixels: int) -> Callable[[], None]:
-        """Reserve room for a decoded image in the waiting room (see memory.py), or 503 busy; returns the release."""
-        release = self.pixels.reserve(pixels)
-        if release is None:
-            raise busy_error(self.pacing.refused(self.gate.admitted)) from None
-        return release
+    def hold(self, ticket: Ticket, cost: int) -> None:
+        """Reserve `cost` bytes of the decoded-image budget until the ticket is given back, or 503 busy."""
+        if not self.budget.reserve(cost):
+            raise ApiError(503, "The server is holding as many decoded images as its memory limit allows; try "
+                           "again in a few seconds.", "busy",
+                           {"Retry-After": str(self.pacing.refused(self.gate.admitted))})
+        ticket.on_return(lambda: self.budget.release(cost))
 
-    async def decode(self, data: bytes, what: str) -> Image.Image:
-        """Turn uploaded bytes into an image off the event loop; 415/400 before the request queues."""
-        check_image_bytes(data, what)
+    def precheck(self) -> ApiError | None:
+        """Before a work request's body is read: 503 when it could not be served anyway."""
+        try:
+            self.check_ready()
+        except ApiError as exc:
+            return exc
+        return busy_error(self.pacing.refused(self.gate.admitted)) if self.gate.full else None
+
+    async def decode(self, ticket: Ticket, data: bytes, what: str) -> Image.Image:
+        """Turn uploaded bytes into an image off the event loop, within the memory budget; 415/400/503.
+
+        The header is read first (on a worker thread: even a header can be slow to parse) and the decoded
+        size reserved from the budget before any pixel is decoded; the reservation lasts until the ticket
+        is given back, so images waiting in line count too.
+        """
+        size, mode = await to_thread.run_sync(inspect_image_bytes, data, what)
+        cost = decoded_cost(size, mode)
+        if cost > self.budget.capacity:
+            raise ApiError(400, f"{what} is {size[0]} x {size[1]} pixels, about {cost // MIB} MiB once decoded, "
+                           f"more than this server holds ({self.budget.capacity // MIB} MiB); scale it down.",
+                           "invalid_image")
+        self.hold(ticket, cost)
         try:
             return await to_thread.run_sync(load_image, data)
         except DotOCRError as exc:
@@ -128,6 +150,11 @@ class ServerState:
         """The request's token cap, never above the server's setting (the official parser asks for 16k)."""
         return min(requested or self.max_new_tokens, self.max_new_tokens)
 
+    def _stopped(self, ticket: Ticket) -> ApiError:
+        if ticket.expired:
+            return timeout_error(self.limits.request_timeout_s)
+        return ApiError(499, "The client closed the connection; the generation was stopped.", "cancelled")
+
     def _timed(self, call: Callable[[], OCRResult]) -> OCRResult:
         """Run one generation and remember how long a finished one took (for Retry-After)."""
         started = time.monotonic()
@@ -135,35 +162,43 @@ class ServerState:
         self.pacing.finished(time.monotonic() - started)
         return result
 
-    async def run_ocr(self, ticket: Ticket, image: Image.Image, **kwargs: Any) -> OCRResult:
-        """One OCR call in line; its generation stops if the deadline passes or the client leaves."""
+    async def run_ocr(self, ticket: Ticket, receive: Receive, image: Image.Image, **kwargs: Any) -> OCRResult:
+        """One OCR call in line; its generation stops if the deadline passes or the client leaves.
+
+        `receive` is the request's ASGI receive, its body already read: what it says next is that the
+        client has gone.
+        """
         def work() -> OCRResult:
-            return self._timed(lambda: self.engine.ocr(image, on_text=lambda _delta: ticket.check(), **kwargs))
+            return self._timed(lambda: self.engine.ocr(image, should_stop=ticket.should_stop, **kwargs))
 
         try:
-            return await ticket.run(work)
+            result = await self._unless_gone(ticket, receive, ticket.run(work))
         except (GateTimeout, StopGeneration):
-            raise timeout_error(self.limits.request_timeout_s) from None
+            raise self._stopped(ticket) from None
+        if result.stop_reason == "cancelled":
+            raise self._stopped(ticket)
+        return result
 
-    async def stream_ocr(self, ticket: Ticket, image: Image.Image,
+    async def stream_ocr(self, ticket: Ticket, receive: Receive, image: Image.Image,
                          **kwargs: Any) -> Callable[[], AsyncIterator[str | OCRResult]]:
         """Start the generation and wait for its first piece, then hand back the stream of pieces.
 
         Everything that fails before the first piece (no turn before the deadline, the model cannot load,
         the GPU runs out of memory in prefill) is raised here, while the answer can still carry its status.
         The returned iterator yields text deltas and finally the OCRResult; later engine errors are raised
-        from it, a deadline passing raises ApiError(504). Leaving it early stops the generation.
+        from it, a deadline passing raises ApiError(504). Leaving it early stops the generation; so does
+        the client leaving before the first piece (`receive` tells, as in `run_ocr`).
         """
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[Any] = asyncio.Queue()
         finished = object()
 
         def on_text(delta: str) -> None:
-            ticket.check()
             loop.call_soon_threadsafe(pieces.put_nowait, delta)
 
         def work() -> OCRResult:
-            return self._timed(lambda: self.engine.ocr(image, on_text=on_text, **kwargs))
+            return self._timed(lambda: self.engine.ocr(image, on_text=on_text, should_stop=ticket.should_stop,
+                                                       **kwargs))
 
         async def next_piece() -> Any:
             try:
@@ -177,16 +212,23 @@ class ServerState:
 
         def outcome() -> OCRResult:
             try:
-                return future.result()
+                result = future.result()
             except StopGeneration:
-                raise timeout_error(self.limits.request_timeout_s) from None
+                raise self._stopped(ticket) from None
+            if result.stop_reason == "cancelled":
+                raise self._stopped(ticket)
+            return result
 
-        try:
-            future = await ticket.start(work)
-        except GateTimeout:
-            raise timeout_error(self.limits.request_timeout_s) from None
-        future.add_done_callback(lambda _f: pieces.put_nowait(finished))
-        first = await next_piece()
+        async def begin() -> tuple[asyncio.Future[OCRResult], Any]:
+            try:
+                started = await ticket.start(work)
+            except GateTimeout:
+                raise self._stopped(ticket) from None
+            started.add_done_callback(lambda _f: pieces.put_nowait(finished))
+            return started, await next_piece()
+
+        # once the first piece is here, the streaming response listens for the client leaving
+        future, first = await self._unless_gone(ticket, receive, begin())
         if first is finished:
             outcome()  # raises the engine's error, if there was one
 
@@ -202,3 +244,53 @@ class ServerState:
                     ticket.cancelled.set()
 
         return iterate
+
+
+    async def _unless_gone(self, ticket: Ticket, receive: Receive, work: Awaitable[T]) -> T:
+        """`await work`, unless the client leaves first: then the work is cancelled (a waiting request leaves
+        the line at once, a running one stops at the next token) and the answer is the client-gone error."""
+        task = asyncio.ensure_future(work)
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, ticket))
+        try:
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not task.done():
+                ticket.cancelled.set()
+                task.cancel()
+        if task.cancelled() or not task.done():
+            with contextlib.suppress(BaseException):
+                await task
+            raise self._stopped(ticket)
+        return task.result()
+
+
+async def _watch_disconnect(receive: Receive, ticket: Ticket) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    ticket.cancelled.set()
+
+
+class MemoryBudget:
+    """Bytes of decoded images the requests in flight may hold together (used on the event loop only)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+
+    def reserve(self, amount: int) -> bool:
+        if self.used + amount > self.capacity:
+            return False
+        self.used += amount
+        return True
+
+    def release(self, amount: int) -> None:
+        self.used -= amount
+
+
+def decoded_cost(size: tuple[int, int], mode: str) -> int:
+    """Memory an image of `size` and `mode` takes while we hold it: the decoded source, its RGB copy
+    (Pillow keeps 4 bytes a pixel) and the engine's own copy."""
+    width, height = size
+    source = 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+    return width * height * (source + 8)

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from dotocr.engine import declared_png_size
+from dotocr.engine import MAX_INPUT_PIXELS, declared_png_size
 
 from .errors import ApiError
 
@@ -126,18 +126,20 @@ class _PartCollector:
         self.finished = True
 
 
-def check_image_bytes(data: bytes, what: str) -> None:
-    """415 for bytes that are no image format at all, so a queue slot is never spent on them.
+def inspect_image_bytes(data: bytes, what: str) -> tuple[tuple[int, int], str]:
+    """The size and mode the header declares; 415 for bytes that are no image format at all.
 
-    Whether an image that identifies is also complete and of a sane size is the engine's
-    `load_image` question (400 with its sentence).
+    Reads the header only, so a queue slot or a decode is never spent on a non-image, and the decoded
+    size is known before any pixel is decoded. Run it on a worker thread: some headers (a JPEG of millions
+    of markers) take seconds to parse. Whether the image is complete is the engine's `load_image` question.
     """
     if not data:
         raise ApiError(400, f"{what} is empty; send an image file.", "invalid_image")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # load_image refuses those
-            Image.open(io.BytesIO(data)).close()
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused by size below
+            with Image.open(io.BytesIO(data)) as image:
+                size, mode = image.size, image.mode
     except UnidentifiedImageError:
         declared = declared_png_size(data[:32])
         if declared is not None and 0 in declared:
@@ -145,8 +147,16 @@ def check_image_bytes(data: bytes, what: str) -> None:
                            "an image with content.", "invalid_image") from None
         raise ApiError(415, f"{what} is not an image format this server reads; send a PNG, JPEG, WebP, "
                        "BMP, GIF or TIFF.", "unsupported_media_type") from None
-    except Exception:
-        return  # identified but broken or huge: load_image names the problem
+    except Image.DecompressionBombError:
+        raise ApiError(400, f"{what} claims to be larger than the {MAX_INPUT_PIXELS // 1_000_000}-megapixel "
+                       "limit; crop or scale it down.", "invalid_image") from None
+    except Exception:  # identified but broken: let load_image name the problem, at no decoded cost
+        return (0, 0), "L"
+    if size[0] * size[1] > MAX_INPUT_PIXELS:
+        raise ApiError(400, f"{what} is {size[0]} x {size[1]} pixels, larger than the "
+                       f"{MAX_INPUT_PIXELS // 1_000_000}-megapixel limit; crop or scale it down.",
+                       "invalid_image")
+    return size, mode
 
 
 _DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[^;,]*)*)(?P<b64>;base64)?,",

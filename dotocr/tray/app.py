@@ -9,18 +9,28 @@ icon is up, so the tray is there at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-import logging.handlers
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dotocr.config import Settings, SettingsFile, add_engine_arguments, data_dir, overrides_from_args
-from dotocr.tray.controller import Controller, EngineFactory, Services
-from dotocr.tray.icon import IconState, draw_icon, tooltip
+from dotocr import __version__
+from dotocr.config import (
+    Settings,
+    SettingsFile,
+    add_engine_arguments,
+    add_setting_argument,
+    data_dir,
+    overrides_from_args,
+)
+
+if TYPE_CHECKING:  # the tray's own modules are imported by TrayApp: --help and --version answer without them
+    from dotocr.engine import EngineState
+    from dotocr.tray.engine_host import EngineFactory
 
 log = logging.getLogger("dotocr.tray")
 
@@ -33,9 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dotocr-tray",
         description="Tray daemon: press the hotkey, drag over the screen, the text lands on the clipboard.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     add_engine_arguments(parser)
     tray = parser.add_argument_group("tray")
-    tray.add_argument("--hotkey", help="global hotkey for this run, e.g. ctrl+alt+shift+o")
+    add_setting_argument(tray, "hotkey", help="global hotkey for this run, e.g. ctrl+alt+shift+o")
     tray.add_argument("--capture", action="store_true",
                       help="start a capture now; in the running tray if there is one")
     tray.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -69,21 +80,27 @@ class TrayApp:
         import pystray
 
         from dotocr.capture import RegionSelector, enable_dpi_awareness
+        from dotocr.tray.controller import Controller
+        from dotocr.tray.engine_host import STARTING
         from dotocr.tray.history import History
+        from dotocr.tray.icon import draw_icon
         from dotocr.tray.menu import build_menu
         from dotocr.tray.notification import get_notifier
+        from dotocr.tray.services import Services
+        from dotocr.tray.status_words import tooltip
 
         enable_dpi_awareness()  # before any window or mss exists
+        # Tk before the icon's thread starts, never after: Tk's start-up waits on the X server holding the GIL,
+        # and pystray's X11 thread grabs the server while docking, so the two would deadlock (seen under Xvfb).
         self.root = tk.Tk(className="dotocr")
         self.root.withdraw()
         self.selector = RegionSelector(self.root)
         self._icon_lock = threading.Lock()
-        self._shown: tuple[IconState, str] | None = None
+        self._shown: tuple[EngineState, str] | None = None
         self._problems = list(problems)
         self._capture_at_start = capture_at_start
 
-        first = IconState("loading", "starting")
-        self.icon = pystray.Icon("dotocr", draw_icon(first), tooltip(first, settings.hotkey))
+        self.icon = pystray.Icon("dotocr", draw_icon(STARTING), tooltip(STARTING, settings.hotkey))
         hotkey, hotkey_unavailable = _hotkey_backend()
         services = Services(
             clipboard=_clipboard_backend(),
@@ -120,10 +137,16 @@ class TrayApp:
 
         self.instance = InstanceServer()
         if not self.instance.start(lambda message: self.controller.post(self._on_message, message)):
-            # another tray won the race after our first check: hand it the capture and leave
-            send_to_running("capture")
             self.root.destroy()
-            return 0
+            if self.instance.problem is not None:  # no address at all: say why instead of exiting silently
+                log.error("%s", self.instance.problem)
+                return 1
+            # another tray won the race after our first check: hand it the capture and leave
+            if send_to_running("capture"):
+                return 0
+            log.error("Another dotocr-tray holds %s but did not answer; quit it (or end its process) and start "
+                      "again.", self.instance.folder / "instance.lock")
+            return 1
         _start_icon(self.icon)
         self.refresh_icon()
         self.controller.report_settings_problems(self._problems)
@@ -185,18 +208,30 @@ class TrayApp:
 
     def refresh_icon(self) -> None:
         """Redraw icon, tooltip and menu when the state changed; any thread (pystray marshals to its own)."""
-        state = self.controller.icon_state()
+        from dotocr.tray.icon import draw_icon
+        from dotocr.tray.status_words import tooltip
+
+        state = self.controller.state()
         title = tooltip(state, self.controller.settings.hotkey, problem=self.controller.hotkey_error)
         with self._icon_lock:
             if self._shown != (state, title):
-                if self._shown is None or self._shown[0] != state:
+                if self._shown is None or (self._shown[0].status, self._shown[0].progress) != (state.status,
+                                                                                              state.progress):
                     self.icon.icon = draw_icon(state)
-                self.icon.title = title
+                self.icon.title = icon_title(self.icon, title)
                 self._shown = (state, title)
             try:
                 self.icon.update_menu()
             except Exception:
                 log.debug("Menu update failed", exc_info=True)
+
+
+def icon_title(icon: Any, text: str) -> str:
+    """The tooltip as this backend can set it: pystray's X11 backend writes the window name as Latin-1 and
+    raises on anything else (an ellipsis, a non-Latin path in an error), so there those become "?"."""
+    if type(icon).__module__.endswith("_xorg"):
+        return text.encode("latin-1", "replace").decode("latin-1")
+    return text
 
 
 def _hotkey_backend() -> tuple[Any | None, str]:
@@ -276,13 +311,10 @@ def _setup_logging(verbose: bool) -> None:
     handlers: list[logging.Handler] = []
     if sys.stderr is not None:
         handlers.append(logging.StreamHandler())
-    try:
-        folder = data_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.handlers.RotatingFileHandler(folder / "tray.log", maxBytes=1_000_000,
-                                                             backupCount=1, encoding="utf-8"))
-    except OSError:
-        pass
+    from dotocr.storage import private_log_handler
+
+    with contextlib.suppress(OSError):  # the log holds toast bodies, i.e. OCR text: it and its rotation are 0600
+        handlers.append(private_log_handler(data_dir() / "tray.log", max_bytes=1_000_000, backups=1))
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 

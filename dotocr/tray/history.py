@@ -1,26 +1,29 @@
 """The last N OCR results, newest first, kept in <data dir>/history.json.
 
-The file is rewritten atomically (temporary file + os.replace) with 0600 permissions, since it holds
-whatever was on screen. A file we cannot read is moved aside to history.json.bad (then .bad.2, ...),
-never overwritten, and `warning` says so in one sentence.
+The file is rewritten atomically through dotocr.storage with 0600 permissions, since it holds whatever
+was on screen. A file we cannot use (not UTF-8, not our JSON, nested too deeply, wrong types, larger than
+MAX_BYTES) is moved aside to history.json.broken-<time>, never overwritten, the tray starts with an empty
+history, and `warning` says so in one sentence. Only the one running tray writes it (single_instance).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from dotocr.config import data_dir
+from dotocr.storage import FileTooLargeError, move_aside, read_limited, write_atomic
 
 log = logging.getLogger(__name__)
 
 FILE_NAME = "history.json"
 FORMAT_VERSION = 1
+MAX_BYTES = 64_000_000
+"""1000 entries (the largest history_size) of long pages fit; a bigger file is not ours."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class History:
         self.path = Path(path) if path is not None else default_history_path()
         self.size = max(0, int(size))
         self.warning: str | None = None
+        self._broken = False
         self._lock = threading.Lock()
         self._items: list[HistoryEntry] = self._load()[: self.size]
 
@@ -68,11 +72,6 @@ class History:
             self._save()
         return entry
 
-    def clear(self) -> None:
-        with self._lock:
-            self._items = []
-            self._save()
-
     def resize(self, size: int) -> None:
         with self._lock:
             self.size = max(0, int(size))
@@ -82,41 +81,38 @@ class History:
 
     def _load(self) -> list[HistoryEntry]:
         try:
-            raw = self.path.read_text(encoding="utf-8")
+            raw = read_limited(self.path, MAX_BYTES)
         except FileNotFoundError:
             return []
+        except FileTooLargeError:
+            return self._set_aside(f"larger than {MAX_BYTES // 1_000_000} MB")
         except OSError as exc:
-            self._warn(f"The history file {self.path} could not be read ({exc.strerror}); starting empty.")
+            self._warn(f"The history file {self.path} could not be read ({exc.strerror or exc}); starting empty.")
             return []
         try:
-            return _parse(raw)
-        except (ValueError, TypeError, KeyError) as exc:
-            aside = self._move_aside()
-            where = f"moved to {aside}" if aside else "left where it is"
-            self._warn(f"The history file {self.path} was damaged ({exc}) and was {where}; starting empty.")
-            return []
+            return _parse(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            return self._set_aside("not UTF-8 text")
+        except RecursionError:
+            return self._set_aside("nested too deeply")
+        except (ValueError, TypeError, KeyError, OverflowError, MemoryError) as exc:
+            return self._set_aside(str(exc)[:100] or type(exc).__name__)
 
-    def _move_aside(self) -> Path | None:
-        candidate = self.path.with_name(self.path.name + ".bad")
-        number = 2
-        while candidate.exists():
-            candidate = self.path.with_name(f"{self.path.name}.bad.{number}")
-            number += 1
-        try:
-            os.replace(self.path, candidate)
-        except OSError:
-            return None
-        return candidate
+    def _set_aside(self, reason: str) -> list[HistoryEntry]:
+        aside = move_aside(self.path)
+        where = f"was moved to {aside}" if aside else "could not be moved aside and is left where it is"
+        self._warn(f"The history file {self.path} was damaged ({reason}) and {where}; starting with an empty "
+                   "history.")
+        self._broken = aside is None
+        return []
 
     def _save(self) -> None:
+        if self._broken:  # a damaged file we could not move is never overwritten
+            return
         payload = {"version": FORMAT_VERSION, "items": [asdict(e) for e in self._items]}
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(payload, handle, ensure_ascii=False, indent=1)
-            os.replace(tmp, self.path)
+            text = json.dumps(payload, ensure_ascii=False, indent=1)
+            write_atomic(self.path, text.encode("utf-8", "replace"))  # a lone surrogate becomes "?"
         except OSError as exc:
             log.warning("The history could not be saved to %s (%s).", self.path, exc.strerror or exc)
 
@@ -126,6 +122,7 @@ class History:
 
 
 def _parse(raw: str) -> list[HistoryEntry]:
+    """Entries from the file's text; ValueError, TypeError, KeyError or RecursionError when it is not ours."""
     data = json.loads(raw)
     if not isinstance(data, dict) or not isinstance(data.get("items"), list):
         raise ValueError("expected an object with an 'items' list")
@@ -134,6 +131,8 @@ def _parse(raw: str) -> list[HistoryEntry]:
         if not isinstance(item, dict):
             raise ValueError("an item is not an object")
         text, when = item["text"], item["time"]
+        if isinstance(when, int) and not isinstance(when, bool) and abs(when) > 10**12:
+            raise ValueError("an item has an impossible time")
         prompt = item.get("prompt", "text")
         chars = item.get("chars", len(text) if isinstance(text, str) else 0)
         if not isinstance(text, str) or isinstance(when, bool) or not isinstance(when, int | float):

@@ -1,4 +1,4 @@
-"""The tray icon's picture and tooltip for each engine state.
+"""The tray icon's picture for each engine state (the tooltip's words are in status_words.py).
 
 Drawn with PIL at run time so there is no asset to ship and every state (including a download
 percentage) can be shown. A badge in the lower-right corner carries the state; its colour alone
@@ -7,39 +7,26 @@ already tells ready (green), working (blue/amber) and broken (red) apart at 16 p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from PIL import Image, ImageDraw, ImageFont
 
-SIZE = 64
-TOOLTIP_MAX = 127
-"""Windows keeps 128 UTF-16 units of tooltip including the terminator; longer text is cut by us."""
+from dotocr.engine import EngineState, Status
 
-STATUSES = ("unloaded", "downloading", "loading", "ready", "busy", "error")
+SIZE = 64
 
 _BADGE_COLOURS = {
-    "unloaded": (150, 150, 150),
-    "downloading": (230, 150, 20),
-    "loading": (230, 150, 20),
-    "ready": (40, 170, 80),
-    "busy": (40, 110, 220),
-    "error": (210, 40, 40),
+    Status.UNLOADED: (150, 150, 150),
+    Status.DOWNLOADING: (230, 150, 20),
+    Status.LOADING: (230, 150, 20),
+    Status.READY: (40, 170, 80),
+    Status.BUSY: (40, 110, 220),
+    Status.ERROR: (210, 40, 40),
 }
 _PAGE = (245, 245, 245)
 _INK = (60, 60, 60)
 _OUTLINE = (40, 40, 40)
 
 
-@dataclass(frozen=True)
-class IconState:
-    """What the icon shows: the engine status, a progress fraction while downloading, and why."""
-
-    status: str
-    detail: str = ""
-    progress: float | None = None
-
-
-def draw_icon(state: IconState, size: int = SIZE) -> Image.Image:
+def draw_icon(state: EngineState, size: int = SIZE) -> Image.Image:
     """A page with text lines and a state badge; RGBA so the tray background shows around it."""
     scale = size / SIZE
     image = Image.new("RGBA", (size, size), (0, 0, 0, 0))
@@ -53,58 +40,39 @@ def draw_icon(state: IconState, size: int = SIZE) -> Image.Image:
     for y, right in ((14, 42), (24, 38), (34, 42), (44, 30)):
         draw.rectangle(box(14, y, right, y + 4), fill=_INK)
 
-    colour = _BADGE_COLOURS.get(state.status, _BADGE_COLOURS["error"])
+    colour = _BADGE_COLOURS.get(state.status, _BADGE_COLOURS[Status.ERROR])
     badge = box(30, 30, 63, 63)
     draw.ellipse(badge, fill=colour, outline=(255, 255, 255), width=max(1, round(2 * scale)))
     _draw_badge_mark(draw, state, badge, scale)
     return image
 
 
-def _draw_badge_mark(draw: ImageDraw.ImageDraw, state: IconState,
+def _draw_badge_mark(draw: ImageDraw.ImageDraw, state: EngineState,
                      badge: tuple[int, int, int, int], scale: float) -> None:
     x0, y0, x1, y1 = badge
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     white = (255, 255, 255)
     width = max(1, round(4 * scale))
-    if state.status == "ready":
+    if state.status is Status.READY:
         draw.line([(cx - 8 * scale, cy), (cx - 2 * scale, cy + 7 * scale), (cx + 9 * scale, cy - 7 * scale)],
                   fill=white, width=width, joint="curve")
-    elif state.status == "error":
+    elif state.status is Status.ERROR:
         draw.line([(cx, cy - 9 * scale), (cx, cy + 3 * scale)], fill=white, width=width)
         draw.ellipse((cx - 2.5 * scale, cy + 6 * scale, cx + 2.5 * scale, cy + 11 * scale), fill=white)
-    elif state.status == "busy":
+    elif state.status is Status.BUSY:
         for dx in (-8, 0, 8):
             r = 3 * scale
             draw.ellipse((cx + dx * scale - r, cy - r, cx + dx * scale + r, cy + r), fill=white)
-    elif state.status == "downloading" and state.progress is not None:
+    elif state.status is Status.DOWNLOADING and state.progress is not None:
         percent = f"{max(0, min(99, int(state.progress * 100)))}"
         font = ImageFont.load_default(size=max(8, round(15 * scale)))
         draw.text((cx, cy), percent, fill=white, font=font, anchor="mm")
-    elif state.status == "downloading":  # no percentage known yet: a down arrow
+    elif state.status is Status.DOWNLOADING:  # no percentage known yet: a down arrow
         draw.line([(cx, cy - 9 * scale), (cx, cy + 7 * scale)], fill=white, width=width)
         draw.line([(cx - 7 * scale, cy), (cx, cy + 8 * scale), (cx + 7 * scale, cy)], fill=white, width=width)
-    elif state.status == "loading":
+    elif state.status is Status.LOADING:
         inset = 7 * scale
         draw.arc((x0 + inset, y0 + inset, x1 - inset, y1 - inset), start=-60, end=210, fill=white,
                  width=width)
     # unloaded: the grey badge alone says "not in memory"
 
-
-def tooltip(state: IconState, hotkey: str, *, problem: str | None = None) -> str:
-    """One line for the tray tooltip, cut to what Windows shows."""
-    if state.status == "ready":
-        text = f"dotocr: ready, press {hotkey} to capture"
-    elif state.status == "downloading":
-        percent = f" {int(state.progress * 100)}%" if state.progress is not None else ""
-        text = f"dotocr: downloading the model{percent}"
-    elif state.status == "loading":
-        text = "dotocr: loading the model"
-    elif state.status == "busy":
-        text = "dotocr: reading the capture"
-    elif state.status == "unloaded":
-        text = f"dotocr: model not in memory, press {hotkey} to capture"
-    else:
-        text = f"dotocr: {state.detail or 'something went wrong'}"
-    if problem:
-        text = f"{text} ({problem})"
-    return text if len(text) <= TOOLTIP_MAX else text[: TOOLTIP_MAX - 1] + "…"

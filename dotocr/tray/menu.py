@@ -1,4 +1,4 @@
-"""The tray menu, built from the controller's state each time it is shown.
+"""The tray menu, built from the controller's state each time it is shown (labels and checks are callables).
 
 Every action only posts work to the controller's queue (drained on the Tk thread), so pystray's
 thread never touches Tk or blocks on the model. pystray's X11 backend has no menu of its own; there
@@ -11,7 +11,10 @@ import tkinter as tk
 from collections.abc import Callable
 from typing import Any
 
-from dotocr.tray.controller import OUTPUT_CHOICES, PRECISION_CHOICES, Controller
+from dotocr.engine import Status
+from dotocr.tray.choices import OUTPUT_CHOICES, PRECISION_KEYS
+from dotocr.tray.controller import Controller
+from dotocr.tray.engine_host import api_available
 
 
 def _pystray() -> Any:
@@ -31,9 +34,9 @@ def build_menu(controller: Controller, *, on_open_menu: Callable[[], None] | Non
         return lambda _icon, _item: c.post(action, *args)
 
     def precision_item(key: str) -> Any:
-        label, device, _precision = PRECISION_CHOICES[key]
-        return Item(label, post(c.set_precision, key), checked=lambda _i: c.precision_choice() == key,
-                    radio=True, enabled=lambda _i: device != "cuda" or bool(c.cuda_available))
+        return Item(lambda _i: c.precision_label(key), post(c.set_precision, key),
+                    checked=lambda _i: c.precision_choice() == key, radio=True,
+                    enabled=lambda _i: c.precision_enabled(key))
 
     def output_item(key: str) -> Any:
         return Item(OUTPUT_CHOICES[key][0], post(c.set_output, key),
@@ -53,25 +56,25 @@ def build_menu(controller: Controller, *, on_open_menu: Callable[[], None] | Non
         Item(lambda _i: c.status_text(), None, enabled=False),
         Item(lambda _i: f"Hotkey problem: {c.hotkey_error}", None, enabled=False,
              visible=lambda _i: c.hotkey_error is not None),
-        Item("Retry loading the model", post(c.retry_load), visible=lambda _i: c.load_error is not None),
+        Item("Retry loading the model", post(c.retry_load), visible=lambda _i: c.state().status is Status.ERROR),
         Menu.SEPARATOR,
         Item(lambda _i: f"Capture region\t{c.settings.hotkey}", post(c.capture),
              default=on_open_menu is None),
         Item("Repeat last region", post(c.repeat_last_region), enabled=lambda _i: c.last_region is not None),
         Menu.SEPARATOR,
-        Item("Precision", Menu(*(precision_item(key) for key in PRECISION_CHOICES))),
+        Item("Precision", Menu(*(precision_item(key) for key in PRECISION_KEYS))),
         Item("Output", Menu(*(output_item(key) for key in OUTPUT_CHOICES))),
         Item("History", Menu(history_items)),
         Menu.SEPARATOR,
         Item("Start at login", post(c.toggle_autostart), checked=lambda _i: c.autostart_enabled(),
              visible=c.services.autostart is not None),
     ]
-    if c.api_available():
+    if api_available():
         items.append(Item(lambda _i: f"Expose local API (127.0.0.1:{c.settings.api_port})",
                           post(c.toggle_api), checked=lambda _i: c.settings.api_enabled))
     items += [
         Item("Free GPU memory", post(c.free_memory),
-             enabled=lambda _i: getattr(c.engine_state, "status", None) in ("ready", "error")),
+             enabled=lambda _i: c.state().status in (Status.READY, Status.ERROR)),
         Item("Open settings file", post(c.open_settings_file)),
         Item("Reload settings", post(c.reload_settings)),
         Menu.SEPARATOR,

@@ -14,6 +14,9 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from .base import DecodeRequest, OnToken
 
+MIN_SAMPLING_TEMPERATURE = 1e-3
+"""Below this, sampling is greedy decoding in all but name, and dividing the logits by it overflows."""
+
 
 class _PerToken(StoppingCriteria):
     def __init__(self, prompt_length: int, on_token: OnToken) -> None:
@@ -50,7 +53,7 @@ class TorchDecoder:
         device = self.device
         input_ids = torch.tensor([request.prompt_ids], device=device)
         sampling: dict[str, Any] = {"do_sample": False}
-        if request.temperature > 0:
+        if request.temperature >= MIN_SAMPLING_TEMPERATURE:
             sampling = {"do_sample": True, "temperature": request.temperature, "top_p": request.top_p}
         with torch.inference_mode():
             output = self.model.generate(

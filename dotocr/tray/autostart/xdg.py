@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from dotocr.storage import NORMAL_FILE, write_atomic
+
 from .base import APP_ID, AutostartError
 
 # Characters that force an Exec argument into double quotes (Desktop Entry spec, "The Exec key").
@@ -69,11 +71,8 @@ class XdgAutostart:
             "X-GNOME-Autostart-enabled=true",
             "",
         ])
-        tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(content, encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_atomic(self.path, content, mode=NORMAL_FILE)  # holds no secret
         except OSError as exc:
             raise AutostartError(f"Could not write {self.path} ({exc.strerror or exc}).") from None
 

@@ -8,12 +8,20 @@ from .base import Notifier
 from .logging_backend import LoggingNotifier
 from .notify_send import NotifySendNotifier
 from .pystray_backend import PystrayNotifier
-from .text import PREVIEW_CHARS, WINDOWS_TEXT_MAX, WINDOWS_TITLE_MAX, fit_notification, summarize_result
+from .text import (
+    PREVIEW_CHARS,
+    WINDOWS_TEXT_MAX,
+    WINDOWS_TITLE_MAX,
+    error_sentence,
+    fit_notification,
+    preview,
+    summarize_result,
+)
 
 BACKENDS: tuple[type, ...] = (PystrayNotifier, NotifySendNotifier, LoggingNotifier)
 
 __all__ = ["BACKENDS", "PREVIEW_CHARS", "WINDOWS_TEXT_MAX", "WINDOWS_TITLE_MAX", "Notifier",
-           "fit_notification", "get_notifier", "summarize_result"]
+           "error_sentence", "fit_notification", "get_notifier", "preview", "summarize_result"]
 
 
 def get_notifier(icon: Any = None) -> Notifier:

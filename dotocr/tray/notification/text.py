@@ -75,4 +75,19 @@ def summarize_result(text: str, seconds: float) -> tuple[str, str]:
     count = len(text)
     noun = "character" if count == 1 else "characters"
     title = f"Copied {count:,} {noun} \u00b7 {_seconds(seconds)}"
-    return title, truncate(_preview(text), PREVIEW_CHARS)
+    return title, preview(text)
+
+
+def preview(text: str) -> str:
+    """The start of a result as a toast body shows it."""
+    return truncate(_preview(text), PREVIEW_CHARS)
+
+
+def error_sentence(exc: BaseException) -> str:
+    """What a toast says about a failure: a DotOCRError already is one sentence; anything else is a bug,
+    said plainly (its traceback goes to the log)."""
+    from dotocr.errors import DotOCRError
+
+    if isinstance(exc, DotOCRError):
+        return str(exc)
+    return f"Unexpected {type(exc).__name__}: {exc}. The log has the details."

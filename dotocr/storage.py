@@ -1,0 +1,273 @@
+"""Every file dotocr writes goes through here: one atomic writer, one lock, one way to set a broken file aside.
+
+Why one place: a fixed temporary name (`settings.toml.tmp`) lets two of our processes truncate each other's
+half-written file and lets another local user plant a symlink there; a read-modify-write without a lock
+loses one writer's keys. Here a write goes to a fresh temporary file in the target's folder (created
+exclusively, never through a symlink), is flushed to disk, then renamed over the target, so a reader sees
+the old file or the new one, never a partial one. Files that hold secrets or screen text are 0600 and the
+folders we create for them 0700 (on Windows the per-user AppData folders' ACLs do this job).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging.handlers
+import os
+import stat
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+PRIVATE_FILE = 0o600
+PRIVATE_FOLDER = 0o700
+NORMAL_FILE = None
+"""`mode=NORMAL_FILE`: what any new file of this user gets (0666 less the umask), for files that are not secret."""
+LOCK_TIMEOUT_S = 10.0
+
+_IS_WINDOWS = sys.platform == "win32"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_BINARY = getattr(os, "O_BINARY", 0)
+
+
+class FileTooLargeError(OSError):
+    """A file is bigger than what we are willing to read into memory."""
+
+
+class LockTimeoutError(OSError):
+    """Another process held a file's lock for longer than we wait."""
+
+
+def make_private_folder(folder: Path | str) -> Path:
+    """Create `folder` and any missing parents as 0700; folders that already exist are left as they are."""
+    folder = Path(folder)
+    missing: list[Path] = []
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another process made it in between: fine
+            path.mkdir(mode=PRIVATE_FOLDER)
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a folder")
+    return folder
+
+
+def write_atomic(path: Path | str, data: bytes | str, *, mode: int | None = PRIVATE_FILE, overwrite: bool = True,
+                 encoding: str = "utf-8") -> Path:
+    """Replace `path` with `data` in one step; a reader sees the old content or the new, never a mix.
+
+    The temporary file has a unique name in the same folder (tempfile.mkstemp: O_CREAT|O_EXCL, and on
+    POSIX O_NOFOLLOW), so a planted file or symlink is never written through. A symlink at `path` itself
+    is replaced, not followed. With `overwrite=False` an existing `path` is left alone and
+    FileExistsError raised (atomically where the file system has hard links or, on Windows, by rename).
+    """
+    path = Path(path)
+    payload = data.encode(encoding) if isinstance(data, str) else bytes(data)
+    if mode is None:
+        mode = 0o666 & ~_umask()
+    folder = make_private_folder(path.parent)
+    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if hasattr(os, "fchmod"):
+                os.fchmod(handle.fileno(), mode)
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if not hasattr(os, "fchmod"):
+            os.chmod(tmp, mode)
+        if overwrite:
+            _replace(tmp, path)
+        else:
+            _place_new(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _sync_folder(folder)
+    return path
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it where the system allows (Linux's /proc)."""
+    with contextlib.suppress(OSError, ValueError, StopIteration), open("/proc/self/status", encoding="ascii") as status:
+        return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    current = os.umask(0o077)  # elsewhere: set and restore (a file made meanwhile is only more private)
+    os.umask(current)
+    return current
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """os.replace, retried briefly on Windows, where a reader holding the target open blocks the rename."""
+    for attempt in range(20 if _IS_WINDOWS else 1):
+        try:
+            os.replace(tmp, path)
+            return
+        except PermissionError:
+            if not _IS_WINDOWS or attempt == 19:
+                raise
+            time.sleep(0.05)
+
+
+def _place_new(tmp: Path, path: Path) -> None:
+    """Move `tmp` to `path` only if nothing is there yet, without a window in which another file could
+    be replaced."""
+    if _IS_WINDOWS:
+        os.rename(tmp, path)  # Windows' rename never replaces: FileExistsError if the target exists
+        return
+    try:
+        os.link(tmp, path)  # fails with FileExistsError if anything (file, link, folder) has the name
+    except FileExistsError:
+        raise
+    except OSError:  # no hard links here (FAT, some network shares): check, then rename
+        if os.path.lexists(path):
+            raise FileExistsError(17, "File exists", str(path)) from None
+        os.rename(tmp, path)
+        return
+    tmp.unlink()
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); Windows cannot open a folder for fsync, and needs not."""
+    if _IS_WINDOWS:
+        return
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_limited(path: Path | str, max_bytes: int) -> bytes:
+    """The file's bytes, or FileTooLargeError before reading anything when it is over `max_bytes`."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > max_bytes:
+            raise FileTooLargeError(f"{path} is {size:,} bytes, more than the {max_bytes:,} allowed")
+        data = handle.read(max_bytes + 1)  # a file that grew since fstat is still caught
+    if len(data) > max_bytes:
+        raise FileTooLargeError(f"{path} is more than the {max_bytes:,} bytes allowed")
+    return data
+
+
+@contextlib.contextmanager
+def locked(path: Path | str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold the cross-process lock for `path` (a separate `<name>.lock` file beside it) for a
+    read-modify-write. The lock is released by the operating system if the process dies.
+    Raises LockTimeoutError after `timeout` seconds."""
+    path = Path(path)
+    make_private_folder(path.parent)
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _BINARY, PRIVATE_FILE)
+    try:
+        deadline = time.monotonic() + timeout
+        while not _try_lock(fd):
+            if time.monotonic() >= deadline:
+                raise LockTimeoutError(f"{lock_path} stayed locked by another process for {timeout:g} s")
+            time.sleep(0.01)
+        try:
+            yield
+        finally:
+            _unlock(fd)
+    finally:
+        os.close(fd)
+
+
+def hold_lock(path: Path | str) -> int | None:
+    """Take the exclusive lock on `path` without waiting and keep it until the returned descriptor is closed
+    (or the process ends); None when another process holds it. For "only one of us runs" checks."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _BINARY, PRIVATE_FILE)
+    if _try_lock(fd):
+        return fd
+    os.close(fd)
+    return None
+
+
+def _try_lock(fd: int) -> bool:
+    if _IS_WINDOWS:
+        import msvcrt
+
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _unlock(fd: int) -> None:
+    if _IS_WINDOWS:
+        import msvcrt
+
+        os.lseek(fd, 0, os.SEEK_SET)
+        with contextlib.suppress(OSError):
+            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        return
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def move_aside(path: Path | str) -> Path | None:
+    """Rename a damaged file to `<name>.broken-<YYYYmmdd-HHMMSS>` (then -2, -3, ...) so nothing of it is
+    lost and a fresh file can take its place. Never replaces another file. None if it could not be moved."""
+    path = Path(path)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for number in range(1, 1000):
+        candidate = path.with_name(f"{path.name}.broken-{stamp}" + (f"-{number}" if number > 1 else ""))
+        try:
+            if _IS_WINDOWS:
+                os.rename(path, candidate)  # never replaces on Windows
+            else:
+                os.link(path, candidate)  # fails if the name is taken; a rename would replace
+                path.unlink()
+            return candidate
+        except FileExistsError:
+            continue
+        except OSError:
+            return None
+    return None
+
+
+class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A rotating log that only its owner can read: log lines hold OCR text (toasts show it)."""
+
+    def _open(self):  # type: ignore[no-untyped-def]  # logging's own signature
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _BINARY,
+                     PRIVATE_FILE)
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, PRIVATE_FILE)  # a log made 0644 by an older version is closed up too
+        return open(fd, self.mode, encoding=self.encoding, errors=self.errors)  # noqa: SIM115
+
+    def doRollover(self) -> None:  # noqa: N802  # logging's name
+        super().doRollover()
+        _close_up_rotations(self.baseFilename, self.backupCount)
+
+
+def private_log_handler(path: Path | str, max_bytes: int = 1_000_000, backups: int = 1) -> logging.Handler:
+    """The tray's log file: in a 0700 folder, the file and its rotations 0600."""
+    path = Path(path)
+    make_private_folder(path.parent)
+    handler = PrivateRotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    _close_up_rotations(str(path), backups)  # rotations left readable by an older version
+    return handler
+
+
+def _close_up_rotations(base: str, backups: int) -> None:
+    for number in range(1, backups + 1):
+        rotated = f"{base}.{number}"
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.lstat(rotated).st_mode):  # a planted symlink is not followed
+                os.chmod(rotated, PRIVATE_FILE)

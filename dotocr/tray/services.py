@@ -1,0 +1,68 @@
+"""The platform pieces the tray drives (clipboard, toasts, history, hotkey, overlay, ...), in one bundle.
+
+app.py picks the real ones for this OS; display-free unit tests pass fakes. Nothing here holds tray state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+
+from dotocr.tray.choices import CudaFacts
+
+log = logging.getLogger(__name__)
+
+RegionDone = Callable[[Any, "Image.Image | None"], None]
+
+
+class Notifier(Protocol):
+    def notify(self, title: str, text: str) -> None: ...
+
+
+@dataclass
+class Services:
+    clipboard: Any
+    """`copy(text) -> bool` (never writes empty text)."""
+    notifier: Notifier
+    history: Any
+    """`dotocr.tray.history.History`."""
+    autostart: Any | None = None
+    hotkey: Any | None = None
+    """A hotkey backend (`register(hotkey, callback)`, `unregister()`), None where none works."""
+    hotkey_unavailable: str = ""
+    """Why there is no hotkey backend, when `hotkey` is None."""
+    select_region: Callable[[RegionDone], None] | None = None
+    """Opens the overlay on the Tk thread; calls back once with (region, crop) or (None, None)."""
+    cancel_selection: Callable[[], None] | None = None
+    """Closes an open overlay as a cancel (its callback then gets (None, None)); Tk thread."""
+    grab_region: Callable[[Any], Image.Image] | None = None
+    """Grabs a saved region's desktop rectangle again, for "Repeat last region"."""
+    open_file: Callable[[Path], bool] | None = None
+    cuda_probe: Callable[[], CudaFacts] | None = None
+    """What the GPU can do; runs on the loader thread. None: ask PyTorch (engine_host.probe_cuda)."""
+
+
+def open_with_os(path: Path) -> bool:
+    """Open a file with the desktop's default app; False when there is no opener (never raises)."""
+    try:
+        if sys.platform == "win32":
+            os.startfile(path)  # type: ignore[attr-defined]
+            return True
+        opener = "open" if sys.platform == "darwin" else "xdg-open"
+        if shutil.which(opener) is None:
+            return False
+        subprocess.Popen([opener, str(path)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+        return True
+    except OSError as exc:
+        log.warning("Could not open %s: %s", path, exc)
+        return False
