@@ -7,14 +7,10 @@ import os
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 
-def _installed_version() -> str:
-    """The one version of the package: what pyproject.toml says, as installed."""
-    from importlib.metadata import PackageNotFoundError, version
+def __getattr__(name: str) -> str:
+    """`dotocr.__version__`, looked up on first use (see `dotocr.version`)."""
+    if name == "__version__":
+        from dotocr.version import package_version
 
-    try:
-        return version("dotocr")
-    except PackageNotFoundError:  # running from a checkout that was never installed
-        return "0+unknown"
-
-
-__version__ = _installed_version()
+        return package_version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,3 +28,15 @@ class PromptTooLongError(DotOCRError):
 
 class RemoteEngineError(DotOCRError):
     """A remote OpenAI-compatible server could not be reached or answered with an error."""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one short line for a sentence of ours: its first non-empty line, or its type's name.
+
+    Library messages run over many lines (tracebacks, hints); the first says what failed.
+    """
+    for line in str(exc).splitlines():
+        text = " ".join(line.split())
+        if text:
+            return text[:limit]
+    return type(exc).__name__

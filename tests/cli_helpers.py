@@ -4,10 +4,15 @@ image files good and bad, crafted byte by byte where Pillow would refuse to writ
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import struct
 import subprocess
 import sys
+import time
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -28,6 +33,37 @@ def run_dotocr(*args: str, stdin: bytes | None = None, timeout: float = 180,
                           capture_output=True, timeout=timeout, env=full_env, cwd=cwd or REPO)
     return subprocess.CompletedProcess(done.args, done.returncode, done.stdout.decode("utf-8"),
                                        done.stderr.decode("utf-8"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def warm_server(port: int, log_path: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """A real `dotocr-serve` on the tiny checkpoint (CPU, fp32) on `port`, ready; stopped with Ctrl+C after."""
+    from dotocr.cli.server_probe import probe_server
+
+    full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen([sys.executable, "-m", "dotocr.server", "--port", str(port), *TINY_FLAGS[:6]],
+                                  stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 180
+        while (found := probe_server(port)) is None or found.status != "ready":
+            assert server.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "dotocr-serve did not get ready"
+            time.sleep(0.3)
+        yield server
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def text_image(path: Path, size: tuple[int, int], words: str = "Hello 42") -> Path:

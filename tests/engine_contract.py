@@ -89,7 +89,7 @@ class EngineContract:
     def test_a_bbox_alone_means_grounding(self, engine):
         assert engine.ocr(sample_image(), bbox=(10, 5, 120, 40), max_new_tokens=1).prompt == "grounding"
 
-    @pytest.mark.parametrize("bbox", [(500, 500, 900, 900), (50, 40, 10, 45)])
+    @pytest.mark.parametrize("bbox", [(500, 500, 900, 900), (50, 40, 10, 45), (-5, 0, 50, 40)])
     def test_a_box_that_shows_nothing_is_refused(self, engine, bbox):
         with pytest.raises(DotOCRError, match="box") as info:
             engine.ocr(sample_image(200, 60), bbox=bbox, max_new_tokens=1)

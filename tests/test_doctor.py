@@ -9,24 +9,28 @@ from pathlib import Path
 
 import pytest
 
-from dotocr.doctor import (
+from dotocr.cli.doctor import (
     CUDA_WHEEL_INDEX,
     FAIL,
     INFO,
+    MASK,
     OK,
     SAMPLE_LINES,
     WARN,
     dots_checkpoints_in_cache,
     four_bit_roundtrip,
+    masked,
     render_sample,
     torch_build_verdict,
     words_found,
 )
-from tests.cli_helpers import TINY, run_dotocr
+from dotocr.config import Settings
+from dotocr.engine import plan_load
+from tests.cli_helpers import TINY, run_dotocr, text_image
 
-SECTIONS = ["python", "os", "torch", "gpu", "bf16", "bitsandbytes", "transformers", "cache", "model",
+SECTIONS = ["python", "os", "torch", "gpu", "bf16", "plan", "bitsandbytes", "transformers", "cache", "model",
             "settings", "hotkey", "clipboard", "server"]
-TITLES = ["Python", "OS", "torch", "GPU", "bf16", "bitsandbytes", "transformers", "Model cache", "Model",
+TITLES = ["Python", "OS", "torch", "GPU", "bf16", "Device plan", "bitsandbytes", "transformers", "Model cache", "Model",
           "Settings", "Hotkey", "Clipboard", "Server"]
 
 
@@ -82,6 +86,16 @@ def test_four_bit_really_quantizes_and_runs_on_this_cpu():
     assert four_bit_roundtrip("cpu") > 0.95
 
 
+def test_masking_hides_secret_keys_values_in_text_and_url_credentials():
+    secrets = ["sk-live-0123456789"]
+    report = {"settings": {"remote_api_key": "anything", "hotkey": "ctrl+alt+o", "api_token": ""},
+              "generated_tokens": 12, "notes": ["sent sk-live-0123456789 to the server"],
+              "url": "http://me:pass@host:8000/v1"}
+    assert masked(report, secrets) == {
+        "settings": {"remote_api_key": MASK, "hotkey": "ctrl+alt+o", "api_token": ""},
+        "generated_tokens": 12, "notes": [f"sent {MASK} to the server"], "url": f"http://{MASK}@host:8000/v1"}
+
+
 def test_cache_scan_lists_only_dots_checkpoints(tmp_path):
     found = dots_checkpoints_in_cache(fake_hf_cache(tmp_path / "hub"))
     assert [c["repo_id"] for c in found] == ["rednote-hilab/dots.mocr", "rednote-hilab/dots.ocr"]
@@ -130,6 +144,10 @@ def test_json_report_for_bug_reports(tmp_path):
     assert checks["model"]["status"] == OK
     assert "rednote-hilab/dots.ocr: downloaded" in checks["model"]["summary"]
     assert checks["server"]["details"]["port"] == 8765
+    # what `auto` would choose here, and why: the engine's own decision, word for word
+    plan = plan_load(Settings())
+    assert checks["plan"]["status"] == OK and checks["plan"]["details"]["plan"]["reason"] == plan.reason
+    assert checks["plan"]["summary"] == f"auto chooses {plan.precision} on {plan.device} ({plan.reason})"
     # the broken settings file: reported with its place, and left exactly as it was
     check = checks["settings"]
     assert check["status"] == WARN and str(settings) in check["summary"] and "line 2" in check["summary"]
@@ -167,8 +185,81 @@ def test_missing_model_fails_the_model_check_and_the_ocr_check():
     assert "Traceback" not in done.stderr
     lines = done.stdout.splitlines()
     model = [line for line in lines if line[6:20].strip() == "Model"]  # "FAIL  Model         ..."
-    assert len(model) == 1 and model[0].startswith("FAIL") and "no such folder" in model[0]
+    assert len(model) == 1 and model[0].startswith("FAIL")
+    assert "The model folder /nonexistent does not exist" in model[0]  # the engine's own sentence
     ocr = [line for line in lines if "OCR sample" in line]
     assert len(ocr) == 1 and ocr[0].startswith("FAIL") and "could not run" in ocr[0]
     assert "/nonexistent" in ocr[0]
     assert lines[-1].endswith("2 FAIL")
+
+
+# -- the engine's flags and the user's secrets ---------------------------------------------------------------
+
+@pytest.mark.timeout(240)
+def test_device_cuda_without_cuda_fails_with_the_sentence_dotocr_ocr_gives(tmp_path):
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    ocr = run_dotocr("ocr", str(text_image(tmp_path / "small.png", (80, 30))), "--device", "cuda", "--local")
+    assert ocr.returncode == 1 and ocr.stderr.startswith("dotocr: ")
+    sentence = ocr.stderr.strip().removeprefix("dotocr: ")
+    assert "CUDA" in sentence
+    code, report = doctor_json("--device", "cuda")
+    plan = next(c for c in report["checks"] if c["key"] == "plan")
+    assert plan["status"] == FAIL and plan["summary"] == sentence
+    assert code == 1 and report["ok"] is False
+
+
+class RecordingOpenAIServer:
+    """A real HTTP server on loopback that answers GET /v1/models like vLLM, and keeps the headers it got."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        seen = self.authorizations = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                seen.append(self.headers.get("Authorization"))
+                body = b'{"object": "list", "data": [{"id": "model"}]}' if self.path == "/v1/models" else b"{}"
+                self.send_response(200 if self.path == "/v1/models" else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.timeout(300)
+def test_no_report_prints_any_part_of_a_key_or_token(tmp_path):
+    key, token = "sk-q7f3xa9c2ze5b1d", "tk-x4e8qb6d0za2c"
+    server = RecordingOpenAIServer()
+    try:
+        settings = tmp_path / "settings.toml"
+        settings.write_text(f'engine = "remote"\nremote_url = "{server.url}"\nremote_api_key = "{key}"\n',
+                            encoding="utf-8")
+        env = {"DOTOCR_CONFIG": str(settings), "DOTOCR_API_TOKEN": token}
+        plain = run_dotocr("doctor", env=env, timeout=240)
+        code, report = doctor_json(env=env)
+    finally:
+        server.close()
+    # the key was really used: doctor asked the server with it, through the remote engine
+    assert f"Bearer {key}" in server.authorizations
+    checks = {c["key"]: c for c in report["checks"]}
+    assert checks["server"]["status"] == OK and server.url in checks["server"]["summary"]
+    assert checks["settings"]["details"]["settings"]["remote_api_key"] == MASK
+    assert checks["server"]["details"]["api_token_set"] is True
+    text = plain.stdout + plain.stderr + json.dumps(report)
+    for secret in (key, token):
+        for start in range(0, len(secret) - 5):  # no piece of it either: any 6 characters in a row
+            assert secret[start:start + 6] not in text

@@ -1,4 +1,4 @@
-"""The `dotocr` command: `dotocr ocr PATH...` and `dotocr doctor`.
+"""The `dotocr` command: `dotocr ocr PATH...`, `dotocr doctor` and `dotocr convert-gguf MODEL`.
 
 Kept light at import time: torch and transformers load only once a subcommand needs them, so
 `dotocr --help` and usage errors answer at once.
@@ -26,9 +26,13 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_ocr(args, parser)
         if args.command == "doctor":
-            from dotocr.doctor import run_doctor
+            from dotocr.cli.doctor import run_doctor
 
             return run_doctor(args, parser)
+        if args.command == "convert-gguf":
+            from dotocr.cli.convert_command import run_convert
+
+            return run_convert(args)
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

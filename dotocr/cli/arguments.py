@@ -5,27 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dotocr import __version__
 from dotocr.config import add_engine_arguments, add_setting_argument
+from dotocr.version import VersionAction
 
-Box = tuple[int, int, int, int]
 
+def parse_bbox(text: str) -> tuple[float, float, float, float]:
+    """`X1,Y1,X2,Y2` in input-image pixels: the box the grounding prompt reads, by the engine's box rule."""
+    from dotocr.engine import parse_box  # here: `dotocr --help` must not pay for the engine's imports
+    from dotocr.errors import DotOCRError
 
-def parse_bbox(text: str) -> Box:
-    """`X1,Y1,X2,Y2` in input-image pixels: the box the grounding prompt reads."""
-    parts = [p.strip() for p in text.replace(" ", ",").split(",") if p.strip()]
-    if len(parts) != 4:
-        raise argparse.ArgumentTypeError(f"{text!r} is not four numbers X1,Y1,X2,Y2")
     try:
-        values = [round(float(p)) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not four numbers X1,Y1,X2,Y2") from None
-    x1, y1, x2, y2 = values
-    if min(values) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: coordinates cannot be negative")
-    if x2 <= x1 or y2 <= y1:
-        raise argparse.ArgumentTypeError(f"{text!r}: X2 must be greater than X1 and Y2 greater than Y1")
-    return (x1, y1, x2, y2)
+        return parse_box(text)
+    except DotOCRError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_pages(text: str) -> list[int]:
@@ -69,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Local OCR on the dots.ocr model.",
         epilog="Run `dotocr COMMAND --help` for a command's options.",
     )
-    parser.add_argument("--version", action="version", version=f"dotocr {__version__}")
+    parser.add_argument("--version", action=VersionAction)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     ocr = commands.add_parser(
@@ -119,4 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --ocr: load the model here even if a dotocr server is running")
     doctor.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")
     add_engine_arguments(doctor)
+
+    convert = commands.add_parser(
+        "convert-gguf", help="write the model's text decoder as a GGUF file for llama.cpp or Ollama",
+        description="Write the decoder of a dots.ocr checkpoint as a llama.cpp GGUF (architecture qwen2, "
+                    "tokenizer included), once: later runs reuse the cached file. The vision tower is not "
+                    "included. Prints the file's path.",
+        epilog="Exit status: 0 written (or already there), 1 failed, 2 bad usage.")
+    convert.add_argument("model", metavar="MODEL", help="checkpoint folder or Hugging Face repo id")
+    convert.add_argument("--quant", default="q8_0", metavar="TYPE",
+                         help="f32, f16, q8_0 (default) or q4_k_m; q8_0 and q4_k_m are quantised by llama.cpp "
+                              "itself and need llama-cpp-python")
+    convert.add_argument("--output", type=Path, metavar="PATH",
+                         help="also copy the file to PATH (a file name, or a folder to put it in)")
+    convert.add_argument("-v", "--verbose", action="store_true", help="log what the conversion does")
     return parser

@@ -11,8 +11,8 @@ from typing import Any
 
 from dotocr.cli.server_probe import RunningServer, probe_server
 from dotocr.config import Settings
+from dotocr.engine import LOADING_STATUSES
 
-LOADING_STATES = ("loading", "downloading", "starting")
 SERVER_WAIT_S = 900.0
 """How long to wait for a running server that is still loading (a first download can be slow)."""
 
@@ -46,11 +46,11 @@ def find_ready_server(settings: Settings, notice: Callable[[str], None],
         notice(f"a dotocr server at {server.base_url} runs {server.model}, not {settings.model}; "
                "loading the model here")
         return None
-    if server.status in LOADING_STATES:
+    if server.status in LOADING_STATUSES:
         notice(f"the dotocr server at {server.base_url} is still loading its model; waiting for it "
                "(pass --local to load the model here instead)")
         deadline = time.monotonic() + wait_s
-        while server is not None and server.status in LOADING_STATES and time.monotonic() < deadline:
+        while server is not None and server.status in LOADING_STATUSES and time.monotonic() < deadline:
             time.sleep(0.5)
             server = probe_server(settings.api_port, timeout=2.0)
         if server is None or not server.verified:

@@ -17,6 +17,7 @@ from ..config import Settings
 from ..errors import DotOCRError
 from .addresses import is_loopback_url
 from .base import Engine
+from .boxes import Box, check_box, parse_box
 from .documents import (
     DEFAULT_DPI,
     MAX_PAGE_PIXELS,
@@ -27,14 +28,24 @@ from .documents import (
     is_pdf,
     parse_page_ranges,
 )
+from .gguf_export import GGUF_TYPES, convert_gguf
 from .images import MAX_INPUT_PIXELS, ImageInput, declared_png_size, load_image
-from .inference import DotOCRInference
 from .layout import FURNITURE, PICTURE_MODES, cells_to_markdown, picture_markdown
+from .loading import (
+    CheckpointInfo,
+    LoadPlan,
+    PrecisionError,
+    cpu_prefers_bf16,
+    describe_checkpoint,
+    describe_cuda,
+    plan_load,
+)
 from .prompts import IMAGE_PLACEHOLDER, PROMPT_MODES, instruction_for, resolve_prompt, strip_image_placeholder
 from .results import OCRResult
-from .status import EngineState, Status
+from .status import LOADING_STATUSES, EngineState, Status
 
 _LAZY = {
+    "DotOCRInference": ".inference",  # not needed by a front end that talks to a server: `dotocr ocr` when warm
     "DotsOCRConfig": ".configuration_dots",
     "DotsVisionConfig": ".configuration_dots",
     "DotsOCRForCausalLM": ".modeling_dots_ocr",
@@ -49,6 +60,8 @@ def make_engine(settings: Settings, *, on_state: Callable[[EngineState], None] |
         from .remote import RemoteEngine
 
         return RemoteEngine(settings, on_state=on_state, **kwargs)
+    from .inference import DotOCRInference
+
     return DotOCRInference(settings, on_state=on_state, **kwargs)
 
 
@@ -60,9 +73,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DEFAULT_DPI", "FURNITURE", "IMAGE_PLACEHOLDER", "MAX_INPUT_PIXELS", "MAX_PAGE_PIXELS", "PICTURE_MODES",
-           "PROMPT_MODES", "DocumentError", "DotOCRError", "DotOCRInference", "DotsOCRConfig", "DotsOCRForCausalLM",
-           "DotsVisionConfig", "Engine", "EngineState", "ImageInput", "OCRResult", "Page", "PdfDocument",
-           "RemoteEngine", "Status", "cells_to_markdown", "check_dpi", "declared_png_size", "instruction_for",
-           "is_loopback_url", "is_pdf", "load_image", "make_engine", "parse_page_ranges", "picture_markdown",
-           "resolve_prompt", "strip_image_placeholder"]
+__all__ = ["DEFAULT_DPI", "FURNITURE", "GGUF_TYPES", "IMAGE_PLACEHOLDER", "LOADING_STATUSES", "MAX_INPUT_PIXELS",
+           "MAX_PAGE_PIXELS", "PICTURE_MODES", "PROMPT_MODES", "Box", "CheckpointInfo", "DocumentError", "DotOCRError",
+           "DotOCRInference", "DotsOCRConfig", "DotsOCRForCausalLM", "DotsVisionConfig", "Engine", "EngineState",
+           "ImageInput", "LoadPlan", "OCRResult", "Page", "PdfDocument", "PrecisionError", "RemoteEngine", "Status",
+           "cells_to_markdown", "check_box", "check_dpi", "convert_gguf", "cpu_prefers_bf16", "declared_png_size",
+           "describe_checkpoint", "describe_cuda", "instruction_for", "is_loopback_url", "is_pdf", "load_image",
+           "make_engine", "parse_box", "parse_page_ranges", "picture_markdown", "plan_load", "resolve_prompt",
+           "strip_image_placeholder"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig, Qwen2Config
 
+from dotocr.vision_grid import MERGE_SIZE, PATCH_SIZE
+
 
 @strict
 class DotsVisionConfig(PreTrainedConfig):
@@ -25,8 +27,8 @@ class DotsVisionConfig(PreTrainedConfig):
     num_hidden_layers: int = 42
     num_attention_heads: int = 12
     num_channels: int = 3
-    patch_size: int = 14
-    spatial_merge_size: int = 2
+    patch_size: int = PATCH_SIZE
+    spatial_merge_size: int = MERGE_SIZE
     temporal_patch_size: int = 1
     rms_norm_eps: float = 1e-5
     use_bias: bool = False

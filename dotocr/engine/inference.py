@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
-from ..errors import DotOCRError, ModelUnavailableError, OutOfMemoryError, PromptTooLongError
+from ..errors import DotOCRError, ModelUnavailableError, OutOfMemoryError, PromptTooLongError, one_line
+from ..vision_grid import IMAGE_FACTOR
 from .base import Engine
 from .decoders.base import DecodeRequest
 from .generation import TokenPipeline
@@ -118,7 +119,7 @@ class DotOCRInference(Engine):
                     f"The GPU has too little free memory to load the model in {precision}; close other GPU "
                     "programs or choose a smaller precision (4bit) or the CPU.")
             else:  # anything else from transformers/safetensors: make it one sentence
-                error = ModelUnavailableError(f"Loading the model {settings.model} failed: {_one_line(exc)}")
+                error = ModelUnavailableError(f"Loading the model {settings.model} failed: {one_line(exc)}")
             self._set_state(Status.ERROR, str(error))
             raise error from None
         self._set_ready()
@@ -186,7 +187,7 @@ class DotOCRInference(Engine):
                     f"The GPU ran out of memory while reading; lower --max-image-size (now {_cap_text(max_size)}) or "
                     "switch to 4-bit or the CPU.") from None
         longest = max(loaded.preparer.plan(picture.width, picture.height, max_size).size)
-        smaller = max(28, int(longest * OOM_RETRY_SCALE))
+        smaller = max(IMAGE_FACTOR, int(longest * OOM_RETRY_SCALE))
         log.warning("CUDA out of memory; retrying once at %d px", smaller)
         try:
             return self._run(loaded, picture, started, smaller, pipelines, **kwargs)
@@ -284,8 +285,3 @@ def _free_memory() -> None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

@@ -40,6 +40,9 @@ from typing import Any
 from PIL import Image
 
 from dotocr.errors import DotOCRError, ModelUnavailableError
+from dotocr.vision_grid import MERGE_SIZE, PATCH_SIZE
+
+from .boxes import check_box
 
 MAX_ASPECT_RATIO = 200
 """The longest side over the shortest that `smart_resize` accepts; longer strips are padded to it."""
@@ -48,9 +51,9 @@ MAX_ASPECT_RATIO = 200
 DOTS_PREPROCESSOR_CONFIG: dict[str, Any] = {
     "min_pixels": 3136,
     "max_pixels": 11289600,
-    "patch_size": 14,
+    "patch_size": PATCH_SIZE,
     "temporal_patch_size": 1,
-    "merge_size": 2,
+    "merge_size": MERGE_SIZE,
     "image_mean": [0.48145466, 0.4578275, 0.40821073],
     "image_std": [0.26862954, 0.26130258, 0.27577711],
 }
@@ -58,10 +61,6 @@ _PROCESSOR_KEYS = (
     "min_pixels", "max_pixels", "patch_size", "temporal_patch_size", "merge_size", "image_mean",
     "image_std", "do_rescale", "rescale_factor", "do_normalize", "do_convert_rgb",
 )
-
-
-def _box_text(box: tuple[float, float, float, float]) -> str:
-    return "(" + ", ".join(f"{v:g}" for v in box) + ")"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -96,13 +95,11 @@ class PreparedImage:
 
     def box_to_model(self, box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
         """A box (x1, y1, x2, y2) in input pixels as a box in model pixels; one that shows nothing is refused."""
-        x1, y1, x2, y2 = box
+        x1, y1, x2, y2 = check_box(box)
         width, height = self.original_size
-        if not (x1 < x2 and y1 < y2):
-            raise DotOCRError(f"The box {_box_text(box)} is empty: x2 must exceed x1 and y2 exceed y1.")
-        if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
-            raise DotOCRError(f"The box {_box_text(box)} lies outside the {width} x {height} image; "
-                              "give a box in the image's pixels.")
+        if x1 >= width or y1 >= height:
+            raise DotOCRError(f"The box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside the {width} x {height} "
+                              "image; give a box in the image's pixels.")
         (mx1, my1), (mx2, my2) = self.to_model(x1, y1), self.to_model(x2, y2)
         return round(mx1), round(my1), round(mx2), round(my2)
 

@@ -12,12 +12,13 @@ Prompt layout (the checkpoint's chat template for one user turn with one image, 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 from dotocr.config import PROMPT_MODES
 from dotocr.errors import DotOCRError, ModelUnavailableError
+
+from .boxes import four_numbers
 
 __all__ = ["PROMPT_MODES", "build_prompt", "encode_prompt", "instruction_for", "resolve_prompt",
            "strip_image_placeholder"]
@@ -105,15 +106,8 @@ def format_bbox(bbox: Sequence[float] | None) -> str:
     """A box as "[x1, y1, x2, y2]" in whole pixels, corners sorted so x1 <= x2 and y1 <= y2."""
     if bbox is None:
         raise DotOCRError("The grounding prompt needs a bounding box; pass x1, y1, x2, y2 in image pixels.")
-    values = list(bbox)
-    if len(values) != 4 or not all(_is_finite_number(v) for v in values):
-        raise DotOCRError(f"A bounding box is four numbers x1, y1, x2, y2, not {bbox!r}; pass four numbers.")
-    x1, y1, x2, y2 = (round(float(v)) for v in values)
+    x1, y1, x2, y2 = (round(v) for v in four_numbers(bbox))
     return str([min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)])
-
-
-def _is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def strip_image_placeholder(text: str) -> str:

@@ -13,10 +13,12 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ApiError, busy_error, error_body, send_json
+if TYPE_CHECKING:
+    from .errors import ApiError
 
 MIB = 1024 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024
@@ -110,6 +112,9 @@ class BodyGuardMiddleware:
         """Work-route bodies being read now."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from .errors import busy_error, error_body, send_json  # here, not at the top: `dotocr-serve --help` reads the
+        # defaults above and must not pay for the web framework the error bodies need
+
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -13,8 +13,8 @@ import logging
 import os
 import sys
 
-from dotocr import __version__
 from dotocr.config import SettingsFile, add_engine_arguments, port_number, settings_from_args
+from dotocr.version import VersionAction
 
 TOKEN_ENV = "DOTOCR_API_TOKEN"
 MIB = 1024 * 1024
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dotocr-serve", description="Serve the dots.ocr model over HTTP: POST /ocr (multipart upload) "
         "and an OpenAI-compatible /v1/chat/completions.")
-    parser.add_argument("--version", action="version", version=f"dotocr-serve {__version__}")
+    parser.add_argument("--version", action=VersionAction)
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1: this machine only; anything else "
                         "needs --api-token)")

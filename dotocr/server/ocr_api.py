@@ -7,7 +7,6 @@ with one result object per page, in page order.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from anyio import to_thread
@@ -15,7 +14,16 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from dotocr.config import OUTPUT_FORMATS, PROMPT_MODES
-from dotocr.engine import DEFAULT_DPI, MAX_PAGE_PIXELS, PdfDocument, check_dpi, is_pdf, parse_page_ranges
+from dotocr.engine import (
+    DEFAULT_DPI,
+    MAX_PAGE_PIXELS,
+    Box,
+    PdfDocument,
+    check_dpi,
+    is_pdf,
+    parse_box,
+    parse_page_ranges,
+)
 from dotocr.errors import DotOCRError
 
 from .errors import ApiError, engine_error
@@ -144,18 +152,11 @@ def _ocr_options(form: Form, server: ServerState) -> dict[str, Any]:
             "max_new_tokens": server.clamp_tokens(_parse_tokens(fields.get("max_new_tokens")))}
 
 
-def _parse_bbox(text: str) -> tuple[float, float, float, float]:
+def _parse_bbox(text: str) -> Box:
     try:
-        values = [float(part) for part in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 4 or not all(math.isfinite(v) and v >= 0 for v in values):
-        raise ApiError(400, f"bbox={text!r} must be four numbers x1,y1,x2,y2 (image pixels, not negative).",
-                       "invalid_form")
-    x1, y1, x2, y2 = values
-    if x2 <= x1 or y2 <= y1:
-        raise ApiError(400, f"bbox={text!r} must have x2 > x1 and y2 > y1.", "invalid_form")
-    return x1, y1, x2, y2
+        return parse_box(text, shown=f"bbox={text!r}")  # the engine's one box rule
+    except DotOCRError as exc:
+        raise ApiError(400, str(exc), "invalid_form") from None
 
 
 def _parse_tokens(text: str | None) -> int | None:

@@ -18,7 +18,6 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from dotocr import __version__
 from dotocr.config import (
     Settings,
     SettingsFile,
@@ -27,6 +26,7 @@ from dotocr.config import (
     data_dir,
     overrides_from_args,
 )
+from dotocr.version import VersionAction
 
 if TYPE_CHECKING:  # the tray's own modules are imported by TrayApp: --help and --version answer without them
     from dotocr.engine import EngineState
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dotocr-tray",
         description="Tray daemon: press the hotkey, drag over the screen, the text lands on the clipboard.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action=VersionAction)
     add_engine_arguments(parser)
     tray = parser.add_argument_group("tray")
     add_setting_argument(tray, "hotkey", help="global hotkey for this run, e.g. ctrl+alt+shift+o")

@@ -3,6 +3,11 @@
 Each check is a small function returning a `Check`; one that crashes becomes a FAIL line naming the
 crash rather than ending the report, since a broken install is exactly when doctor must still run.
 Nothing here downloads, registers a hotkey, or touches the clipboard's content.
+
+Doctor asks the engine rather than guessing: the GPU as `describe_cuda` sees it, the device and precision
+`plan_load` would choose (and why), the model by `describe_checkpoint`'s rules, a remote server through the
+remote engine's own `load()`. So doctor and `dotocr ocr` never disagree. Secrets (API keys, tokens) are
+masked in every report, plain or JSON: reports get pasted into bug trackers.
 """
 
 from __future__ import annotations
@@ -23,6 +28,16 @@ from pathlib import Path
 from typing import Any
 
 from dotocr.config import Settings, SettingsError, SettingsFile, data_dir, settings_from_args
+from dotocr.engine import (
+    LoadPlan,
+    PrecisionError,
+    cpu_prefers_bf16,
+    describe_checkpoint,
+    describe_cuda,
+    make_engine,
+    plan_load,
+)
+from dotocr.errors import DotOCRError, one_line
 
 OK, INFO, WARN, FAIL = "ok", "info", "warn", "fail"
 DOTS_REPO_PREFIX = "rednote-hilab/dots."
@@ -33,7 +48,10 @@ SAMPLE_MIN_SHARE = 0.8
 """Share of the sample's words that must come back: the real model reads this clean render exactly;
 the margin only forgives a stray punctuation or case slip."""
 SAMPLE_MAX_NEW_TOKENS = 48
-LOW_VRAM_MB = 2500
+SECRET_SETTINGS = ("remote_api_key",)
+"""Settings whose values are the user's alone: masked in every report, plain and JSON."""
+SECRET_ENV = ("DOTOCR_API_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+MASK = "<set, hidden>"
 
 
 @dataclass
@@ -52,6 +70,27 @@ class Context:
     settings: Settings
     settings_file: SettingsFile
     args: argparse.Namespace
+    _cuda: dict[str, Any] | None = None
+
+    def cuda(self) -> dict[str, Any]:
+        """The engine's own description of the GPU (`describe_cuda`), asked once; no GPU if torch is broken."""
+        if self._cuda is None:
+            try:
+                self._cuda = describe_cuda()
+            except Exception as exc:  # no torch, or a CUDA install that raises: the torch check says which
+                self._cuda = {"built": False, "available": False, "name": None, "total_bytes": 0,
+                              "free_bytes": 0, "bf16": False, "error": one_line(exc)}
+        return self._cuda
+
+    def plan(self) -> LoadPlan:
+        """What loading would choose for these settings; `PrecisionError` when it would refuse."""
+        return plan_load(self.settings, cuda=self.cuda())
+
+    def plan_or_none(self) -> LoadPlan | None:
+        try:
+            return self.plan()
+        except DotOCRError:
+            return None
 
 
 CheckFunction = Callable[[Context], Check]
@@ -93,57 +132,64 @@ def check_torch(ctx: Context) -> Check:
     try:
         import torch
     except ImportError as exc:
-        return Check("torch", "torch", FAIL, f"not importable ({exc})",
+        return Check("torch", "torch", FAIL, f"not importable ({one_line(exc)})",
                      f"Install torch first (with CUDA: pip install torch --index-url {CUDA_WHEEL_INDEX}).")
-    cuda_build = torch.version.cuda
+    cuda = ctx.cuda()
     nvidia_driver = shutil.which("nvidia-smi") is not None
-    status, summary, advice = torch_build_verdict(platform.system(), cuda_build, nvidia_driver)
-    details = {"version": torch.__version__, "cuda_build": cuda_build, "cuda_available": _cuda_available(),
+    status, summary, advice = torch_build_verdict(platform.system(), torch.version.cuda, nvidia_driver)
+    details = {"version": torch.__version__, "cuda_build": torch.version.cuda, "cuda_available": cuda["available"],
                "nvidia_smi": nvidia_driver, "threads": torch.get_num_threads()}
-    if cuda_build and not details["cuda_available"]:
-        status, summary = WARN, f"CUDA {cuda_build} build, but no usable CUDA device"
+    if cuda["built"] and not cuda["available"]:
+        status, summary = WARN, f"CUDA {torch.version.cuda} build, but no usable CUDA device"
         advice = "Check the NVIDIA driver (nvidia-smi) is installed and new enough for this CUDA build."
     return Check("torch", "torch", status, f"{torch.__version__}: {summary}", advice, details)
 
 
 def check_gpu(ctx: Context) -> Check:
-    if not _cuda_available():
-        return Check("gpu", "GPU", INFO, "no CUDA GPU: the model runs on the CPU")
-    import torch
+    cuda = ctx.cuda()
+    if not cuda["available"]:
+        return Check("gpu", "GPU", INFO, "no CUDA GPU: the model runs on the CPU", details=_gpu_details(cuda))
+    summary = (f"{cuda['name']}, {cuda['free_bytes'] / 2**30:.1f} GiB free of {cuda['total_bytes'] / 2**30:.1f} GiB"
+               f", bf16 {'supported' if cuda['bf16'] else 'not supported'}")
+    return Check("gpu", "GPU", OK, summary, details=_gpu_details(cuda))
 
-    devices = []
-    for index in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(index)
-        free, total = torch.cuda.mem_get_info(index)
-        devices.append({"index": index, "name": props.name, "capability": f"{props.major}.{props.minor}",
-                        "total_mb": round(total / 2**20), "free_mb": round(free / 2**20)})
-    first = devices[0]
-    more = f" (+{len(devices) - 1} more)" if len(devices) > 1 else ""
-    free_gib, total_gib = first["free_mb"] / 1024, first["total_mb"] / 1024
-    summary = f"{first['name']}, {free_gib:.1f} GiB free of {total_gib:.1f} GiB{more}"
-    if first["free_mb"] < LOW_VRAM_MB:
-        return Check("gpu", "GPU", WARN, summary,
-                     "Little GPU memory is free: close other GPU programs, or use --precision 4bit or "
-                     "--device cpu.", {"devices": devices})
-    return Check("gpu", "GPU", OK, summary, details={"devices": devices})
+
+def check_plan(ctx: Context) -> Check:
+    """What loading would choose with these settings, and why: the engine's own `plan_load` decides."""
+    settings = ctx.settings
+    if settings.engine == "remote":
+        return Check("plan", "Device plan", INFO, f"the remote engine: the model runs at {settings.remote_url}",
+                     details={"engine": "remote"})
+    details: dict[str, Any] = {"device": settings.device, "precision": settings.precision}
+    try:
+        plan = ctx.plan()
+    except PrecisionError as exc:  # the very sentence `dotocr ocr` stops with
+        return Check("plan", "Device plan", FAIL, str(exc), details=details)
+    details["plan"] = asdict(plan)
+    summary = f"{plan.precision} on {plan.device} ({plan.reason})"
+    if (settings.device, settings.precision) != ("auto", "auto"):
+        try:
+            auto = plan_load(settings.replace(device="auto", precision="auto"), cuda=ctx.cuda())
+        except PrecisionError:  # auto always has a plan; a broken CUDA probe is reported above
+            auto = None
+        if auto is not None:
+            details["auto"] = asdict(auto)
+            summary += f"; auto would choose {auto.precision} on {auto.device}"
+    elif settings.device == "auto":
+        summary = "auto chooses " + summary
+    return Check("plan", "Device plan", OK, summary, details=details)
 
 
 def check_bf16(ctx: Context) -> Check:
-    import torch
-
-    if _cuda_available():
-        supported = bool(torch.cuda.is_bf16_supported())
-        if supported:
+    cuda = ctx.cuda()
+    if cuda["available"]:
+        if cuda["bf16"]:
             return Check("bf16", "bf16", OK, "supported by the GPU", details={"cuda": True})
         return Check("bf16", "bf16", INFO, "not supported by this GPU: fp16 or 4-bit are used instead",
                      details={"cuda": False})
-    try:
-        a = torch.ones(8, 8, dtype=torch.bfloat16)
-        works = bool(((a @ a).float() == 8).all())
-    except RuntimeError:
-        works = False
-    return Check("bf16", "bf16", OK if works else INFO,
-                 "works on the CPU" if works else "not available on this CPU", details={"cpu": works})
+    faster = cpu_prefers_bf16()  # measured once per CPU and remembered, exactly as `auto` decides
+    return Check("bf16", "bf16", OK, f"{'bf16' if faster else 'fp32'} measured faster on this CPU",
+                 details={"cpu_prefers_bf16": faster})
 
 
 def four_bit_roundtrip(device: str) -> float:
@@ -172,20 +218,21 @@ def four_bit_roundtrip(device: str) -> float:
 
 
 def check_bitsandbytes(ctx: Context) -> Check:
-    wants_4bit = ctx.settings.precision == "4bit"
+    plan = ctx.plan_or_none()
+    wants_4bit = ctx.settings.precision == "4bit" or (plan is not None and plan.precision == "4bit")
     missing = FAIL if wants_4bit else WARN
     with _captured_logs("bitsandbytes") as notes:
         try:
             import bitsandbytes as bnb
         except Exception as exc:  # bitsandbytes raises RuntimeError, OSError, ... on a broken install
-            return Check("bitsandbytes", "bitsandbytes", missing, f"not importable ({_one_line(exc)})",
+            return Check("bitsandbytes", "bitsandbytes", missing, f"not importable ({one_line(exc)})",
                          "4-bit needs it: pip install bitsandbytes", {"log": notes})
-        device = "cuda" if _cuda_available() else "cpu"
+        device = "cuda" if ctx.cuda()["available"] else "cpu"
         try:
             similarity = four_bit_roundtrip(device)
         except Exception as exc:  # any failure here means 4-bit is unusable; say how it failed
             return Check("bitsandbytes", "bitsandbytes", missing,
-                         f"{bnb.__version__}, but 4-bit does not work on {device} ({_one_line(exc)})",
+                         f"{bnb.__version__}, but 4-bit does not work on {device} ({one_line(exc)})",
                          "Reinstall it (pip install -U bitsandbytes) or use --precision fp16 / --device cpu.",
                          {"version": bnb.__version__, "device": device, "log": notes})
     details = {"version": bnb.__version__, "device": device, "cosine_similarity": round(similarity, 4),
@@ -203,7 +250,7 @@ def check_transformers(ctx: Context) -> Check:
     try:
         import transformers
     except Exception as exc:
-        return Check("transformers", "transformers", FAIL, f"not importable ({_one_line(exc)})",
+        return Check("transformers", "transformers", FAIL, f"not importable ({one_line(exc)})",
                      "pip install 'transformers>=5,<6'")
     version = transformers.__version__
     major = int(re.match(r"\d+", version).group()) if re.match(r"\d+", version) else 0
@@ -248,48 +295,46 @@ def check_cache(ctx: Context) -> Check:
 
 
 def check_model(ctx: Context) -> Check:
-    """Whether the configured model can be had without surprises: a folder that holds a checkpoint,
-    or a repo id already cached (otherwise the first run downloads it)."""
-    model = ctx.settings.model
-    folder = Path(model).expanduser()
-    if folder.is_dir() or model.startswith((".", "/", "\\", "~")) or re.match(r"^[A-Za-z]:[\\/]", model):
-        return _check_model_folder(model, folder)
-    from huggingface_hub import try_to_load_from_cache
+    """Whether the configured model can be had without surprises, by the engine's own rules: a folder that
+    holds a checkpoint, or a repo id already cached (otherwise the first run downloads it)."""
+    from huggingface_hub.constants import HF_HUB_OFFLINE
 
-    cached = try_to_load_from_cache(model, "config.json")
-    details = {"model": model, "kind": "repo id", "cached": isinstance(cached, str)}
-    if isinstance(cached, str):
-        snapshot = Path(cached).parent
-        details["snapshot"] = str(snapshot)
-        if _has_weights(snapshot):
+    model = ctx.settings.model
+    info = describe_checkpoint(model)
+    details: dict[str, Any] = {"model": model, "kind": info.kind,
+                               "path": str(info.path) if info.path is not None else None}
+    if info.problem:
+        return Check("model", "Model", FAIL, info.problem, details=details)
+    if info.kind == "folder":
+        assert info.path is not None
+        return _check_model_folder(model, info.path, details)
+    if info.path is not None:
+        if _has_weights(info.path):
             return Check("model", "Model", OK, f"{model}: downloaded", details=details)
         return Check("model", "Model", WARN, f"{model}: partly downloaded",
                      "The next start resumes the download; keep the network up until it finishes.", details)
+    if HF_HUB_OFFLINE:
+        return Check("model", "Model", FAIL,
+                     f"{model}: not downloaded, and offline mode (HF_HUB_OFFLINE) is on",
+                     "Download it once online, or pass a local checkpoint folder with --model.", details)
     return Check("model", "Model", INFO,
                  f"{model}: not downloaded yet; the first start downloads it (a few GB)",
                  "Offline? Download it elsewhere and pass --model FOLDER.", details)
 
 
-def _check_model_folder(model: str, folder: Path) -> Check:
-    details: dict[str, Any] = {"model": model, "kind": "folder", "path": str(folder.resolve())}
-    if not folder.is_dir():
-        return Check("model", "Model", FAIL, f"{model}: no such folder",
-                     "Set model to an existing checkpoint folder or a Hugging Face repo id.", details)
-    config_path = folder / "config.json"
+def _check_model_folder(model: str, folder: Path, details: dict[str, Any]) -> Check:
+    """The contents the loader will need, read without loading: a config of the right type and weights."""
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        return Check("model", "Model", FAIL,
-                     f"{model}: config.json is missing or unreadable ({_one_line(exc)})",
-                     "Point --model at the folder that holds config.json and the .safetensors files.",
-                     details)
-    details["model_type"] = config.get("model_type")
+        return Check("model", "Model", FAIL, f"{model}: config.json is unreadable ({one_line(exc)})",
+                     "Point --model at the folder that holds config.json and the .safetensors files.", details)
+    details["model_type"] = config.get("model_type") if isinstance(config, dict) else None
     if not _has_weights(folder):
         return Check("model", "Model", FAIL, f"{model}: no .safetensors weights in the folder",
                      "Copy the checkpoint's model*.safetensors files into it.", details)
-    if config.get("model_type") != "dots_ocr":
-        return Check("model", "Model", WARN,
-                     f"{model}: model_type is {config.get('model_type')!r}, not 'dots_ocr'",
+    if details["model_type"] != "dots_ocr":
+        return Check("model", "Model", WARN, f"{model}: model_type is {details['model_type']!r}, not 'dots_ocr'",
                      "dotocr loads dots.ocr checkpoints only.", details)
     return Check("model", "Model", OK, f"{model}: local checkpoint folder", details=details)
 
@@ -311,17 +356,17 @@ def check_hotkey(ctx: Context) -> Check:
     try:
         from dotocr.tray.hotkey import get_hotkey_backend, parse_hotkey
     except Exception as exc:  # the tray's optional parts may be missing on a server-only install
-        return Check("hotkey", "Hotkey", WARN, f"hotkey support cannot be imported ({_one_line(exc)})")
+        return Check("hotkey", "Hotkey", WARN, f"hotkey support cannot be imported ({one_line(exc)})")
     details: dict[str, Any] = {"hotkey": ctx.settings.hotkey}
     try:
         parse_hotkey(ctx.settings.hotkey)
     except ValueError as exc:
         return Check("hotkey", "Hotkey", FAIL, f"the hotkey setting {ctx.settings.hotkey!r} is invalid",
-                     _one_line(exc), details)
+                     one_line(exc), details)
     try:
         backend = get_hotkey_backend()
     except Exception as exc:  # HotkeyError names the fix; anything else is still a finding
-        return Check("hotkey", "Hotkey", WARN, f"no global hotkey here: {_one_line(exc)}", details=details)
+        return Check("hotkey", "Hotkey", WARN, f"no global hotkey here: {one_line(exc)}", details=details)
     details["backend"] = _backend_name(backend)
     return Check("hotkey", "Hotkey", OK, f"{ctx.settings.hotkey} via {details['backend']}", details=details)
 
@@ -331,11 +376,11 @@ def check_clipboard(ctx: Context) -> Check:
         from dotocr.tray.clipboard import get_clipboard
     except Exception as exc:
         return Check("clipboard", "Clipboard", WARN,
-                     f"clipboard support cannot be imported ({_one_line(exc)})")
+                     f"clipboard support cannot be imported ({one_line(exc)})")
     try:
         clipboard = get_clipboard()
     except Exception as exc:  # a missing xclip/xsel: the message names what to install
-        return Check("clipboard", "Clipboard", WARN, _one_line(exc))
+        return Check("clipboard", "Clipboard", WARN, one_line(exc))
     name = _backend_name(clipboard)
     return Check("clipboard", "Clipboard", OK, name, details={"backend": name})
 
@@ -345,22 +390,25 @@ def check_server(ctx: Context) -> Check:
 
     settings = ctx.settings
     port = settings.api_port
-    server = probe_server(port, timeout=1.0)
-    details: dict[str, Any] = {"port": port, "engine": settings.engine}
+    details: dict[str, Any] = {"port": port, "engine": settings.engine,
+                               "api_token_set": bool(os.environ.get("DOTOCR_API_TOKEN"))}
     if settings.engine == "remote":
         details["remote_url"] = settings.remote_url
-        reachable, note = _remote_models(settings)
-        details["remote"] = note
-        if not reachable:
-            return Check("server", "Server", FAIL,
-                         f"the remote engine at {settings.remote_url} is not usable: {note}",
-                         "Start that server, or set engine = \"local\" in the settings file.",
-                         details)
+        engine = make_engine(settings)  # the remote engine's own check: GET /models with our key, then /health
+        try:
+            engine.load()
+        except DotOCRError as exc:
+            return Check("server", "Server", FAIL, f"the remote engine is not usable: {exc}",
+                         "Start that server, or set engine = \"local\" in the settings file.", details)
+        finally:
+            engine.unload()
+        details["remote"] = {"device": engine.device, "precision": engine.precision}
+        return Check("server", "Server", OK, f"the remote engine at {settings.remote_url} answers "
+                     f"({engine.device}, {engine.precision})", details=details)
+    server = probe_server(port, timeout=1.0)
     if server is None:
-        summary = f"no dotocr server on 127.0.0.1:{port}; `dotocr ocr` loads the model itself"
-        if settings.engine == "remote":
-            summary = f"remote engine at {settings.remote_url} answers"
-        return Check("server", "Server", INFO if settings.engine == "local" else OK, summary, details=details)
+        return Check("server", "Server", INFO,
+                     f"no dotocr server on 127.0.0.1:{port}; `dotocr ocr` loads the model itself", details=details)
     details.update(asdict(server))
     if server.status == "ready":
         return Check("server", "Server", OK,
@@ -408,7 +456,7 @@ def check_ocr(ctx: Context) -> Check:
         result = engine.ocr(render_sample(), prompt="text", output_format="text",
                             max_new_tokens=min(settings.max_new_tokens, SAMPLE_MAX_NEW_TOKENS))
     except DotOCRError as exc:
-        return Check("ocr", "OCR sample", FAIL, f"the model could not run: {_one_line(exc)}",
+        return Check("ocr", "OCR sample", FAIL, f"the model could not run: {one_line(exc)}",
                      details={"model": settings.model, "notes": notes})
     expected = " ".join(SAMPLE_LINES)
     found, missing = words_found(expected, result.text)
@@ -432,25 +480,59 @@ def check_ocr(ctx: Context) -> Check:
 
 
 CHECKS: tuple[CheckFunction, ...] = (
-    check_python, check_os, check_torch, check_gpu, check_bf16, check_bitsandbytes, check_transformers,
-    check_cache, check_model, check_settings, check_hotkey, check_clipboard, check_server,
+    check_python, check_os, check_torch, check_gpu, check_bf16, check_plan, check_bitsandbytes,
+    check_transformers, check_cache, check_model, check_settings, check_hotkey, check_clipboard, check_server,
 )
 
 
 # -- running and reporting ------------------------------------------------------------------------
 
 def run_checks(ctx: Context, checks: tuple[CheckFunction, ...]) -> list[Check]:
+    """Every check's result, secrets masked."""
+    secrets = secret_values(ctx.settings)
     results = []
     for check in checks:
         try:
-            results.append(check(ctx))
+            result = check(ctx)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # a broken install must not stop the report: the crash is the finding
             name = check.__name__.removeprefix("check_")
-            results.append(Check(name, name, FAIL, f"the check itself failed: {type(exc).__name__}: "
-                                 f"{_one_line(exc)}"))
+            result = Check(name, name, FAIL, f"the check itself failed: {type(exc).__name__}: {one_line(exc)}")
+        results.append(Check(result.key, result.title, result.status, masked(result.summary, secrets),
+                             masked(result.advice, secrets), masked(result.details, secrets)))
     return results
+
+
+# -- secrets ----------------------------------------------------------------------------------------------
+
+_SECRET_KEY = re.compile(r"(^|_)(api_key|api_token|token|secret|password)$", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+MIN_SECRET_LENGTH = 4
+"""Shorter values are not searched for in free text (they would blank out ordinary words); keys holding
+them are still masked."""
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """The secrets this run knows: API keys in the settings and tokens in the environment."""
+    values = [str(getattr(settings, name, "") or "") for name in SECRET_SETTINGS]
+    values += [os.environ.get(name, "") for name in SECRET_ENV]
+    return sorted({v for v in values if len(v) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+
+
+def masked(value: Any, secrets: list[str]) -> Any:
+    """`value` with every secret hidden: values under secret-sounding keys, the secrets themselves wherever
+    they appear in text, and credentials inside URLs."""
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, MASK)
+        return _URL_CREDENTIALS.sub(MASK + "@", value)
+    if isinstance(value, dict):
+        return {k: (MASK if value[k] and isinstance(k, str) and _SECRET_KEY.search(k) else masked(value[k], secrets))
+                for k in value}
+    if isinstance(value, (list, tuple)):
+        return [masked(v, secrets) for v in value]
+    return value
 
 
 def run_doctor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -501,15 +583,6 @@ def _counts(results: list[Check]) -> dict[str, int]:
 
 # -- small helpers --------------------------------------------------------------------------------
 
-def _cuda_available() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:  # a broken CUDA install can raise from is_available itself
-        return False
-
-
 def _has_weights(folder: Path) -> bool:
     try:
         return any(p.suffix == ".safetensors" for p in folder.iterdir())
@@ -517,37 +590,14 @@ def _has_weights(folder: Path) -> bool:
         return False
 
 
+def _gpu_details(cuda: dict[str, Any]) -> dict[str, Any]:
+    details = {k: v for k, v in cuda.items() if not k.endswith("_bytes")}
+    details.update(total_mb=round(cuda["total_bytes"] / 2**20), free_mb=round(cuda["free_bytes"] / 2**20))
+    return details
+
+
 def _backend_name(backend: Any) -> str:
     return str(getattr(backend, "name", None) or type(backend).__name__)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
-def _remote_models(settings: Settings) -> tuple[bool, str]:
-    """Ask the remote OpenAI-compatible server for its models: the cheapest proof it is there."""
-    import urllib.error
-    import urllib.request
-
-    from dotocr.engine import is_loopback_url
-
-    request = urllib.request.Request(settings.remote_url.rstrip("/") + "/models")
-    if settings.remote_api_key:
-        request.add_header("Authorization", f"Bearer {settings.remote_api_key}")
-    # no proxy for a server on this machine: it would be handed the key
-    handlers = [urllib.request.ProxyHandler({})] if is_loopback_url(settings.remote_url) else []
-    try:
-        with urllib.request.build_opener(*handlers).open(request, timeout=3.0) as response:
-            data = json.loads(response.read(256 * 1024))
-    except urllib.error.HTTPError as exc:
-        return False, f"HTTP {exc.code} {exc.reason}"
-    except (OSError, ValueError) as exc:
-        return False, _one_line(exc)
-    models = data.get("data", []) if isinstance(data, dict) else []
-    names = [m.get("id") for m in models if isinstance(m, dict)]
-    return True, "models: " + (", ".join(str(n) for n in names) or "none listed")
 
 
 @contextmanager
@@ -557,7 +607,7 @@ def _captured_logs(name: str) -> Iterator[list[str]]:
 
     class Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            records.append(_one_line(Exception(record.getMessage())))
+            records.append(one_line(Exception(record.getMessage())))
 
     logger = logging.getLogger(name)
     handler, propagate = Collect(), logger.propagate
