@@ -80,7 +80,8 @@ class Settings:
     gguf_type: str = setting("", "GGUF weight type for the llama.cpp decoder", choices=GGUF_TYPES,
                              special=("",), special_means="chosen by the precision", flag="--gguf-type",
                              default_text="chosen by the precision")
-    max_image_size: int = setting(1024, "longest image side in pixels", minimum=IMAGE_FACTOR, maximum=8192,
+    max_image_size: int = setting(1024, "cap on the longest image side in pixels", minimum=IMAGE_FACTOR,
+                                  maximum=8192, special=(0,), special_means="no cap beyond dots.ocr's own sizing",
                                   flag="--max-image-size", metavar="PX")
     max_new_tokens: int = setting(4096, "most tokens the model may write per image", minimum=1, maximum=131072,
                                   flag="--max-new-tokens", metavar="N")

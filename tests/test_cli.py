@@ -97,7 +97,7 @@ def test_parse_bbox_accepts_four_numbers_and_rejects_the_rest():
     (["ocr", "x.png", "--prompt", "grounding"], "needs --bbox"),
     (["ocr", "x.png", "--prompt", "text", "--bbox", "1,2,30,40"], "needs --prompt grounding"),
     (["ocr", "x.png", "--format", "pdf"], "invalid choice"),
-    (["ocr", "x.png", "--max-image-size", "10"], "--max-image-size: 10 must be from 28 to 8192"),
+    (["ocr", "x.png", "--max-image-size", "10"], "--max-image-size: 10 must be from 28 to 8192, or 0"),
     (["ocr", "x.png", "--decoder", "vllm"], "invalid choice"),
     (["ocr"], "PATH"),
 ])
@@ -283,7 +283,7 @@ def test_json_contract_one_object_per_image(cli, images):
 
     from dotocr.engine.results import OCRResult
 
-    expected_keys = {f.name for f in fields(OCRResult)} - {"cells"}  # cells only for the layout prompts
+    expected_keys = {f.name for f in fields(OCRResult)} - {"cells", "page", "dpi"}  # layout prompts, PDFs only
     for result, size in zip(results, [(200, 60), (57, 31)], strict=True):
         assert set(result) == expected_keys
         assert (result["width"], result["height"]) == size
@@ -456,7 +456,7 @@ def test_progress_bar_on_a_terminal_never_on_stdout(images):
     os.close(master)
     assert child.returncode == 0, terminal.decode(errors="replace")
     # the bar was drawn (how far it got before it cleared itself depends on timing; tqdm flips slow rates)
-    assert b"/2 [" in terminal and (b"image/s" in terminal or b"s/image" in terminal)
+    assert b"/2 [" in terminal and (b"page/s" in terminal or b"s/page" in terminal)  # one step per image or page
     assert len(json_lines(stdout)) == 2  # stdout holds the two objects and nothing of the bar
 
 

@@ -114,7 +114,9 @@ def test_flag_values_are_checked():
     parser = argparse.ArgumentParser()
     add_engine_arguments(parser)
     with pytest.raises(SystemExit):
-        parser.parse_args(["--max-image-size", "0"])
+        parser.parse_args(["--max-image-size", "10"])
+    assert parser.parse_args(["--max-image-size", "0"]).max_image_size == 0  # 0: no cap
+    assert Settings(max_image_size=0).max_image_size == 0
 
 
 # -- one declaration for validation and flags -----------------------------------------------------------

@@ -83,7 +83,8 @@ def test_salvage_is_fast_on_a_long_broken_answer():
 def test_boxes_map_to_input_pixels():
     preparer = ImagePreparer()
     prepared = preparer.prepare(Image.new("RGB", (2000, 1000), "white"), 1024)
-    scale = prepared.scale
+    sx, sy = prepared.scale
+    assert prepared.image.size == (1008, 504)
     cells = [
         {"bbox": [100, 50, 504, 252], "category": "Text", "text": "a"},
         {"bbox": [1000.7, 10, 2000, 2000], "category": "Text", "text": "clamped"},
@@ -92,13 +93,21 @@ def test_boxes_map_to_input_pixels():
         {"category": "Text", "text": "no box at all"},
     ]
     mapped = map_cells_to_original(cells, prepared)
-    assert mapped[0]["bbox"] == [round(100 / scale), round(50 / scale), 1000, 500]
-    assert mapped[1]["bbox"] == [round(1000.7 / scale), round(10 / scale), 2000, 1000]
-    assert mapped[2]["bbox"] == [round(20 / scale), round(10 / scale), round(60 / scale), round(40 / scale)]
+    assert mapped[0]["bbox"] == [round(100 / sx), round(50 / sy), 1000, 500]
+    assert mapped[1]["bbox"] == [round(1000.7 / sx), round(10 / sy), 2000, 1000]
+    assert mapped[2]["bbox"] == [round(20 / sx), round(10 / sy), round(60 / sx), round(40 / sy)]
     assert "bbox" not in mapped[3] and "bbox" not in mapped[4]
     assert all(isinstance(v, int) for v in mapped[0]["bbox"])
     assert cells[0]["bbox"] == [100, 50, 504, 252]  # the input cells are left alone
     assert [cell["text"] for cell in mapped] == [cell["text"] for cell in cells]
+
+
+def test_boxes_map_back_per_axis_when_the_sides_round_differently():
+    """A 1000 x 1013 image is 1008 x 1008 for the model: x and y scale differently, and both are undone."""
+    prepared = ImagePreparer().prepare(Image.new("RGB", (1000, 1013), "white"), None)
+    assert prepared.image.size == (1008, 1008)
+    mapped = map_cells_to_original([{"bbox": [504, 504, 1008, 1008], "category": "Text", "text": "x"}], prepared)
+    assert mapped[0]["bbox"] == [500, 506, 1000, 1013]
 
 
 def test_markdown_in_reading_order():
@@ -146,3 +155,57 @@ def test_tables_markdown_cannot_hold_stay_html(html):
 def test_span_of_one_is_still_plain():
     html = "<table><tr><td colspan='1'>a</td><td rowspan=\"1\">b</td></tr></table>"
     assert html_table_to_markdown(html) == "| a | b |\n| --- | --- |"
+
+
+@pytest.mark.parametrize("text", ["$a$ and $b$", "where $x$ is \\(y\\)", "$$a$$ then $$b$$"])
+def test_formula_text_with_several_formulas_is_not_wrapped_again(text):
+    assert cells_to_markdown([{"category": "Formula", "text": text}]) == text
+
+
+def test_page_headers_and_footers_can_be_left_out():
+    cells = [{"category": "Page-header", "text": "Annual report 2024"}, *CELLS]
+    full = cells_to_markdown(cells)
+    assert full.startswith("Annual report 2024\n\n") and full.endswith("Page 1")
+    without = cells_to_markdown(cells, furniture=False)
+    assert "Annual report" not in without and "Page 1" not in without
+    assert without == cells_to_markdown([c for c in CELLS if c["category"] != "Page-footer"])
+
+
+def picture_page() -> Image.Image:
+    from PIL import ImageDraw
+
+    page = Image.new("RGB", (600, 400), "white")
+    ImageDraw.Draw(page).rectangle((100, 50, 299, 149), fill=(200, 30, 30))
+    return page
+
+
+def test_pictures_can_be_embedded_as_png_data_urls():
+    import base64
+    import io
+    import re
+
+    from dotocr.engine.layout import picture_markdown
+
+    cells = [{"category": "Text", "text": "Before"}, {"bbox": [100, 50, 300, 150], "category": "Picture"},
+             {"bbox": [0, 0, 0, 0], "category": "Picture"}, {"category": "Text", "text": "After"}]
+    markdown = cells_to_markdown(cells, picture=picture_markdown(picture_page(), "embed"))
+    match = re.fullmatch(r"Before\n\n!\[Picture 1\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)\n\nAfter", markdown)
+    assert match, markdown[:200]
+    crop = Image.open(io.BytesIO(base64.b64decode(match.group(1))))
+    assert crop.size == (200, 100) and crop.convert("RGB").getpixel((100, 50)) == (200, 30, 30)
+    assert picture_markdown(picture_page(), "drop") is None
+    assert cells_to_markdown(cells) == "Before\n\nAfter"  # dropped by default, as before
+
+
+def test_pictures_can_be_linked_as_files(tmp_path):
+    from dotocr.engine.layout import picture_markdown
+
+    def save(crop: Image.Image, number: int) -> str:
+        name = f"page-fig{number}.png"
+        crop.save(tmp_path / name)
+        return name
+
+    cells = [{"bbox": [100, 50, 300, 150], "category": "Picture"}, {"bbox": [0, 0, 50, 50], "category": "Picture"}]
+    markdown = cells_to_markdown(cells, picture=picture_markdown(picture_page(), "link", save))
+    assert markdown == "![Picture 1](page-fig1.png)\n\n![Picture 2](page-fig2.png)"
+    assert Image.open(tmp_path / "page-fig1.png").size == (200, 100)

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from dotocr.engine.images import MAX_INPUT_PIXELS, load_image
-from dotocr.engine.preprocessing import MAX_ASPECT_RATIO, ImagePreparer, PreparedImage
+from dotocr.engine.preprocessing import MAX_ASPECT_RATIO, ImagePreparer, PreparedImage, smart_resize
 from dotocr.errors import ImageError, ModelUnavailableError
 
 pytestmark = pytest.mark.timeout(120)
@@ -62,13 +62,20 @@ def assert_one_sentence(error: ImageError, *fragments: str) -> None:
         assert fragment in message, message
 
 
-def check_prepared(prepared: PreparedImage, max_image_size: int, preparer: ImagePreparer) -> None:
+def official_size(width: int, height: int) -> tuple[int, int]:
+    """(width, height) by transformers' own Qwen2-VL smart_resize, the function vLLM's processor calls."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    h, w = smart_resize(height, width, factor=28, min_pixels=3136, max_pixels=11289600)
+    return w, h
+
+
+def check_prepared(prepared: PreparedImage, max_image_size: int | None, preparer: ImagePreparer) -> None:
     width, height = prepared.image.size
     assert width % 28 == 0 and height % 28 == 0
-    assert max(width, height) <= max_image_size
-    assert max(width, height) <= MAX_ASPECT_RATIO * min(width, height)
-    if max_image_size >= 56:
-        assert width * height >= preparer.min_pixels
+    if max_image_size:
+        assert max(width, height) <= max(28, max_image_size // 28 * 28)
+    assert width * height <= preparer.max_pixels
     t, grid_h, grid_w = prepared.grid_thw[0].tolist()
     assert prepared.grid_thw.shape == (1, 3) and t == 1
     assert (grid_w * 14, grid_h * 14) == (width, height)
@@ -77,7 +84,6 @@ def check_prepared(prepared: PreparedImage, max_image_size: int, preparer: Image
     assert prepared.image_tokens == t * grid_h * grid_w // 4 == prepared.pixel_values.shape[0] // 4
     content_w, content_h = prepared.content_size
     assert 1 <= content_w <= width and 1 <= content_h <= height
-    assert 0 <= prepared.pad[0] < width and 0 <= prepared.pad[1] < height
 
 
 # -- sizing ----------------------------------------------------------------------------------------
@@ -88,78 +94,111 @@ SIZES = [(1, 1), (7, 3), (27, 29), (180, 14), (3000, 14), (14, 3000), (1920, 108
 
 
 @pytest.mark.parametrize("size", SIZES, ids=[f"{w}x{h}" for w, h in SIZES])
-@pytest.mark.parametrize("max_image_size", [1024, 500])
+@pytest.mark.parametrize("max_image_size", [None, 1024, 500])
 def test_prepare_gives_a_valid_grid_for_every_size(preparer, size, max_image_size):
     prepared = preparer.prepare(noise(*size), max_image_size)
     check_prepared(prepared, max_image_size, preparer)
     assert prepared.original_size == size
 
 
-def test_plan_rules_hold_for_thousands_of_random_sizes(preparer):
+def test_without_a_cap_every_size_is_the_official_processors_size(preparer):
+    """The rule vLLM applies, for thousands of sizes smart_resize accepts: same sides, same tokens."""
     rng = random.Random(7)
+    sizes = [(w, h) for w in (1, 13, 14, 15, 27, 28, 42, 55, 56, 57) for h in (14, 28, 41, 42, 43, 200, 2800)]
+    sizes += [(rng.randint(1, 12000), rng.randint(1, 12000)) for _ in range(3000)]
+    sizes += [(rng.randint(1, 60), rng.randint(1, 3000)) for _ in range(1000)]
+    checked = 0
+    for width, height in sizes:
+        if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+            continue
+        plan = preparer.plan(width, height)
+        assert plan.size == official_size(width, height), (width, height)
+        assert plan.pad == (0, 0)
+        checked += 1
+    assert checked > 3000
+
+
+@pytest.mark.parametrize("size", [(1654, 2339), (2339, 1654), (180, 14), (1, 1), (300, 170), (5000, 4000),
+                                  (640, 28)])
+def test_token_count_equals_the_processor_left_to_resize_itself(preparer, size):
+    """What vLLM does with the original image (the HF processor resizing by itself) gives our token count."""
+    image = noise(*size, seed=size[0])
+    own = preparer.processor(images=image, return_tensors="pt")
+    prepared = preparer.prepare(image, None)
+    assert own["image_grid_thw"].tolist() == prepared.grid_thw.tolist()
+    t, h, w = own["image_grid_thw"][0].tolist()
+    assert prepared.image_tokens == t * h * w // 4
+
+
+def test_a4_page_at_200_dpi_gets_vllms_token_count(preparer):
+    plan = preparer.plan(1654, 2339)  # A4 at 200 dpi, the official parser's rendering
+    assert plan.size == (1652, 2352) == official_size(1654, 2339)
+    assert preparer.prepare(noise(1654, 2339), None, patches=False).image_tokens == 59 * 84 == 4956
+    capped = preparer.plan(1654, 2339, 1024)
+    assert capped.size == (700, 1008)  # the tray's cap for a small GPU: 1654 * 1008 / 2339 = 713 -> 700
+
+
+def test_cap_rules_hold_for_thousands_of_random_sizes(preparer):
+    rng = random.Random(11)
     for _ in range(3000):
         width, height = rng.randint(1, 12000), rng.randint(1, 12000)
         if rng.random() < 0.3:
             height = rng.randint(1, 40)
         limit = rng.choice([28, 56, 100, 512, 1024, 1280, 2048, 5000])
         plan = preparer.plan(width, height, limit)
-        canvas_w, canvas_h = plan.canvas
-        assert canvas_w % 28 == 0 and canvas_h % 28 == 0, (width, height, limit, plan)
-        assert max(plan.canvas) <= max(28, limit), (width, height, limit, plan)
-        assert canvas_w * canvas_h <= preparer.max_pixels
-        assert max(plan.canvas) <= MAX_ASPECT_RATIO * min(plan.canvas)
-        assert plan.content[0] <= canvas_w and plan.content[1] <= canvas_h
-        # one scale for both axes, so boxes map back without distortion
-        assert abs(plan.content[0] - width * plan.scale) <= 1
-        assert abs(plan.content[1] - height * plan.scale) <= 1
-        assert min(plan.pad) < 28  # padding beyond rounding only ever widens one side (min area, ratio)
+        size_w, size_h = plan.size
+        assert size_w % 28 == 0 and size_h % 28 == 0, (width, height, limit, plan)
+        assert max(plan.size) <= max(28, limit // 28 * 28), (width, height, limit, plan)
+        assert size_w * size_h <= preparer.max_pixels
+        uncapped = preparer.plan(width, height)
+        if max(uncapped.size) <= limit // 28 * 28:
+            assert plan == uncapped  # a cap the image is under changes nothing
+        # each axis is scaled on its own, and no side is stretched beyond rounding to 28 (except min_pixels)
+        padded_w, padded_h = width + plan.pad[0], height + plan.pad[1]
+        assert max(padded_w, padded_h) <= MAX_ASPECT_RATIO * min(padded_w, padded_h)
 
 
-def test_large_screenshot_is_brought_under_the_limit_keeping_its_aspect(preparer):
+def test_large_screenshot_is_brought_under_the_cap_per_axis(preparer):
     prepared = preparer.prepare(noise(2560, 1440), 1024)
-    assert prepared.image.size == (1008, 588)
-    assert prepared.content_size == (1008, 567)  # 2560 x 1440 at 1008 / 2560
-    assert prepared.scale == pytest.approx(1008 / 2560)
-    assert prepared.pad == (0, 21)
+    assert prepared.image.size == (1008, 560)  # 1440 * 1008 / 2560 = 567 -> the nearest multiple of 28
+    assert prepared.scale == pytest.approx((1008 / 2560, 560 / 1440))
+    assert prepared.pad == (0, 0) and prepared.content_size == (1008, 560)
+    assert preparer.prepare(noise(2560, 1440), None).image.size == (2548, 1428) == official_size(2560, 1440)
 
 
-def test_tiny_text_line_is_upscaled_four_times(preparer):
+def test_tiny_text_line_only_reaches_min_pixels(preparer):
+    """dots.ocr's own rule: no 4x enlargement, only what min_pixels (3136) needs."""
     prepared = preparer.prepare(noise(180, 14), 1024)
-    assert prepared.scale == 4.0
-    assert prepared.content_size == (720, 56)
-    assert prepared.image.size == (728, 56)
-    assert prepared.image_tokens == 26 * 2
+    assert prepared.image.size == (224, 28) == official_size(180, 14)
+    assert prepared.image_tokens == 8
+    assert prepared.scale == pytest.approx((224 / 180, 2.0))
 
 
-def test_medium_crop_is_not_resized_only_padded(preparer):
+def test_medium_crop_is_rounded_per_side_without_padding(preparer):
     prepared = preparer.prepare(noise(333, 777), 1024)
-    assert prepared.scale == 1.0
     assert prepared.image.size == (336, 784)
-    assert np.array_equal(np.asarray(prepared.image)[:777, :333], np.asarray(noise(333, 777)))
+    assert prepared.pad == (0, 0)
+    assert prepared.scale == pytest.approx((336 / 333, 784 / 777))
 
 
-def test_extreme_strip_is_padded_not_rejected(preparer):
-    prepared = preparer.prepare(noise(3000, 14), 1024)
-    assert prepared.image.size == (1008, 28)
-    # a ratio past 200 is padded so smart_resize would accept it
-    plan = preparer.plan(9000, 14, 10000)
-    assert max(plan.canvas) / min(plan.canvas) <= MAX_ASPECT_RATIO
-    assert plan.content[1] < plan.canvas[1]
+def test_extreme_strip_is_padded_white_to_200_to_1_not_rejected(preparer):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
-
-def test_padding_is_white_and_content_is_the_resized_input(preparer):
-    black = Image.new("RGB", (500, 203), (0, 0, 0))
-    prepared = preparer.prepare(black, 1024)
+    with pytest.raises(ValueError):
+        smart_resize(14, 3000)  # the official processor refuses it
+    plan = preparer.plan(3000, 14)
+    assert plan.pad == (0, 1)  # 3000 x 15 is 200:1
+    assert plan.size == official_size(3000, 15)
+    prepared = preparer.prepare(Image.new("RGB", (3000, 14), (0, 0, 0)), None)
     array = np.asarray(prepared.image)
-    content_w, content_h = prepared.content_size
-    assert prepared.pad == (4, 21)
-    assert (array[:content_h, :content_w] == 0).all()
-    assert (array[content_h:, :] == 255).all() and (array[:, content_w:] == 255).all()
+    assert array[: prepared.content_size[1] - 1].max() < 40  # the strip itself stays dark
+    assert array[-1].min() > 200  # the padding row (resized) is white
+    assert prepared.to_original(*prepared.image.size) == (3000.0, 14.0)  # boxes clamp to the input
 
 
 def test_pixel_values_are_the_processors_own_in_merge_window_order(preparer):
     prepared = preparer.prepare(noise(300, 170, seed=3), 1024)
-    # the processor left to its own resizing must agree: our canvas is already a size it accepts
+    # the processor left to its own resizing must agree: our image is already a size it accepts
     own = preparer.processor(images=prepared.image, return_tensors="pt")
     assert own["image_grid_thw"].tolist() == prepared.grid_thw.tolist()
     assert np.array_equal(own["pixel_values"].numpy(), prepared.pixel_values.numpy())
@@ -173,26 +212,34 @@ def test_pixel_values_are_the_processors_own_in_merge_window_order(preparer):
         np.testing.assert_allclose(prepared.pixel_values[index].numpy(), patch, atol=1e-5)
 
 
-def test_bbox_round_trip_and_a_drawn_box_maps_back(preparer):
-    image = Image.new("RGB", (2000, 1000), "white")
-    ImageDraw.Draw(image).rectangle((500, 300, 899, 599), fill="black")
-    prepared = preparer.prepare(image, 1024)
+@pytest.mark.parametrize("max_image_size", [None, 1024, 300])
+@pytest.mark.parametrize("size", [(2000, 1000), (1003, 1417), (611, 95)])
+def test_a_drawn_box_maps_back_within_a_pixel_for_every_sizing(preparer, size, max_image_size):
+    width, height = size
+    box = (width * 0.25, height * 0.3, width * 0.45, height * 0.6)
+    image = Image.new("RGB", size, "white")
+    ImageDraw.Draw(image).rectangle(tuple(round(v) for v in box), fill="black")
+    prepared = preparer.prepare(image, max_image_size)
     dark = np.argwhere(np.asarray(prepared.image.convert("L")) < 128)
     (y1, x1), (y2, x2) = dark.min(axis=0), dark.max(axis=0) + 1
     ox1, oy1 = prepared.to_original(x1, y1)
     ox2, oy2 = prepared.to_original(x2, y2)
-    tolerance = 2 / prepared.scale
-    assert abs(ox1 - 500) <= tolerance and abs(oy1 - 300) <= tolerance
-    assert abs(ox2 - 900) <= tolerance and abs(oy2 - 600) <= tolerance
+    sx, sy = prepared.scale
+    tol_x, tol_y = max(1.0, 1.5 / sx), max(1.0, 1.5 / sy)  # a model pixel is 1/scale input pixels
+    assert abs(ox1 - round(box[0])) <= tol_x and abs(oy1 - round(box[1])) <= tol_y
+    assert abs(ox2 - round(box[2]) - 1) <= tol_x and abs(oy2 - round(box[3]) - 1) <= tol_y
+    # the model's own box for that rectangle, mapped back: exact to a pixel when no cap shrinks it
+    mx1, my1, mx2, my2 = prepared.box_to_model(box)
+    back = prepared.to_original(mx1, my1) + prepared.to_original(mx2, my2)
+    for got, want, tol in zip(back, box, (0.5 / sx, 0.5 / sy) * 2, strict=True):
+        assert abs(got - want) <= max(1.0, tol)
 
     rng = random.Random(1)
     for _ in range(200):
-        x, y = rng.uniform(0, 2000), rng.uniform(0, 1000)
-        back = prepared.to_original(*prepared.to_model(x, y))
-        assert back == pytest.approx((x, y), abs=1e-6)
+        x, y = rng.uniform(0, width), rng.uniform(0, height)
+        assert prepared.to_original(*prepared.to_model(x, y)) == pytest.approx((x, y), abs=1e-6)
     assert prepared.to_original(-50, -3) == (0.0, 0.0)
-    assert prepared.to_original(5000, 5000) == (2000.0, 1000.0)
-    assert prepared.to_model(-1, 10_000) == (0.0, prepared.content_size[1])
+    assert prepared.to_original(50000, 50000) == (float(width), float(height))
 
 
 def test_preparer_defaults_are_the_official_config(preparer):
@@ -200,6 +247,16 @@ def test_preparer_defaults_are_the_official_config(preparer):
     assert (default.min_pixels, default.max_pixels, default.patch_size, default.merge_size) == (
         preparer.min_pixels, preparer.max_pixels, 14, 2)
     assert default.plan(1234, 567, 1024) == preparer.plan(1234, 567, 1024)
+
+
+def test_our_smart_resize_is_the_official_one():
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as official
+
+    rng = random.Random(3)
+    for _ in range(2000):
+        h, w = rng.randint(1, 9000), rng.randint(1, 9000)
+        if max(h, w) / min(h, w) <= 200:
+            assert smart_resize(h, w) == official(h, w, min_pixels=3136, max_pixels=11289600)
 
 
 def test_missing_preprocessor_config_is_one_clear_sentence(tmp_path):

@@ -104,6 +104,24 @@ def test_encode_prompt_matches_tokenizing_the_whole_prompt(tokenizer, mode, imag
     assert tokenizer.decode(ids[3 + image_tokens:-2]) == instruction
 
 
+@pytest.mark.parametrize("system", ["You are a careful OCR engine.", " ", ""])
+def test_system_turn_is_rendered_as_the_checkpoints_chat_template(tokenizer, system):
+    """vLLM renders messages with the checkpoint's own template, then tokenizes; our ids must be the same."""
+    instruction = instruction_for("layout")
+    user = IMAGE_TEXT * 1 + instruction
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "system", "content": system}, {"role": "user", "content": user}], tokenize=False)
+    assert rendered.startswith("<|system|>" + system + "<|endofsystem|>\n<|user|>")
+    expected = tokenizer.encode(rendered.replace(IMAGE_TEXT, "<|img|>" + "<|imgpad|>" * 6 + "<|endofimg|>"),
+                                add_special_tokens=False)
+    assert encode_prompt(tokenizer, instruction, 6, system=system) == expected
+    assert build_prompt(instruction, 6, system) == rendered.replace(
+        IMAGE_TEXT, "<|img|>" + "<|imgpad|>" * 6 + "<|endofimg|>")
+
+
+IMAGE_TEXT = "<|img|><|imgpad|><|endofimg|>"
+
+
 def test_marker_text_inside_an_instruction_adds_no_image_slots(tokenizer):
     ids = encode_prompt(tokenizer, "Describe <|imgpad|><|img|> this.", 4)
     assert ids.count(1000) == 4 and ids.count(1001) == 1

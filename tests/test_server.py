@@ -100,7 +100,7 @@ def test_ocr_upload_returns_the_cli_json_object(url: str, reference: DotOCRInfer
     assert response.status_code == 200, response.text
     body = response.json()
     expected = reference.ocr(image, prompt="text", output_format="text", file="shot.png").to_json_dict()
-    assert set(body) == set(expected) == OCR_FIELDS - {"cells"}
+    assert set(body) == set(expected) == OCR_FIELDS - {"cells", "page", "dpi"}  # page, dpi: PDF pages only
     for volatile in ("timings",):
         assert set(body[volatile]) == {"preprocess", "prefill", "decode", "total"}
         del body[volatile], expected[volatile]
@@ -177,15 +177,54 @@ def test_chat_completion_with_the_official_client_shape(client: openai.OpenAI, u
     assert completion.model == "model"
 
 
-def test_chat_without_placeholder_or_text_uses_the_same_instruction(client: openai.OpenAI,
-                                                                     engine: RecordingEngine) -> None:
+def test_chat_messages_are_rendered_as_vllm_renders_them(client: openai.OpenAI,
+                                                         engine: RecordingEngine) -> None:
     image = png_bytes()
-    plain = client.chat.completions.create(model="m", messages=chat_messages(image, TEXT_INSTRUCTION))
+    image_part = {"type": "image_url", "image_url": {"url": data_url(image)}}
+    # no placeholder in the text: vLLM puts it first, joined to the text by "\n"
+    client.chat.completions.create(model="m", messages=chat_messages(image, TEXT_INSTRUCTION))
+    assert engine.calls[-1]["instruction"] == "\n" + TEXT_INSTRUCTION and engine.calls[-1]["prompt"] == "text"
+    # several text parts are joined with "\n"; whitespace is passed through, not replaced
+    parts = [image_part, {"type": "text", "text": PLACEHOLDER + "Read"}, {"type": "text", "text": " it "}]
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": parts}])
+    assert engine.calls[-1]["instruction"] == "Read\n it "
+    client.chat.completions.create(model="m", messages=chat_messages(image, PLACEHOLDER + "  "))
+    assert engine.calls[-1]["instruction"] == "  "
+    # a system message becomes the template's system turn
+    system = [{"role": "system", "content": "You read documents."}, *chat_messages(image)]
+    client.chat.completions.create(model="m", messages=system)
+    assert engine.calls[-1]["system"] == "You read documents."
     assert engine.calls[-1]["instruction"] == TEXT_INSTRUCTION
-    only_image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image)}}]}]
-    default = client.chat.completions.create(model="m", messages=only_image)
-    assert engine.calls[-1]["instruction"] is None  # the server's own prompt setting ("text")
-    assert plain.choices[0].message.content == default.choices[0].message.content
+    # only an image, no text part at all: the server's own prompt setting ("text")
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": [image_part]}])
+    assert engine.calls[-1]["instruction"] is None and engine.calls[-1]["system"] is None
+    # the OpenAI route adds no size cap of its own: dots.ocr's sizing, like vLLM
+    assert engine.calls[-1]["max_image_size"] == 0
+
+
+def test_chat_system_turn_adds_its_tokens(client: openai.OpenAI) -> None:
+    image = png_bytes()
+    plain = client.chat.completions.create(model="m", messages=chat_messages(image), max_tokens=1)
+    with_system = client.chat.completions.create(
+        model="m", messages=[{"role": "system", "content": "Be exact."}, *chat_messages(image)], max_tokens=1)
+    assert with_system.usage.prompt_tokens > plain.usage.prompt_tokens
+
+
+@pytest.mark.parametrize(("messages", "words"), [
+    ([{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+      {"role": "assistant", "content": "hello"}], ("last message",)),
+    ([{"role": "assistant", "content": "earlier"}], ("one page per request",)),
+    ([{"role": "user", "content": [{"type": "text", "text": "x " + PLACEHOLDER}]}], ("at the start",)),
+])
+def test_chat_turns_we_cannot_render_get_one_sentence(url: str, messages, words: tuple) -> None:
+    image_part = {"type": "image_url", "image_url": {"url": data_url(png_bytes())}}
+    for message in messages:
+        if message["role"] == "user":
+            message["content"].insert(0, image_part)
+    if messages[-1]["role"] != "user" and messages[0]["role"] == "assistant":
+        messages.append({"role": "user", "content": [image_part]})
+    response = httpx.post(f"{url}/v1/chat/completions", json={"model": "m", "messages": messages}, timeout=30)
+    assert_error(response, 400, *words)
 
 
 def test_chat_layout_instruction_is_parsed_as_the_layout_mode(client: openai.OpenAI,
@@ -203,8 +242,13 @@ def test_chat_honours_sampling_and_token_limits(client: openai.OpenAI, engine: R
     assert completion.usage.completion_tokens <= 2
     client.chat.completions.create(model="m", messages=chat_messages(png_bytes()), max_tokens=3)
     assert engine.calls[-1]["max_new_tokens"] == 3 and engine.calls[-1]["temperature"] == 0.0
+    # the official parser's cap and its client's default are honoured, not cut to the server's setting
     client.chat.completions.create(model="m", messages=chat_messages(png_bytes()), max_tokens=16384)
-    assert engine.calls[-1]["max_new_tokens"] == engine.settings.max_new_tokens
+    assert engine.calls[-1]["max_new_tokens"] == 16384
+    client.chat.completions.create(model="m", messages=chat_messages(png_bytes()), max_tokens=100_000)
+    assert engine.calls[-1]["max_new_tokens"] == 32768
+    client.chat.completions.create(model="m", messages=chat_messages(png_bytes()))
+    assert engine.calls[-1]["max_new_tokens"] == engine.settings.max_new_tokens  # none asked: the setting
 
 
 def test_chat_streaming_matches_the_plain_answer(client: openai.OpenAI) -> None:

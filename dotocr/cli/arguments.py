@@ -20,6 +20,41 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def parse_pages(text: str) -> list[int]:
+    """`1-3,7`: the PDF pages to read, 1-based."""
+    from dotocr.engine import parse_page_ranges
+
+    try:
+        return parse_page_ranges(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_dpi(text: str) -> float:
+    from dotocr.engine import check_dpi
+
+    try:
+        return check_dpi(float(text))
+    except ValueError as exc:
+        message = str(exc) if "DPI" in str(exc) else f"{text!r} is not a number"
+        raise argparse.ArgumentTypeError(message) from None
+
+
+def parse_concurrency(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= MAX_CONCURRENCY:
+        raise argparse.ArgumentTypeError(f"{value} must be from 1 to {MAX_CONCURRENCY}")
+    return value
+
+
+MAX_CONCURRENCY = 256
+DEFAULT_REMOTE_CONCURRENCY = 8
+"""Requests in flight against a remote engine: enough to keep vLLM's batch busy, few enough for one GPU."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dotocr",
@@ -30,22 +65,36 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     ocr = commands.add_parser(
-        "ocr", help="recognise the text in image files",
-        description="Recognise the text in images: files, folders (the images inside, sorted), globs "
-                    "such as 'shots/*.png' (expanded here, so quoting works on every shell), "
-                    "and - for an image on standard input.",
+        "ocr", help="recognise the text in image files and PDFs",
+        description="Recognise the text in images and PDFs: files, folders (the images and PDFs inside, "
+                    "sorted), globs such as 'shots/*.png' (expanded here, so quoting works on every shell), "
+                    "and - for an image or PDF on standard input. PDF pages are rendered at 200 DPI, as "
+                    "dots.ocr's own parser does.",
         epilog="Exit status: 0 all images done, 1 some failed, 2 bad usage, 130 interrupted.")
-    ocr.add_argument("paths", nargs="+", metavar="PATH", help="image file, folder, glob, or - for stdin")
+    ocr.add_argument("paths", nargs="+", metavar="PATH", help="image or PDF file, folder, glob, or - for stdin")
     add_setting_argument(ocr, "prompt", help="what to ask the model: plain text, layout as Markdown, layout "
                                              "cells as JSON, or the text inside --bbox")
     ocr.add_argument("--bbox", type=parse_bbox, metavar="X1,Y1,X2,Y2",
                      help="box to read, in input-image pixels (implies --prompt grounding)")
     add_setting_argument(ocr, "output_format")
     ocr.add_argument("--out", type=Path, metavar="DIR",
-                     help="write one file per image into DIR (name.txt, .md or .json) instead of stdout; "
-                          "an existing file there is left alone and that image fails, unless --overwrite")
+                     help="write one file per image or PDF into DIR (name.txt, .md or .json) instead of stdout; "
+                          "an existing file there is left alone and that input fails, unless --overwrite")
     ocr.add_argument("--overwrite", action="store_true",
                      help="with --out: replace result files that already exist")
+    ocr.add_argument("--pages", type=parse_pages, metavar="LIST",
+                     help="PDF pages to read, e.g. 1-3,7 (default: all)")
+    ocr.add_argument("--dpi", type=parse_dpi, metavar="DPI",
+                     help="PDF rendering resolution (default 200, as dots.ocr's parser; lower for a page that "
+                          "would exceed the model's pixel limit)")
+    ocr.add_argument("--concurrency", type=parse_concurrency, metavar="N",
+                     help=f"requests in flight with a remote engine (default {DEFAULT_REMOTE_CONCURRENCY} for "
+                          "engine = \"remote\", 1 otherwise: a local model reads one page at a time)")
+    ocr.add_argument("--pictures", choices=("drop", "embed", "link"), default="drop",
+                     help="Markdown: leave pictures out (default), embed them as PNG data URLs, or save them "
+                          "next to the output (needs --out) and link them")
+    ocr.add_argument("--no-page-furniture", action="store_true",
+                     help="Markdown: leave out page headers and footers (running heads, page numbers)")
     ocr.add_argument("--local", action="store_true",
                      help="load the model in this process even if a dotocr server is running")
     ocr.add_argument("-v", "--verbose", action="store_true", help="log what the engine does")

@@ -1,4 +1,4 @@
-"""Turning the PATH arguments of `dotocr ocr` into a list of images.
+"""Turning the PATH arguments of `dotocr ocr` into a list of inputs (images and PDFs).
 
 Globs are expanded here rather than by the shell so `dotocr ocr shots\\*.png` works in Windows cmd,
 which passes the pattern through untouched. Folders contribute the images directly inside them,
@@ -20,7 +20,8 @@ IMAGE_SUFFIXES = frozenset({
     ".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp",
     ".ppm", ".pgm", ".pbm", ".pnm", ".ico", ".tga", ".jp2", ".avif", ".heic",
 })
-_COMMON_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".gif")
+INPUT_SUFFIXES = IMAGE_SUFFIXES | {".pdf"}
+_COMMON_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".gif", ".pdf")
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -78,7 +79,7 @@ def expand_inputs(arguments: list[str], read_stdin: Callable[[], bytes] | None =
         if path.is_dir():
             found = images_in_folder(path)
             if not found:
-                problems.append(f"{argument}: the folder holds no images "
+                problems.append(f"{argument}: the folder holds no images or PDFs "
                                 f"(looked for {', '.join(_COMMON_SUFFIXES)}, ...).")
             for item in found:
                 add(item)
@@ -111,12 +112,12 @@ def _read_stdin() -> bytes:
 
 
 def images_in_folder(folder: Path) -> list[Path]:
-    """Image files directly inside `folder` (not its subfolders), sorted by name."""
+    """Image and PDF files directly inside `folder` (not its subfolders), sorted by name."""
     try:
         entries = list(folder.iterdir())
     except OSError:
         return []
-    return sorted((p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+    return sorted((p for p in entries if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES),
                   key=lambda p: p.name)
 
 

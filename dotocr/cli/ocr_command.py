@@ -10,10 +10,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from dotocr.cli.arguments import DEFAULT_REMOTE_CONCURRENCY
 from dotocr.cli.engine_choice import choose_engine
 from dotocr.cli.inputs import STDIN_NAME, InputImage, expand_inputs
+from dotocr.cli.ordered import in_order
 from dotocr.cli.outputs import FolderWriter, StdoutWriter, shown_name
 from dotocr.cli.quiet import quiet_libraries
 from dotocr.config import Settings, SettingsError, SettingsFile, settings_from_args
@@ -25,13 +30,18 @@ class Reporter:
     """stderr lines and the progress bar, kept from trampling each other. No bar (and no tqdm import, which
     costs a warm-server run ~0.05 s) for one image or a stderr that is not a terminal."""
 
-    def __init__(self, total: int) -> None:
-        self.show_bar = total > 1 and _isatty(sys.stderr)
+    def __init__(self) -> None:
+        self.show_bar = False
         self.bar: Any = None
+
+    def set_total(self, total: int) -> None:
+        """Start the bar once the work is known: one step per image, one per PDF page read (no tqdm import,
+        which costs a warm-server run ~0.05 s, for one page or a stderr that is not a terminal)."""
+        self.show_bar = total > 1 and _isatty(sys.stderr)
         if self.show_bar:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, file=sys.stderr, unit="image", dynamic_ncols=True, leave=False)
+            self.bar = tqdm(total=total, file=sys.stderr, unit="page", dynamic_ncols=True, leave=False)
 
     def error(self, message: str) -> None:
         self._write(f"dotocr: {message}", sys.stderr)
@@ -91,22 +101,101 @@ def run_ocr(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         engine_log.setLevel(logging.INFO)
 
     expanded = expand_inputs(args.paths)
-    reporter = Reporter(len(expanded.images))
+    reporter = Reporter()
     try:
         return _run_batch(args, settings, prompt, expanded.images, expanded.problems, reporter)
     finally:
         reporter.close()
 
 
+@dataclass(frozen=True)
+class Job:
+    """One model call: an image file, or one page of a PDF."""
+
+    input: InputImage
+    page: int | None = None
+    last: bool = True
+
+    def label(self) -> str:
+        name = "<stdin>" if self.input.name == STDIN_NAME else self.input.name
+        return name if self.page is None else f"{name} page {self.page}"
+
+
+def plan_jobs(images: list[InputImage], pages: list[int] | None,
+              report: Callable[[str], None]) -> tuple[list[Job], int]:
+    """Every model call of the batch, in order, and how many inputs failed already (a PDF that cannot open)."""
+    from dotocr.engine import DotOCRError, PdfDocument, is_pdf
+
+    jobs: list[Job] = []
+    failed = 0
+    for image in images:
+        if not is_pdf(image.source):
+            jobs.append(Job(image))
+            continue
+        try:
+            with PdfDocument(image.source, _display(image)) as document:
+                present, missing = document.select(pages)
+                count = document.page_count
+        except DotOCRError as exc:
+            report(str(exc))
+            failed += 1
+            continue
+        if missing:
+            report(f"{_display(image)} has {count} pages; page {', '.join(map(str, missing))} "
+                   f"{'does' if len(missing) == 1 else 'do'} not exist.")
+            failed += 1
+        for index, number in enumerate(present):
+            jobs.append(Job(image, number, last=index == len(present) - 1))
+    return jobs, failed
+
+
+class PageSource:
+    """The open PDFs of a batch: each opened on its first page and closed after its last."""
+
+    def __init__(self, dpi: float) -> None:
+        self.dpi = dpi
+        self._open: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def picture(self, job: Job) -> tuple[Any, float | None]:
+        """The image a job reads and, for a page, the DPI it was rendered at."""
+        from dotocr.engine import PdfDocument, load_image
+
+        if job.page is None:
+            return load_image(job.input.source), None
+        with self._lock:
+            document = self._open.get(id(job.input))
+            if document is None:
+                document = self._open[id(job.input)] = PdfDocument(job.input.source, _display(job.input))
+        page = document.render(job.page, self.dpi)
+        return page.image, page.dpi
+
+    def done(self, job: Job) -> None:
+        if job.last:
+            with self._lock:
+                document = self._open.pop(id(job.input), None)
+            if document is not None:
+                document.close()
+
+    def close(self) -> None:
+        with self._lock:
+            documents, self._open = list(self._open.values()), {}
+        for document in documents:
+            document.close()
+
+
 def _run_batch(args: argparse.Namespace, settings: Settings, prompt: str | None, images: list[InputImage],
                problems: list[str], reporter: Reporter) -> int:
-    from dotocr.engine import load_image
+    from dotocr.engine import DEFAULT_DPI, load_image
     from dotocr.errors import DotOCRError, ModelUnavailableError
 
     for problem in problems:
         reporter.error(problem)
     failed = len(problems)
     if not images:
+        return EXIT_FAILED
+    if args.pictures == "link" and args.out is None:
+        reporter.error("--pictures link saves the pictures beside the Markdown; give --out DIR too.")
         return EXIT_FAILED
 
     writer: StdoutWriter | FolderWriter
@@ -119,35 +208,36 @@ def _run_batch(args: argparse.Namespace, settings: Settings, prompt: str | None,
         writer = FolderWriter(args.out, settings.output_format, images, overwrite=args.overwrite)
     else:
         writer = StdoutWriter(settings.output_format, batch=len(images) > 1, write_line=reporter.stdout_line)
-    total = len(images) + len(problems)
     ready = []
     for image in images:  # a result that would replace a file fails now, before any model loads
         try:
             writer.prepare(image)
         except OSError as exc:
-            reporter.error(_about(image, str(exc)))
+            reporter.error(_about(Job(image), str(exc)))
             failed += 1
         else:
             ready.append(image)
-    images = ready
-    if not images:
+    jobs, unreadable = plan_jobs(ready, args.pages, reporter.error)
+    failed += unreadable
+    total = len(jobs) + len(problems) + len(images) - len(ready) + unreadable
+    reporter.set_total(len(jobs))
+    if not jobs:
         if total > 1:
             reporter.error(f"{failed} of {total} inputs failed.")
         return EXIT_FAILED
 
-    total = len(images) + len(problems)
     # A file that is not a readable image is refused before the model loads (seconds, or a download): the
     # images up to the first readable one are checked here, and that one is decoded once, not twice.
-    first: Any = None
-    while images and first is None:
+    preloaded: dict[int, Any] = {}
+    while jobs and jobs[0].page is None and not preloaded:
         try:
-            first = load_image(images[0].source)
+            preloaded[id(jobs[0])] = load_image(jobs[0].input.source)
         except DotOCRError as exc:
-            reporter.error(_about(images[0], str(exc)))
+            reporter.error(_about(jobs[0], str(exc)))
             failed += 1
             reporter.advance()
-            images = images[1:]
-    if not images:
+            jobs = jobs[1:]
+    if not jobs:
         if total > 1:
             reporter.error(f"{failed} of {total} inputs failed.")
         return EXIT_FAILED
@@ -163,42 +253,101 @@ def _run_batch(args: argparse.Namespace, settings: Settings, prompt: str | None,
         return EXIT_FAILED
     reporter.status("")
 
-    for index, image in enumerate(images):
+    concurrency = args.concurrency or (DEFAULT_REMOTE_CONCURRENCY if settings.engine == "remote" else 1)
+    if engine.settings.engine != "remote":
+        concurrency = 1  # one local model reads one page at a time; more threads would only wait
+    pages = PageSource(args.dpi or DEFAULT_DPI)
+    markdown = _markdown_options(args, settings, writer)
+
+    def work(job: Job) -> Any:
         try:
-            result = engine.ocr(first if index == 0 else image.source, prompt=prompt,
-                                output_format=settings.output_format, bbox=args.bbox,
-                                max_new_tokens=settings.max_new_tokens, file=image.name)
-        except ModelUnavailableError as exc:
-            reporter.error(str(exc))
-            return EXIT_FAILED
-        except DotOCRError as exc:
-            reporter.error(_about(image, str(exc)))
-            failed += 1
+            early = preloaded.pop(id(job), None)
+            picture, dpi = (early, None) if early is not None else pages.picture(job)
+            result = engine.ocr(picture, prompt=prompt, output_format=settings.output_format, bbox=args.bbox,
+                                max_new_tokens=settings.max_new_tokens, file=job.input.name)
+            result.file, result.page, result.dpi = job.input.name, job.page, dpi
+            if markdown is not None and result.cells:
+                result.text = markdown(job, picture, result.cells)
+            return result
+        finally:
+            pages.done(job)
+
+    written_any: set[int] = set()
+    try:
+        for job, future in in_order(jobs, work, concurrency):
+            try:
+                result = future.result()
+            except ModelUnavailableError as exc:
+                reporter.error(str(exc))
+                return EXIT_FAILED
+            except DotOCRError as exc:
+                reporter.error(_about(job, str(exc)))
+                failed += 1
+                reporter.advance()
+                if job.last:
+                    _finish(writer, job, reporter)
+                continue
+            except Exception as exc:  # a bug met on one odd file: name it, keep the traceback for -v, go on
+                logging.getLogger("dotocr").debug("unexpected error on %s", job.label(), exc_info=exc)
+                reporter.error(_about(job, f"could not be read: an internal error ({type(exc).__name__}); "
+                                      "please report it with the file."))
+                failed += 1
+                reporter.advance()
+                if job.last:
+                    _finish(writer, job, reporter)
+                continue
+            try:
+                writer.write(job.input, result.to_json_dict(), first_page=id(job.input) not in written_any)
+                written_any.add(id(job.input))
+                if job.last:
+                    writer.finish(job.input)
+            except BrokenPipeError:
+                raise  # the reader went away (`| head`): stop quietly, see main()
+            except FileExistsError as exc:  # appeared since prepare(): still never replaced
+                reporter.error(_about(job, str(exc)))
+                failed += 1
+            except OSError as exc:
+                reporter.error(_about(job, f"the result could not be written ({exc.strerror or exc})."))
+                failed += 1
             reporter.advance()
-            continue
-        except Exception as exc:  # a bug met on one odd file: name it, keep the traceback for -v, go on
-            logging.getLogger("dotocr").debug("unexpected error on %s", image.name, exc_info=exc)
-            reporter.error(_about(image, f"could not be read: an internal error ({type(exc).__name__}); "
-                                  "please report it with the file."))
-            failed += 1
-            reporter.advance()
-            continue
-        result.file = image.name
-        try:
-            writer.write(image, result.to_json_dict())
-        except BrokenPipeError:
-            raise  # the reader went away (`| head`): stop quietly, see main()
-        except FileExistsError as exc:  # appeared since prepare(): still never replaced
-            reporter.error(_about(image, str(exc)))
-            failed += 1
-        except OSError as exc:
-            reporter.error(_about(image, f"the result could not be written ({exc.strerror or exc})."))
-            failed += 1
-        reporter.advance()
+    finally:
+        pages.close()
 
     if failed and total > 1:
-        reporter.error(f"{failed} of {total} inputs failed.")
+        unit = "pages and inputs" if any(job.page is not None for job in jobs) else "inputs"
+        reporter.error(f"{failed} of {total} {unit} failed.")
     return EXIT_OK if failed == 0 else EXIT_FAILED
+
+
+def _finish(writer: StdoutWriter | FolderWriter, job: Job, reporter: Reporter) -> None:
+    try:
+        writer.finish(job.input)
+    except OSError as exc:
+        reporter.error(_about(job, f"the result could not be written ({exc.strerror or exc})."))
+
+
+def _markdown_options(args: argparse.Namespace, settings: Settings,
+                      writer: StdoutWriter | FolderWriter) -> Callable[[Job, Any, list[dict]], str] | None:
+    """How to re-render a page's Markdown when --pictures or --no-page-furniture ask for more than the default."""
+    if settings.output_format != "markdown" or (args.pictures == "drop" and not args.no_page_furniture):
+        return None
+    from dotocr.engine import cells_to_markdown, picture_markdown
+
+    def render(job: Job, picture: Any, cells: list[dict]) -> str:
+        save = None
+        if args.pictures == "link" and isinstance(writer, FolderWriter):
+            target = writer.target_for(job.input)
+            page = f"-p{job.page}" if job.page is not None else ""
+
+            def save(crop: Any, number: int) -> str:
+                name = f"{target.stem}{page}-picture{number}.png"
+                crop.save(target.with_name(name), format="PNG")
+                return name
+
+        return cells_to_markdown(cells, furniture=not args.no_page_furniture,
+                                 picture=picture_markdown(picture, args.pictures, save))
+
+    return render
 
 
 def _settings(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Settings:
@@ -230,12 +379,18 @@ def request_prompt(args: argparse.Namespace, settings: Settings) -> str | None:
     return settings.prompt
 
 
-def _about(image: InputImage, message: str) -> str:
-    """`name: message`, unless the message already names the file; the name escaped either way."""
-    if image.name != STDIN_NAME and image.name in message:
+def _display(image: InputImage) -> str:
+    return "Standard input" if image.name == STDIN_NAME else f'"{shown_name(image.name)}"'
+
+
+def _about(job: Job, message: str) -> str:
+    """`name: message` (or `name page N: message`), unless the message already names the file (and page);
+    the name escaped either way."""
+    image = job.input
+    names_page = job.page is None or f"Page {job.page} " in message or f"page {job.page}" in message
+    if image.name != STDIN_NAME and image.name in message and names_page:
         return message.replace(image.name, shown_name(image.name))
-    name = "<stdin>" if image.name == STDIN_NAME else shown_name(image.name)
-    return f"{name}: {message}"
+    return f"{shown_name(job.label())}: {message}"
 
 
 def _isatty(stream: Any) -> bool:

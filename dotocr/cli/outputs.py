@@ -1,4 +1,10 @@
-"""Where `dotocr ocr` puts each result: stdout, or one file per image under --out."""
+"""Where `dotocr ocr` puts each result: stdout, or one file per input under --out.
+
+A PDF gives one result per page. On stdout every page is written as soon as it is read (JSON: one line per
+page, each carrying `page`); in text and Markdown the pages of one PDF are joined by PAGE_BREAKS. Under
+--out a PDF becomes one file holding all its pages (JSON: a list of page objects), written when its last
+page is done.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ from dotocr.cli.inputs import STDIN_NAME, InputImage
 from dotocr.storage import NORMAL_FILE, write_atomic
 
 SUFFIXES = {"text": ".txt", "markdown": ".md", "json": ".json"}
+PAGE_BREAKS = {"text": "\f", "markdown": "\n---\n"}
+"""Between two pages of a PDF: a form feed in plain text (as pdftotext writes), a thematic break in Markdown."""
 
 
 def shown_name(name: str) -> str:
@@ -45,12 +53,14 @@ class StdoutWriter:
         self._write_line = write_line
         self._count = 0
 
-    def write(self, image: InputImage, data: dict[str, Any]) -> None:
+    def write(self, image: InputImage, data: dict[str, Any], *, first_page: bool = True) -> None:
         if self.output_format == "json":
             self._write_line(json_line(data))
             return
         text = str(data.get("text", "")).rstrip("\n")
-        if self.batch:
+        if not first_page:
+            self._write_line(PAGE_BREAKS[self.output_format])
+        elif self.batch:
             prefix = "\n" if self._count else ""
             self._write_line(f"{prefix}==> {shown_name(image.name)} <==")
         self._write_line(text)
@@ -58,6 +68,9 @@ class StdoutWriter:
 
     def prepare(self, image: InputImage) -> None:
         """Nothing to check before reading an image: stdout always takes its result."""
+
+    def finish(self, image: InputImage) -> None:
+        """Nothing to do: every page went out as it came."""
 
 
 class OutputExistsError(FileExistsError):
@@ -82,7 +95,10 @@ class FolderWriter:
         self.overwrite = overwrite
         self._taken = {_key(p) for p in (i.path for i in inputs) if p is not None}
         self._targets: dict[int, Path] = {}
+        self._pages: dict[int, list[dict[str, Any]]] = {}
         self.written: list[Path] = []
+        for image in inputs:  # names for the whole batch, in input order: pictures saved beside can use them
+            self.target_for(image)
 
     def target_for(self, image: InputImage) -> Path:
         """The file this image's result goes to, the same on every call for the same image."""
@@ -107,12 +123,28 @@ class FolderWriter:
         if not self.overwrite and os.path.lexists(target):
             raise self._exists(target)
 
-    def write(self, image: InputImage, data: dict[str, Any]) -> Path:
-        target = self.target_for(image)
+    def write(self, image: InputImage, data: dict[str, Any], *, first_page: bool = True) -> Path | None:
+        """An image's result is written at once; a PDF page's is kept until `finish`."""
+        if data.get("page") is None:
+            return self._store(self.target_for(image), self._content([data], document=False))
+        self._pages.setdefault(id(image), []).append(data)
+        return None
+
+    def finish(self, image: InputImage) -> Path | None:
+        """Write a PDF's pages (those that were read) into its one file."""
+        pages = self._pages.pop(id(image), None)
+        if not pages:
+            return None
+        return self._store(self.target_for(image), self._content(pages, document=True))
+
+    def _content(self, results: list[dict[str, Any]], *, document: bool) -> str:
         if self.output_format == "json":
-            content = json.dumps(data, ensure_ascii=False, indent=2) + "\n"
-        else:
-            content = str(data.get("text", "")).rstrip("\n") + "\n"
+            value: Any = results if document else results[0]
+            return json.dumps(value, ensure_ascii=False, indent=2) + "\n"
+        texts = [str(r.get("text", "")).rstrip("\n") for r in results]
+        return ("\n" + PAGE_BREAKS[self.output_format] + "\n").join(texts) + "\n"
+
+    def _store(self, target: Path, content: str) -> Path:
         try:
             write_atomic(target, content.encode("utf-8", "replace"), mode=NORMAL_FILE, overwrite=self.overwrite)
         except FileExistsError:

@@ -139,13 +139,16 @@ class DotOCRInference(Engine):
             bbox: tuple[float, float, float, float] | None = None, max_new_tokens: int | None = None,
             temperature: float = 0.0, top_p: float = 1.0, instruction: str | None = None,
             on_text: Callable[[str], None] | None = None, file: str | None = None,
-            should_stop: Callable[[], bool] | None = None, max_prompt_tokens: int | None = None) -> OCRResult:
+            should_stop: Callable[[], bool] | None = None, max_prompt_tokens: int | None = None,
+            max_image_size: int | None = None, system: str | None = None) -> OCRResult:
         """Read one image. `output_format="markdown"` without a prompt picks the layout prompt (tables, formulas).
 
         `should_stop` is asked after every token; when it answers True the generation ends with
         stop_reason "cancelled" (a client that left, a deadline that passed). The prefill before the first
         token cannot be interrupted. `max_prompt_tokens` caps the prompt's text tokens (the image's not
-        counted): a longer one raises PromptTooLongError before any prefill.
+        counted): a longer one raises PromptTooLongError before any prefill. `max_image_size` overrides the
+        setting for this call (0: no cap, dots.ocr's own sizing alone). `system` is a system turn rendered
+        before the user turn, as the checkpoint's chat template does.
         """
         started = time.perf_counter()
         picture = load_image(image)  # before the lock: a bad file fails at once, before any model loads
@@ -159,7 +162,9 @@ class DotOCRInference(Engine):
                                 decoder=loaded.decoder.name, gguf_type=loaded.gguf_type)
                 try:
                     return self._ocr_with_retry(
-                        loaded, picture, started, prompt=prompt, bbox=bbox,
+                        loaded, picture, started,
+                        self._settings.max_image_size if max_image_size is None else max_image_size,
+                        prompt=prompt, bbox=bbox, system=system,
                         max_new_tokens=max_new_tokens or self._settings.max_new_tokens, temperature=temperature,
                         top_p=top_p, instruction=instruction, on_text=on_text, file=file, should_stop=should_stop,
                         max_prompt_tokens=max_prompt_tokens)
@@ -170,8 +175,8 @@ class DotOCRInference(Engine):
         finally:
             self._callers -= 1
 
-    def _ocr_with_retry(self, loaded: LoadedModel, picture, started: float, **kwargs: Any) -> OCRResult:
-        max_size = self._settings.max_image_size
+    def _ocr_with_retry(self, loaded: LoadedModel, picture, started: float, max_size: int,
+                        **kwargs: Any) -> OCRResult:
         pipelines: list[TokenPipeline] = []
         try:
             return self._run(loaded, picture, started, max_size, pipelines, **kwargs)
@@ -181,9 +186,10 @@ class DotOCRInference(Engine):
             _free_memory()
             if pipelines and pipelines[-1].streamed:  # a listener already has part of the answer
                 raise OutOfMemoryError(
-                    f"The GPU ran out of memory while reading; lower --max-image-size (now {max_size}) or "
+                    f"The GPU ran out of memory while reading; lower --max-image-size (now {_cap_text(max_size)}) or "
                     "switch to 4-bit or the CPU.") from None
-        smaller = max(IMAGE_FACTOR, int(min(max_size, max(picture.size)) * OOM_RETRY_SCALE))
+        longest = max(loaded.preparer.plan(picture.width, picture.height, max_size).size)
+        smaller = max(IMAGE_FACTOR, int(longest * OOM_RETRY_SCALE))
         log.warning("CUDA out of memory; retrying once at %d px", smaller)
         try:
             return self._run(loaded, picture, started, smaller, pipelines, **kwargs)
@@ -192,17 +198,17 @@ class DotOCRInference(Engine):
                 raise
             _free_memory()
             raise OutOfMemoryError(
-                f"The GPU ran out of memory even at {smaller} px; lower --max-image-size (now {max_size}) or "
-                "switch to 4-bit or the CPU.") from None
+                f"The GPU ran out of memory even at {smaller} px; lower --max-image-size "
+                f"(now {_cap_text(max_size)}) or switch to 4-bit or the CPU.") from None
 
     def _run(self, loaded: LoadedModel, picture, started: float, max_size: int, pipelines: list[TokenPipeline],
              *, prompt: str, bbox, max_new_tokens: int, temperature: float, top_p: float,
-             instruction: str | None, on_text, file: str | None, should_stop,
+             instruction: str | None, system: str | None, on_text, file: str | None, should_stop,
              max_prompt_tokens: int | None) -> OCRResult:
         prepared = loaded.preparer.prepare(picture, max_size)
         if instruction is None:
             instruction = instruction_for(prompt, prepared.box_to_model(bbox) if bbox is not None else None)
-        ids = encode_prompt(loaded.tokenizer, instruction, prepared.image_tokens)
+        ids = encode_prompt(loaded.tokenizer, instruction, prepared.image_tokens, system=system)
         text_tokens = len(ids) - prepared.image_tokens
         if max_prompt_tokens is not None and text_tokens > max_prompt_tokens:
             raise PromptTooLongError(f"The prompt's text is {text_tokens} tokens, more than the {max_prompt_tokens} "
@@ -261,6 +267,10 @@ class DotOCRInference(Engine):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+
+
+def _cap_text(max_size: int) -> str:
+    return f"{max_size} px" if max_size else "no cap"
 
 
 def _is_cuda_oom(exc: BaseException) -> bool:

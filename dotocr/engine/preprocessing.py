@@ -1,27 +1,31 @@
 """Turn a decoded RGB image (see `images.py`) into the exact pixels and patches dots.ocr expects.
 
-Sizing (`ImagePreparer.prepare`), in this order, with one uniform scale so boxes map back exactly:
+One sizing rule, dots.ocr's own (Qwen2-VL's `smart_resize`, the rule vLLM applies when it serves the
+checkpoint): each side is rounded to the nearest multiple of 28 (the vision patch 14 times the 2x2 merge);
+if the area is then above the processor's `max_pixels`, both sides shrink by sqrt(area / max_pixels) and
+are rounded down; if it is below `min_pixels`, both grow by sqrt(min_pixels / area) and are rounded up.
+The image is resized once, bicubic, to those sides, so every image the official processor accepts gets
+exactly vLLM's size and token count, and a box the model writes maps back exactly (a separate scale per
+axis, since each side is rounded on its own). Nothing is enlarged beyond what `min_pixels` needs.
 
-1. Tiny crops are enlarged. A crop whose short side is under TINY_SHORT_SIDE (56 px, two rows of
-   vision tokens) is usually one or two lines of screen text with 10-14 px glyphs; the model reads
-   documents rendered at about 200 dpi, where glyphs are 25-40 px, so such a crop is scaled until
-   its short side reaches 56 px, by at most MAX_TEXT_UPSCALE (4x). A single 12 px line (180 x 14)
-   becomes 720 x 56. Independently, anything smaller than the processor's `min_pixels` is scaled up
-   until its area reaches it, so each side can hold at least one 28 px token.
-2. The longest side is brought down to `max_image_size` (rounded down to a multiple of 28), and the
-   area to the processor's `max_pixels`. Shrinking wins over enlarging.
-3. The content is resized once (bicubic, as the processor would) and placed at the top left of a
-   white canvas whose sides are the content's sides rounded up to multiples of 28 (the vision
-   patch 14 times the 2x2 merge), never beyond the limit of step 2. The padding is white, right
-   and bottom only, less than 28 px per side.
-4. The canvas grows with more white padding where the model's own rules need it: area at least
-   `min_pixels` (when the size limit allows) and aspect ratio at most 200:1, which Qwen2-VL's
-   `smart_resize` would otherwise refuse (a 3000 x 14 strip is padded, not rejected).
+Tiny screen crops (one 12 px line, 180 x 14) are not enlarged further either: they become 224 x 28, what
+vLLM would make of them. The earlier rule here lifted such a crop 4x (to a 56 px short side); that gave the
+model an image no dots.ocr server would give it and boxes that disagreed with the official parser, for a
+gain in reading that was never measured (no real weights can be run here). dots.ocr was trained through
+this processor, so its rule is the one we keep; a person who wants larger glyphs can zoom before capturing.
 
-The canvas is handed to `Qwen2VLImageProcessorPil` with resizing switched off, so the processor only
-normalises and cuts patches (in 2x2 merge-window order); we check its grid matches the canvas.
-The sizing arithmetic is light (the remote engine sizes images too); torch and the processor are
-imported only when patches are cut.
+Two additions, neither of which touches an image the official rule handles on its own terms:
+
+* `max_image_size`, when set (the tray's `--max-image-size 1024` for small GPUs), caps the longest side:
+  the image is first scaled uniformly so its longest side is that cap rounded down to a multiple of 28,
+  then the rule above runs. 0 or None means no cap (the OpenAI route uses none, like vLLM).
+* A strip longer than 200 times its width (a 3000 x 14 screen line), which `smart_resize` refuses, is
+  padded with white at the right or bottom to exactly 200:1 first, instead of failing.
+
+The resized image is handed to `Qwen2VLImageProcessorPil` with resizing switched off, so the processor
+only normalises and cuts patches (in 2x2 merge-window order); we check its grid matches. The sizing
+arithmetic is light (the remote engine sizes images too); torch and the processor are imported only when
+patches are cut.
 """
 
 from __future__ import annotations
@@ -40,9 +44,8 @@ from dotocr.vision_grid import MERGE_SIZE, PATCH_SIZE
 
 from .boxes import check_box
 
-TINY_SHORT_SIDE = 56
-MAX_TEXT_UPSCALE = 4.0
 MAX_ASPECT_RATIO = 200
+"""The longest side over the shortest that `smart_resize` accepts; longer strips are padded to it."""
 
 # The official dots.ocr preprocessor_config.json, used when no checkpoint folder is given.
 DOTS_PREPROCESSOR_CONFIG: dict[str, Any] = {
@@ -69,10 +72,10 @@ class PreparedImage:
     image: Image.Image
     """What the model sees: RGB, both sides multiples of 28."""
     original_size: tuple[int, int]
-    scale: float
-    """Model pixels per original pixel (the same on both axes)."""
+    scale: tuple[float, float]
+    """Model pixels per input pixel, (x, y): each side is rounded to 28 on its own, so the two differ a little."""
     pad: tuple[int, int]
-    """(right, bottom) white padding added, in model pixels."""
+    """(right, bottom) white padding added before resizing, in input pixels (only past 200:1)."""
     pixel_values: Any
     """torch.FloatTensor of patches (None when only the size was planned, as the remote engine does)."""
     grid_thw: Any
@@ -80,13 +83,15 @@ class PreparedImage:
 
     @property
     def content_size(self) -> tuple[int, int]:
-        """The part of `image` that shows the input, before the padding."""
-        return self.image.width - self.pad[0], self.image.height - self.pad[1]
+        """The part of `image` that shows the input, before any padding (model pixels)."""
+        width, height = self.original_size
+        return (min(self.image.width, max(1, round(width * self.scale[0]))),
+                min(self.image.height, max(1, round(height * self.scale[1]))))
 
     def to_original(self, x: float, y: float) -> tuple[float, float]:
         """A point in model pixels as a point in input pixels, clamped to the input image."""
         width, height = self.original_size
-        return _clamp(x / self.scale, 0.0, width), _clamp(y / self.scale, 0.0, height)
+        return _clamp(x / self.scale[0], 0.0, width), _clamp(y / self.scale[1], 0.0, height)
 
     def box_to_model(self, box: tuple[float, float, float, float]) -> tuple[int, int, int, int]:
         """A box (x1, y1, x2, y2) in input pixels as a box in model pixels; one that shows nothing is refused."""
@@ -100,21 +105,51 @@ class PreparedImage:
 
     def to_model(self, x: float, y: float) -> tuple[float, float]:
         """A point in input pixels as a point in model pixels, clamped to the shown content."""
-        width, height = self.content_size
-        return _clamp(x * self.scale, 0.0, width), _clamp(y * self.scale, 0.0, height)
+        width, height = self.original_size
+        return (_clamp(x * self.scale[0], 0.0, width * self.scale[0]),
+                _clamp(y * self.scale[1], 0.0, height * self.scale[1]))
 
 
 @dataclass(frozen=True)
 class SizePlan:
     """Where an input of a given size ends up; pure arithmetic, so it can be checked for any size."""
 
-    canvas: tuple[int, int]
-    content: tuple[int, int]
-    scale: float
+    size: tuple[int, int]
+    """The model's image, (width, height), both multiples of 28."""
+    pad: tuple[int, int]
+    """(right, bottom) white padding in input pixels, added before resizing (only past 200:1)."""
+    original: tuple[int, int]
 
     @property
-    def pad(self) -> tuple[int, int]:
-        return self.canvas[0] - self.content[0], self.canvas[1] - self.content[1]
+    def scale(self) -> tuple[float, float]:
+        padded_w, padded_h = self.original[0] + self.pad[0], self.original[1] + self.pad[1]
+        return self.size[0] / padded_w, self.size[1] / padded_h
+
+
+def smart_resize(height: float, width: float, factor: int = 28, min_pixels: int = 3136,
+                 max_pixels: int = 11289600) -> tuple[int, int]:
+    """(height, width) as Qwen2-VL's processor sizes an image, step for step (vLLM uses that processor).
+
+    Raises ValueError past MAX_ASPECT_RATIO, as the original does; `ImagePreparer.plan` pads before that.
+    """
+    if max(height, width) / min(height, width) > MAX_ASPECT_RATIO:
+        raise ValueError(f"absolute aspect ratio must be at most {MAX_ASPECT_RATIO}, got "
+                         f"{max(height, width) / min(height, width)}")
+    return _fit(height, width, factor, min_pixels, max_pixels)
+
+
+def _fit(height: float, width: float, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
 
 
 class ImagePreparer:
@@ -158,88 +193,56 @@ class ImagePreparer:
             raise ModelUnavailableError(f"{path} does not hold a JSON object; download the model again.")
         return cls(config)
 
-    def plan(self, width: int, height: int, max_image_size: int) -> SizePlan:
-        """Apply the sizing rules of the module docstring to a `width` x `height` input."""
+    def plan(self, width: int, height: int, max_image_size: int | None = None) -> SizePlan:
+        """The size the module docstring's rule gives a `width` x `height` input (0 or None: no cap)."""
         if width < 1 or height < 1:
             raise ValueError(f"image size must be positive, got {width} x {height}")
         f = self.factor
-        limit = max(f, max_image_size // f * f)
-        area = width * height
+        pad_w = pad_h = 0
+        if width > MAX_ASPECT_RATIO * height:
+            pad_h = math.ceil(width / MAX_ASPECT_RATIO) - height
+        elif height > MAX_ASPECT_RATIO * width:
+            pad_w = math.ceil(height / MAX_ASPECT_RATIO) - width
+        w, h = width + pad_w, height + pad_h
+        h_bar, w_bar = smart_resize(h, w, f, self.min_pixels, self.max_pixels)
+        if max_image_size:
+            limit = max(f, max_image_size // f * f)
+            if max(h_bar, w_bar) > limit:
+                # the longest side becomes the cap exactly, the other keeps the aspect ratio
+                scaled_w, scaled_h = (limit, h * limit / w) if w >= h else (w * limit / h, limit)
+                h_bar, w_bar = _fit(scaled_h, scaled_w, f, self.min_pixels, self.max_pixels)
+                # the user's cap wins over min_pixels (a cap of 28 is allowed)
+                h_bar, w_bar = min(h_bar, limit), min(w_bar, limit)
+        return SizePlan(size=(w_bar, h_bar), pad=(pad_w, pad_h), original=(width, height))
 
-        scale = 1.0
-        short, long = min(width, height), max(width, height)
-        if short < TINY_SHORT_SIDE:
-            scale = min(MAX_TEXT_UPSCALE, TINY_SHORT_SIDE / short)
-        scale = max(scale, math.sqrt(self.min_pixels / area))
-        scale = min(scale, limit / long, math.sqrt(self.max_pixels / area))
-
-        content_w = max(1, round(width * scale))
-        content_h = max(1, round(height * scale))
-        canvas_w = min(limit, max(f, math.ceil(content_w / f) * f))
-        canvas_h = min(limit, max(f, math.ceil(content_h / f) * f))
-        while canvas_w * canvas_h > self.max_pixels:  # ceil pushed the area over; shrink the longer side
-            if canvas_w >= canvas_h:
-                canvas_w -= f
-            else:
-                canvas_h -= f
-        if content_w > canvas_w or content_h > canvas_h:  # the canvas cap cut into the content
-            scale = min(canvas_w / width, canvas_h / height)
-            content_w = min(canvas_w, max(1, round(width * scale)))
-            content_h = min(canvas_h, max(1, round(height * scale)))
-
-        while canvas_w * canvas_h < self.min_pixels:
-            if canvas_w <= canvas_h and canvas_w + f <= limit:
-                canvas_w += f
-            elif canvas_h + f <= limit:
-                canvas_h += f
-            elif canvas_w + f <= limit:
-                canvas_w += f
-            else:
-                break  # max_image_size is below the model's minimum: the user's limit wins
-        if max(canvas_w, canvas_h) > MAX_ASPECT_RATIO * min(canvas_w, canvas_h):
-            needed = math.ceil(max(canvas_w, canvas_h) / MAX_ASPECT_RATIO / f) * f
-            if canvas_w < canvas_h:
-                canvas_w = needed
-            else:
-                canvas_h = needed
-        return SizePlan(canvas=(canvas_w, canvas_h), content=(content_w, content_h), scale=scale)
-
-    def prepare(self, image: Image.Image, max_image_size: int, *, patches: bool = True) -> PreparedImage:
-        """Resize and pad `image` (RGB, from `load_image`); with `patches`, also cut the model's patches."""
+    def prepare(self, image: Image.Image, max_image_size: int | None = None, *,
+                patches: bool = True) -> PreparedImage:
+        """Resize `image` (RGB, from `load_image`) by the rule; with `patches`, also cut the model's patches."""
         if image.mode != "RGB":
             image = image.convert("RGB")
         plan = self.plan(image.width, image.height, max_image_size)
-        content = image
-        if plan.content != image.size:
-            content = image.resize(plan.content, Image.Resampling.BICUBIC)
-        if plan.canvas == plan.content:
-            canvas = content if content is not image else image.copy()
-        else:
-            canvas = Image.new("RGB", plan.canvas, (255, 255, 255))
-            canvas.paste(content, (0, 0))
+        source = image
+        if plan.pad != (0, 0):
+            source = Image.new("RGB", (image.width + plan.pad[0], image.height + plan.pad[1]), (255, 255, 255))
+            source.paste(image, (0, 0))
+        model_image = source.resize(plan.size, Image.Resampling.BICUBIC) if plan.size != source.size else (
+            source if source is not image else image.copy())
 
-        grid_w, grid_h = canvas.width // self.patch_size, canvas.height // self.patch_size
+        grid_w, grid_h = model_image.width // self.patch_size, model_image.height // self.patch_size
+        common = {"image": model_image, "original_size": image.size, "scale": plan.scale, "pad": plan.pad}
         if not patches:
-            return PreparedImage(image=canvas, original_size=image.size, scale=plan.scale, pad=plan.pad,
-                                 pixel_values=None, grid_thw=None,
+            return PreparedImage(**common, pixel_values=None, grid_thw=None,
                                  image_tokens=grid_h * grid_w // (self.merge_size**2))
         import torch
 
-        features = self.processor(images=canvas, do_resize=False, return_tensors="pt")
+        features = self.processor(images=model_image, do_resize=False, return_tensors="pt")
         pixel_values = features["pixel_values"].to(torch.float32)
         grid_thw = features["image_grid_thw"].to(torch.long)
         t, grid_h, grid_w = (int(v) for v in grid_thw[0])
-        if (grid_w * self.patch_size, grid_h * self.patch_size) != canvas.size:
-            raise RuntimeError(f"image processor resized {canvas.size} to a {grid_w} x {grid_h} patch grid")
-        return PreparedImage(
-            image=canvas,
-            original_size=image.size,
-            scale=plan.scale,
-            pad=plan.pad,
-            pixel_values=pixel_values,
-            grid_thw=grid_thw,
-            image_tokens=t * grid_h * grid_w // (self.merge_size**2),
-        )
+        if (grid_w * self.patch_size, grid_h * self.patch_size) != model_image.size:
+            raise RuntimeError(f"image processor resized {model_image.size} to a {grid_w} x {grid_h} patch grid")
+        return PreparedImage(**common, pixel_values=pixel_values, grid_thw=grid_thw,
+                             image_tokens=t * grid_h * grid_w // (self.merge_size**2))
 
 
 def _clamp(value: float, low: float, high: float) -> float:

@@ -5,7 +5,8 @@ trained on exactly this wording, so they are kept byte for byte. The grounding i
 followed by the box in model-input pixels, written the way the official parser writes a list of
 ints: "[x1, y1, x2, y2]".
 
-Prompt layout (the checkpoint's chat template for one user turn with one image):
+Prompt layout (the checkpoint's chat template for one user turn with one image, after an optional system turn):
+    [<|system|>SYSTEM<|endofsystem|>\n]
     <|user|><|img|><|imgpad|> x image_tokens <|endofimg|>INSTRUCTION<|endofuser|><|assistant|>
 """
 
@@ -48,6 +49,7 @@ PROMPT_GROUNDING_OCR = (
 )
 
 USER, END_USER, ASSISTANT = "<|user|>", "<|endofuser|>", "<|assistant|>"
+SYSTEM, END_SYSTEM = "<|system|>", "<|endofsystem|>"
 IMAGE_START, IMAGE_PAD, IMAGE_END = "<|img|>", "<|imgpad|>", "<|endofimg|>"
 IMAGE_PLACEHOLDER = IMAGE_START + IMAGE_PAD + IMAGE_END
 """What OpenAI-style clients put before the instruction to mark where the image goes."""
@@ -116,13 +118,14 @@ def strip_image_placeholder(text: str) -> str:
     return text
 
 
-def build_prompt(instruction: str, image_tokens: int) -> str:
+def build_prompt(instruction: str, image_tokens: int, system: str | None = None) -> str:
     """The prompt as text; `encode_prompt` produces the same ids without tokenizing the pads."""
-    return USER + IMAGE_START + IMAGE_PAD * image_tokens + IMAGE_END + instruction + END_USER + ASSISTANT
+    head = SYSTEM + system + END_SYSTEM + "\n" if system is not None else ""
+    return head + USER + IMAGE_START + IMAGE_PAD * image_tokens + IMAGE_END + instruction + END_USER + ASSISTANT
 
 
-def encode_prompt(tokenizer: Any, instruction: str, image_tokens: int) -> list[int]:
-    """Token ids of `build_prompt(instruction, image_tokens)`.
+def encode_prompt(tokenizer: Any, instruction: str, image_tokens: int, *, system: str | None = None) -> list[int]:
+    """Token ids of `build_prompt(instruction, image_tokens, system)`.
 
     The markers are placed as ids directly and only the instruction goes through the tokenizer,
     with special-token text in it split like ordinary text: a client that writes "<|imgpad|>" in
@@ -132,8 +135,15 @@ def encode_prompt(tokenizer: Any, instruction: str, image_tokens: int) -> list[i
         raise ValueError(f"image_tokens must not be negative, got {image_tokens}")
     markers = (USER, IMAGE_START, IMAGE_PAD, IMAGE_END, END_USER, ASSISTANT)
     user, start, pad, end, end_user, assistant = (_special_id(tokenizer, marker) for marker in markers)
-    text_ids = list(tokenizer.encode(instruction, add_special_tokens=False, split_special_tokens=True))
-    return [user, start, *([pad] * image_tokens), end, *text_ids, end_user, assistant]
+    text_ids = _text_ids(tokenizer, instruction)
+    # The template's system markers are not special tokens in the dots.ocr vocabulary (it has
+    # <|systemprompt|> instead), so vLLM tokenizes the whole system turn as text; so do we.
+    head = _text_ids(tokenizer, SYSTEM + system + END_SYSTEM + "\n") if system is not None else []
+    return [*head, user, start, *([pad] * image_tokens), end, *text_ids, end_user, assistant]
+
+
+def _text_ids(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)) if text else []
 
 
 def _special_id(tokenizer: Any, marker: str) -> int:

@@ -1,9 +1,9 @@
 """`RemoteEngine`: the engine interface, with the model on an OpenAI-compatible server elsewhere.
 
 The server can be vLLM serving dots.ocr (`vllm serve rednote-hilab/dots.ocr ...`) or another dotocr-serve.
-The image is loaded and sized here exactly as the local engine sizes it (sides multiples of 28, within
-max_image_size), so the server's own processor leaves it as it is and any boxes in the answer are in
-pixels we can map back. The request is the one dots.ocr's own client sends: the image as a PNG data URL
+The image is loaded and sized here exactly as the local engine sizes it (dots.ocr's own rule, within
+max_image_size when set), so the server's own processor leaves it as it is and any boxes in the answer are
+in pixels we can map back. The request is the one dots.ocr's own client sends: the image as a PNG data URL
 and `<|img|><|imgpad|><|endofimg|>` before the instruction. The answer is streamed, so `on_text` works,
 and post-processed like a local answer.
 
@@ -38,15 +38,19 @@ from .status import EngineState, Status
 log = logging.getLogger("dotocr.engine.remote")
 
 CONNECT_TIMEOUT_S = 5.0
-READ_TIMEOUT_S = 300.0
-"""Longest wait for the next piece of the answer (a big page's prefill on a busy server can be long)."""
+READ_TIMEOUT_S = 3600.0
+"""Longest wait for the next piece of the answer: a request waiting in a busy server's line gets no bytes until
+its turn (dotocr-serve's own deadline is an hour by default), and a dense page's prefill can be long."""
+MAX_CONNECTIONS = 256
+"""Enough for `dotocr ocr --concurrency` at its maximum: requests never wait for a free connection."""
 BUSY_RETRY_S = 60.0
 """How long a request keeps retrying while the server answers 503 (loading, or its queue is full)."""
 MAX_ERROR_BODY = 4096
 
 
 class RemoteEngine(Engine):
-    """Thread-safe, one request at a time like the local engine. Connects on `load()` or `ocr()`."""
+    """Thread-safe; several threads may have requests in flight at once (a serving engine batches them).
+    Connects on `load()` or `ocr()`."""
 
     def __init__(self, settings: Settings, *, on_state: Callable[[EngineState], None] | None = None,
                  read_timeout_s: float = READ_TIMEOUT_S, busy_retry_s: float = BUSY_RETRY_S) -> None:
@@ -58,6 +62,7 @@ class RemoteEngine(Engine):
         self._precision: str | None = None
         self._remote_device: str | None = None
         self._lock = threading.RLock()
+        self._in_flight = 0
 
     # -- state --------------------------------------------------------------------------------------
 
@@ -99,7 +104,8 @@ class RemoteEngine(Engine):
         # A proxy must never see loopback traffic (it would get the key and the image): HTTP_PROXY and
         # friends are ignored for a server on this machine.
         client = httpx.Client(headers=headers, trust_env=not is_loopback_url(self.url), timeout=httpx.Timeout(
-            self._read_timeout_s, connect=CONNECT_TIMEOUT_S, pool=CONNECT_TIMEOUT_S))
+            self._read_timeout_s, connect=CONNECT_TIMEOUT_S, pool=CONNECT_TIMEOUT_S),
+            limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=32))
         try:
             response = self._send(client, "GET", f"{self.url}/models", timeout=CONNECT_TIMEOUT_S * 2)
             if response.status_code == 404:
@@ -131,7 +137,8 @@ class RemoteEngine(Engine):
             bbox: tuple[float, float, float, float] | None = None, max_new_tokens: int | None = None,
             temperature: float = 0.0, top_p: float = 1.0, instruction: str | None = None,
             on_text: Callable[[str], None] | None = None, file: str | None = None,
-            should_stop: Callable[[], bool] | None = None, max_prompt_tokens: int | None = None) -> OCRResult:
+            should_stop: Callable[[], bool] | None = None, max_prompt_tokens: int | None = None,
+            max_image_size: int | None = None, system: str | None = None) -> OCRResult:
         """Same arguments and result as `DotOCRInference.ocr`; the generation happens on the server.
 
         `should_stop` is asked after every streamed piece (closing the stream stops a dotocr server's
@@ -140,21 +147,28 @@ class RemoteEngine(Engine):
         started = time.perf_counter()
         picture = load_image(image)
         prompt = self._resolve_prompt(prompt, output_format, bbox, instruction)
+        cap = self._settings.max_image_size if max_image_size is None else max_image_size
+        prepared = self._preparer.prepare(picture, cap, patches=False)
+        if instruction is None:
+            instruction = instruction_for(prompt, prepared.box_to_model(bbox) if bbox is not None else None)
+        body = self._request_body(prepared, instruction, max_new_tokens or self._settings.max_new_tokens,
+                                  temperature, top_p, system)
         with self._lock:
             client = self._ensure_connected()
-            prepared = self._preparer.prepare(picture, self._settings.max_image_size, patches=False)
-            if instruction is None:
-                instruction = instruction_for(prompt, prepared.box_to_model(bbox) if bbox is not None else None)
-            body = self._request_body(prepared, instruction, max_new_tokens or self._settings.max_new_tokens,
-                                      temperature, top_p)
+            self._in_flight += 1
             self._set_state(Status.BUSY, "reading", device=self._remote_device or "remote",
                             precision=self._precision or "unknown", decoder="remote")
-            try:
-                answer = self._complete(client, body, on_text, time.perf_counter(), should_stop)
-            except RemoteEngineError as exc:
+        try:
+            answer = self._complete(client, body, on_text, time.perf_counter(), should_stop)
+        except RemoteEngineError as exc:
+            with self._lock:
+                self._in_flight -= 1
                 self._set_state(Status.ERROR, str(exc))
-                raise
-            self._set_ready(f"remote {self.url}")
+            raise
+        with self._lock:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._set_ready(f"remote {self.url}")
         text, cells = format_answer(prompt, answer.text, prepared)
         finished = time.perf_counter()
         return OCRResult(
@@ -175,16 +189,18 @@ class RemoteEngine(Engine):
     # -- the HTTP exchange --------------------------------------------------------------------------
 
     def _request_body(self, prepared: PreparedImage, instruction: str, max_new_tokens: int,
-                      temperature: float, top_p: float) -> dict[str, Any]:
+                      temperature: float, top_p: float, system: str | None = None) -> dict[str, Any]:
         png = io.BytesIO()
         prepared.image.save(png, format="PNG")
         data_url = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system is not None else []
+        messages.append({"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_url}},
+            {"type": "text", "text": IMAGE_PLACEHOLDER + instruction},
+        ]})
         return {
             "model": self._settings.remote_model,
-            "messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": data_url}},
-                {"type": "text", "text": IMAGE_PLACEHOLDER + instruction},
-            ]}],
+            "messages": messages,
             "max_completion_tokens": max_new_tokens,
             "max_tokens": max_new_tokens,  # servers that predate max_completion_tokens
             "temperature": temperature,

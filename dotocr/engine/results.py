@@ -33,16 +33,19 @@ class OCRResult:
     """Seconds per stage: preprocess, prefill (vision + prompt), decode, total."""
     peak_gpu_mb: float | None = None
     loop_start: int | None = None
-    """With stop_reason "repetition": the index among the generated tokens where the loop began."""
+    """With stop_reason "repetition": the index among the generated tokens where the loop began (else None)."""
     cells: list[dict[str, Any]] | None = None
     """Layout cells (bbox in input-image pixels, category, text) for the layout prompts."""
     file: str | None = None
-    loop_start: int | None = None
-    """With stop_reason "repetition": index among the generated tokens where the loop began (None otherwise)."""
+    page: int | None = None
+    """For a PDF page: its number, 1-based (width, height and any boxes are in that page's pixels)."""
+    dpi: float | None = None
+    """For a PDF page: what it was rendered at, so a box in its pixels is x * 72 / dpi points."""
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The JSON contract shared by `dotocr ocr --format json` and `POST /ocr`."""
+        """The JSON contract shared by `dotocr ocr --format json` and `POST /ocr`; page fields only for PDFs."""
         data = asdict(self)
-        if data["cells"] is None:
-            del data["cells"]
+        for optional in ("cells", "page", "dpi"):
+            if data[optional] is None:
+                del data[optional]
         return data

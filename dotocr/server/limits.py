@@ -33,12 +33,14 @@ class ServerLimits:
 
     max_upload_bytes: int = 20 * MIB
     """Largest image file accepted by POST /ocr (a base64 image in a chat request may be 4/3 of this)."""
-    max_waiting: int = 8
-    """Requests allowed to wait behind the one being generated; more are refused with 503."""
-    request_timeout_s: float = 300.0
-    """Longest a request may take, queueing included, before it gets 504 and its generation is stopped."""
+    max_waiting: int = 128
+    """Requests allowed to wait behind the one being generated; more are refused with 503. The official parser
+    sends 16 pages at once (64 recommended for PDFs); vLLM queues them all, so the line holds that and more."""
+    request_timeout_s: float = 3600.0
+    """Longest a request may take, queueing included, before it gets 504 and its generation is stopped: long
+    enough for a line of dense pages on a slow machine (a page on a CPU can take minutes)."""
     retry_after_s: int = 5
-    """What 503 answers put in Retry-After."""
+    """What 503 answers put in Retry-After before any generation has finished (then: recent durations)."""
     max_body_bytes_other: int = 64 * 1024
     """Body limit for every route that takes no image."""
     max_connections: int = 100
@@ -51,10 +53,12 @@ class ServerLimits:
     """Time a body may take before `min_body_rate` applies."""
     min_body_rate: int = 32 * 1024
     """Bytes a second a body must average after the grace time (408 otherwise): a trickle is cut off."""
-    max_bodies: int = 16
-    """Bodies of /ocr and chat requests read at the same time; more are refused with 503."""
-    max_decoded_bytes: int = 1024 * MIB
-    """Memory the decoded images of all requests in flight may take (about 8 bytes a pixel each)."""
+    max_bodies: int = 64
+    """Bodies of /ocr and chat requests read at the same time; more are refused with 503 (the official parser
+    sends 64 pages at once for PDFs)."""
+    max_decoded_bytes: int = 3072 * MIB
+    """Memory the decoded images of all requests in flight may take (about 8 bytes a pixel each): room for the
+    official parser's 64 A4 pages at 200 DPI, about 46 MiB each."""
     max_prompt_tokens: int = 4096
     """Tokens the text parts of a chat request may take (the image's tokens not counted)."""
 

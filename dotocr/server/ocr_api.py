@@ -1,24 +1,42 @@
-"""POST /ocr: the curl route. A multipart upload in, the `dotocr ocr --format json` object out."""
+"""POST /ocr: the curl route. A multipart upload in, the `dotocr ocr --format json` object out.
+
+A PDF upload is read page by page (rendered at 200 DPI like dots.ocr's parser, or `dpi`; `pages=1-3,7` picks
+some) under the one place in line it was admitted with, and answers {"file", "page_count", "pages": [...]}
+with one result object per page, in page order.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from dotocr.config import OUTPUT_FORMATS, PROMPT_MODES
-from dotocr.engine import Box, parse_box
+from dotocr.engine import (
+    DEFAULT_DPI,
+    MAX_PAGE_PIXELS,
+    Box,
+    PdfDocument,
+    check_dpi,
+    is_pdf,
+    parse_box,
+    parse_page_ranges,
+)
 from dotocr.errors import DotOCRError
 
-from .errors import ApiError
-from .schemas import OCR_FORM_SCHEMA, ErrorResponse, OCRResponse
+from .errors import ApiError, engine_error
+from .gate import Ticket
+from .schemas import OCR_FORM_SCHEMA, DocumentResponse, ErrorResponse, OCRResponse
 from .state import ServerState
 from .uploads import Form, read_multipart
 
 router = APIRouter()
 
 MAX_FILENAME = 255
+MAX_PDF_PAGES = 100
+"""Most pages one upload may ask for: more is a job for `dotocr ocr` or the OpenAI route, a page a request."""
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": description} for code, description in (
         (400, "Bad form field, or an image that is corrupt, truncated, empty or too many pixels."),
@@ -36,7 +54,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.post(
-    "/ocr", response_model=OCRResponse, responses=ERRORS, summary="Read the text in an uploaded image",
+    "/ocr", response_model=OCRResponse | DocumentResponse, responses=ERRORS,
+    summary="Read the text in an uploaded image, or in each page of a PDF",
     openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {
         "schema": OCR_FORM_SCHEMA}}}})
 async def ocr(request: Request) -> JSONResponse:
@@ -45,14 +64,74 @@ async def ocr(request: Request) -> JSONResponse:
     form = await read_multipart(request, server.limits.max_upload_bytes)
     options = _ocr_options(form, server)
     filename, data = form.files["file"]
+    what = f"The uploaded file {filename!r}" if filename else "The upload"
+    pdf = is_pdf(data)
+    if not pdf and (form.fields.get("pages") or form.fields.get("dpi")):
+        raise ApiError(400, "pages and dpi apply to PDF uploads only; leave them out for an image.",
+                       "invalid_form")
     ticket = server.admit()  # only now: a slow upload holds no place in line
     try:
-        image = await server.decode(ticket, data, f"The uploaded file {filename!r}" if filename else "The upload")
+        if pdf:
+            server.hold(ticket, MAX_PAGE_PIXELS * 12)  # one rendered page at a time: RGBA bitmap and RGB copy
+            return JSONResponse(await _read_pdf(server, ticket, request, data, filename[:MAX_FILENAME], what,
+                                                form.fields, options))
+        image = await server.decode(ticket, data, what)
         del form, data  # while it waits in line, the request holds the decoded image only
         result = await server.run_ocr(ticket, request.receive, image, file=filename[:MAX_FILENAME], **options)
     finally:
         ticket.close()
     return JSONResponse(result.to_json_dict())  # as is: `cells` is absent, not null, for the text prompt
+
+
+async def _read_pdf(server: ServerState, ticket: Ticket, request: Request, data: bytes, filename: str, what: str,
+                    fields: dict[str, str], options: dict[str, Any]) -> dict[str, Any]:
+    """Every requested page, rendered off the event loop one at a time and read in page order."""
+    wanted = _parse_pages(fields.get("pages"))
+    dpi = _parse_dpi(fields.get("dpi"))
+    try:
+        document = await to_thread.run_sync(PdfDocument, data, what)
+    except DotOCRError as exc:
+        raise engine_error(exc, server.limits.retry_after_s) from None
+    try:
+        try:
+            present, missing = document.select(wanted, MAX_PDF_PAGES)
+        except DotOCRError as exc:
+            raise engine_error(exc, server.limits.retry_after_s) from None
+        if missing:
+            raise ApiError(400, f"{what} has {document.page_count} pages; page "
+                           f"{', '.join(map(str, missing))} does not exist.", "invalid_form")
+        pages = []
+        for number in present:
+            try:
+                page = await to_thread.run_sync(document.render, number, dpi)
+            except DotOCRError as exc:
+                raise engine_error(exc, server.limits.retry_after_s) from None
+            result = await server.run_ocr(ticket, request.receive, page.image, file=filename, **options)
+            result.page, result.dpi = page.number, page.dpi
+            pages.append(result.to_json_dict())
+            del page
+        return {"file": filename, "page_count": document.page_count, "pages": pages}
+    finally:
+        document.close()
+
+
+def _parse_pages(text: str | None) -> list[int] | None:
+    if not text:
+        return None
+    try:
+        return parse_page_ranges(text)
+    except ValueError as exc:
+        raise ApiError(400, f"pages={text!r}: {exc}.", "invalid_form") from None
+
+
+def _parse_dpi(text: str | None) -> float:
+    if not text:
+        return DEFAULT_DPI
+    try:
+        return check_dpi(float(text))
+    except ValueError as exc:
+        reason = str(exc) if "DPI" in str(exc) else "not a number"
+        raise ApiError(400, f"dpi={text!r}: {reason}.", "invalid_form") from None
 
 
 def _ocr_options(form: Form, server: ServerState) -> dict[str, Any]:

@@ -1,7 +1,16 @@
 """The OpenAI-compatible routes, as vLLM serves dots.ocr: what the official parser and `openai` clients call.
 
-The answer's content is what the model generated (`OCRResult.raw`), as vLLM would return it, so clients
-that post-process dots.ocr output themselves get the same text from either server.
+A request becomes the prompt vLLM would build from it: the checkpoint's chat template (system turns as
+`<|system|>...<|endofsystem|>\n`, then the user turn), text parts joined with "\n", the image where the
+`<|img|><|imgpad|><|endofimg|>` placeholder stands (at the start of the user text, or put there followed by
+"\n" when the text has none, as vLLM does), whitespace passed through as sent. The image is sized by
+dots.ocr's own rule with no extra cap, so token counts and boxes are vLLM's. The answer's content is what
+the model generated (`OCRResult.raw`), so clients that post-process dots.ocr output themselves get the same
+text from either server.
+
+Where we differ from vLLM, on purpose: a user message with an image and no text part at all gets the
+server's prompt setting (vLLM would send the model a bare "\n"); earlier user or assistant turns are refused
+(this is an OCR server: one page per request).
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from dotocr.config import PROMPT_MODES
-from dotocr.engine import OCRResult, instruction_for, strip_image_placeholder
+from dotocr.engine import IMAGE_PLACEHOLDER, OCRResult, instruction_for
 from dotocr.errors import DotOCRError
 
 from .errors import ApiError, engine_error, error_body, log
@@ -28,6 +37,8 @@ from .uploads import decode_data_url
 router = APIRouter(prefix="/v1")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+MAX_COMPLETION_TOKENS = 32768
+"""The most tokens one chat request may generate: the official client's default, over its parser's 16,384."""
 
 
 @router.get("/models", response_model=ModelList, summary="The one model this server runs")
@@ -42,22 +53,23 @@ async def models(request: Request) -> ModelList:
                         "content": {"text/event-stream": {}}}},
     summary="OCR through the OpenAI chat completions protocol")
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-    """One user message with one image (a base64 data URL) and, optionally, the instruction text.
+    """System messages, then one user message with one image (a base64 data URL) and, optionally, text.
 
-    Any model name is accepted: this server runs one model. A leading `<|img|><|imgpad|><|endofimg|>` in the
-    text (the official dots.ocr client sends it) is dropped; the image placeholder is added by the engine.
+    Any model name is accepted: this server runs one model. The prompt is rendered as vLLM renders it for
+    dots.ocr (see the module docstring); `max_completion_tokens` (or `max_tokens`) is honoured up to 32,768.
     """
     server: ServerState = request.app.state.dotocr
-    image_bytes, instruction = _image_and_instruction(body, server.limits.max_upload_bytes)
+    image_bytes, instruction, system = _render_messages(body, server.limits.max_upload_bytes)
     ticket = server.admit()
     try:
         image = await server.decode(ticket, image_bytes, "The image in image_url")
         options: dict[str, Any] = {
             "max_prompt_tokens": server.limits.max_prompt_tokens,
-            "prompt": _mode_for(instruction), "instruction": instruction,
-            "max_new_tokens": server.clamp_tokens(body.max_completion_tokens or body.max_tokens),
+            "prompt": _mode_for(instruction), "instruction": instruction, "system": system,
+            "max_new_tokens": _token_cap(body, server.max_new_tokens),
             "temperature": body.temperature if body.temperature is not None else 0.0,
             "top_p": body.top_p if body.top_p is not None else 1.0,
+            "max_image_size": 0,  # dots.ocr's own sizing, like vLLM: the client maps boxes back by it
         }
         model = body.model or server.model_name
         if body.stream:
@@ -71,11 +83,40 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     return _completion(result, model)
 
 
-def _image_and_instruction(body: ChatCompletionRequest, max_bytes: int) -> tuple[bytes, str | None]:
-    user = next((m for m in reversed(body.messages) if m.role == "user"), None)
-    if user is None or not isinstance(user.content, list):
-        raise ApiError(400, "The last user message must hold a content list with one image_url part "
-                       "(a base64 data URL) and, optionally, a text part.", "invalid_request")
+def _token_cap(body: ChatCompletionRequest, default: int) -> int:
+    """The request's own cap, up to MAX_COMPLETION_TOKENS; the server's setting when it names none."""
+    requested = body.max_completion_tokens or body.max_tokens
+    return default if requested is None else min(requested, MAX_COMPLETION_TOKENS)
+
+
+def _texts(content: Any, where: str) -> list[str]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [content]
+    if any(isinstance(p, ImagePart) for p in content):
+        raise ApiError(400, f"A {where} message cannot hold an image; put the image in the user message.",
+                       "invalid_request")
+    return [p.text for p in content if isinstance(p, TextPart)]
+
+
+def _render_messages(body: ChatCompletionRequest, max_bytes: int) -> tuple[bytes, str | None, str | None]:
+    """(image bytes, instruction after the image, system text) as the checkpoint's chat template renders them."""
+    *earlier, user = body.messages
+    if user.role != "user" or not isinstance(user.content, list):
+        raise ApiError(400, "The last message must be the user's, holding a content list with one image_url "
+                       "part (a base64 data URL) and, optionally, a text part.", "invalid_request")
+    systems: list[str] = []
+    for message in earlier:
+        if message.role == "system":
+            systems.append("\n".join(_texts(message.content, "system")))
+        elif message.role in ("user", "assistant"):
+            raise ApiError(400, "This server reads one page per request: system messages, then one user "
+                           "message with the image; send earlier turns as separate requests.", "invalid_request")
+        # developer and tool messages: the checkpoint's template renders nothing for them
+    # several system turns render as several <|system|>...<|endofsystem|>\n blocks
+    system = "<|endofsystem|>\n<|system|>".join(systems) if systems else None
+
     images = [p for p in user.content if isinstance(p, ImagePart)]
     if len(images) != 1:
         raise ApiError(400, f"The user message must hold exactly one image_url part, not {len(images)}.",
@@ -83,9 +124,17 @@ def _image_and_instruction(body: ChatCompletionRequest, max_bytes: int) -> tuple
     image_url = images[0].image_url
     url = image_url if isinstance(image_url, str) else image_url.url
     data = decode_data_url(url, max_bytes)
-    text = "".join(p.text for p in user.content if isinstance(p, TextPart))
-    instruction = strip_image_placeholder(text)  # the rest goes to the model as sent, spaces and all
-    return data, instruction if instruction.strip() else None
+    parts = [p.text for p in user.content if isinstance(p, TextPart)]
+    if not parts:
+        return data, None, system  # the server's prompt setting
+    text = "\n".join(parts)
+    count = text.count(IMAGE_PLACEHOLDER)
+    if count == 0:
+        return data, "\n" + text, system  # vLLM puts the missing placeholder first, joined by "\n"
+    if count > 1 or not text.startswith(IMAGE_PLACEHOLDER):
+        raise ApiError(400, f"The text holds {IMAGE_PLACEHOLDER} {count} times; put it once, at the start of "
+                       "the text, or leave it out.", "invalid_request")
+    return data, text[len(IMAGE_PLACEHOLDER):], system
 
 
 def _mode_for(instruction: str | None) -> str | None:

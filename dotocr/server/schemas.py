@@ -64,14 +64,27 @@ class OCRResponse(BaseModel):
     loop_start: int | None = None
     cells: list[dict[str, Any]] | None = None
     file: str | None = None
-    loop_start: int | None = None
+    page: int | None = None
+    """PDF pages only: the page number, 1-based."""
+    dpi: float | None = None
+    """PDF pages only: the rendering DPI; boxes and width/height are in pixels at this DPI."""
+
+
+class DocumentResponse(BaseModel):
+    """What POST /ocr answers for a PDF: one result per page read, in page order."""
+
+    file: str | None = None
+    page_count: int
+    """Pages in the PDF (not all of them are read when `pages` chose some)."""
+    pages: list[OCRResponse]
 
 
 OCR_FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["file"],
     "properties": {
-        "file": {"type": "string", "format": "binary", "description": "The image (PNG, JPEG, WebP, ...)."},
+        "file": {"type": "string", "format": "binary",
+                 "description": "The image (PNG, JPEG, WebP, ...) or a PDF (a result per page)."},
         "prompt": {"type": "string", "enum": list(PROMPT_MODES),
                    "description": "What to ask the model; the server's setting when left out."},
         "format": {"type": "string", "enum": list(OUTPUT_FORMATS),
@@ -80,6 +93,9 @@ OCR_FORM_SCHEMA: dict[str, Any] = {
                  "description": "x1,y1,x2,y2 in image pixels; needed by prompt=grounding."},
         "max_new_tokens": {"type": "integer", "minimum": 1,
                            "description": "Cap on generated tokens; the server's own cap still applies."},
+        "pages": {"type": "string", "description": "PDF uploads: the pages to read, e.g. 1-3,7 (default all)."},
+        "dpi": {"type": "number", "minimum": 36, "maximum": 600,
+                "description": "PDF uploads: rendering resolution (default 200, as dots.ocr's parser)."},
     },
 }
 """The multipart form of POST /ocr, for the OpenAPI document (the body itself is parsed by hand)."""

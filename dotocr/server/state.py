@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from dotocr.errors import DotOCRError
 from .errors import ApiError, busy_error, engine_error, loading_error, timeout_error
 from .gate import GateFull, GateTimeout, GenerationGate, StopGeneration, Ticket
 from .limits import MIB, ServerLimits
+from .pacing import Pacing
 from .schemas import Health
 from .uploads import inspect_image_bytes
 
@@ -37,6 +39,7 @@ class ServerState:
         self.load_on_start = load_on_start
         self.gate = GenerationGate(limits.max_waiting)
         self.budget = MemoryBudget(limits.max_decoded_bytes)
+        self.pacing = Pacing(limits.retry_after_s)
         self.loading = False
         self._loader: threading.Thread | None = None
 
@@ -100,9 +103,19 @@ class ServerState:
         """A place in line for one generation, or 503 busy at once. Taken once the request body is in."""
         self.check_ready()
         try:
-            return self.gate.admit(self.limits.request_timeout_s)
+            ticket = self.gate.admit(self.limits.request_timeout_s)
         except GateFull:
-            raise busy_error(self.limits.retry_after_s) from None
+            raise busy_error(self.pacing.refused(self.gate.admitted)) from None
+        self.pacing.admitted()
+        return ticket
+
+    def hold(self, ticket: Ticket, cost: int) -> None:
+        """Reserve `cost` bytes of the decoded-image budget until the ticket is given back, or 503 busy."""
+        if not self.budget.reserve(cost):
+            raise ApiError(503, "The server is holding as many decoded images as its memory limit allows; try "
+                           "again in a few seconds.", "busy",
+                           {"Retry-After": str(self.pacing.refused(self.gate.admitted))})
+        ticket.on_return(lambda: self.budget.release(cost))
 
     def precheck(self) -> ApiError | None:
         """Before a work request's body is read: 503 when it could not be served anyway."""
@@ -110,7 +123,7 @@ class ServerState:
             self.check_ready()
         except ApiError as exc:
             return exc
-        return busy_error(self.limits.retry_after_s) if self.gate.full else None
+        return busy_error(self.pacing.refused(self.gate.admitted)) if self.gate.full else None
 
     async def decode(self, ticket: Ticket, data: bytes, what: str) -> Image.Image:
         """Turn uploaded bytes into an image off the event loop, within the memory budget; 415/400/503.
@@ -125,10 +138,7 @@ class ServerState:
             raise ApiError(400, f"{what} is {size[0]} x {size[1]} pixels, about {cost // MIB} MiB once decoded, "
                            f"more than this server holds ({self.budget.capacity // MIB} MiB); scale it down.",
                            "invalid_image")
-        if not self.budget.reserve(cost):
-            raise ApiError(503, "The server is holding as many decoded images as its memory limit allows; try "
-                           "again in a few seconds.", "busy", {"Retry-After": str(self.limits.retry_after_s)})
-        ticket.on_return(lambda: self.budget.release(cost))
+        self.hold(ticket, cost)
         try:
             return await to_thread.run_sync(load_image, data)
         except DotOCRError as exc:
@@ -146,6 +156,13 @@ class ServerState:
             return timeout_error(self.limits.request_timeout_s)
         return ApiError(499, "The client closed the connection; the generation was stopped.", "cancelled")
 
+    def _timed(self, call: Callable[[], OCRResult]) -> OCRResult:
+        """Run one generation and remember how long a finished one took (for Retry-After)."""
+        started = time.monotonic()
+        result = call()
+        self.pacing.finished(time.monotonic() - started)
+        return result
+
     async def run_ocr(self, ticket: Ticket, receive: Receive, image: Image.Image, **kwargs: Any) -> OCRResult:
         """One OCR call in line; its generation stops if the deadline passes or the client leaves.
 
@@ -153,7 +170,7 @@ class ServerState:
         client has gone.
         """
         def work() -> OCRResult:
-            return self.engine.ocr(image, should_stop=ticket.should_stop, **kwargs)
+            return self._timed(lambda: self.engine.ocr(image, should_stop=ticket.should_stop, **kwargs))
 
         try:
             result = await self._unless_gone(ticket, receive, ticket.run(work))
@@ -181,7 +198,8 @@ class ServerState:
             loop.call_soon_threadsafe(pieces.put_nowait, delta)
 
         def work() -> OCRResult:
-            return self.engine.ocr(image, on_text=on_text, should_stop=ticket.should_stop, **kwargs)
+            return self._timed(lambda: self.engine.ocr(image, on_text=on_text, should_stop=ticket.should_stop,
+                                                       **kwargs))
 
         async def next_piece() -> Any:
             try:

@@ -1,0 +1,256 @@
+"""PDFs everywhere a file goes in: real PDFs written by Pillow, rendered by the real PDFium, read by the
+tiny checkpoint through `dotocr ocr` (in-process) and through a real `dotocr-serve` on loopback."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from server_helpers import RecordingEngine, png_bytes, running_server, tiny_settings
+
+from dotocr.engine import DocumentError, PdfDocument, is_pdf, parse_page_ranges
+from dotocr.engine.documents import MAX_PAGE_PIXELS, fitting_dpi
+from tests.cli_helpers import TINY_FLAGS
+
+pytestmark = pytest.mark.timeout(240)
+
+FLAGS = [*TINY_FLAGS, "--max-image-size", "448"]
+
+
+def page_image(number: int, size: tuple[int, int] = (850, 1100)) -> Image.Image:
+    """A letter page at 100 DPI with `number` black squares down its left side: the page can be told apart."""
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    for n in range(number):
+        draw.rectangle((50, 50 + n * 150, 149, 149 + n * 150), fill="black")
+    draw.text((300, 60), f"Page {number}", fill="black")
+    return image
+
+
+def make_pdf(path: Path | None = None, pages: int = 3, size: tuple[int, int] = (850, 1100)) -> bytes:
+    images = [page_image(n + 1, size) for n in range(pages)]
+    buffer = io.BytesIO()
+    images[0].save(buffer, "PDF", save_all=True, append_images=images[1:], resolution=100)
+    if path is not None:
+        path.write_bytes(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def squares(image: Image.Image, dpi: float) -> int:
+    """How many black squares the rendered page shows on its left side."""
+    scale = dpi / 100
+    column = np.asarray(image.convert("L"))[:, round(100 * scale)]
+    dark = column < 100
+    return int(np.sum(dark[1:] & ~dark[:-1]) + dark[0])
+
+
+def encrypted_pdf() -> bytes:
+    """A PDF with a standard security handler whose user password is not empty (crafted byte by byte)."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+               b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>",
+               b"<< /Filter /Standard /V 1 /R 2 /O <" + b"11" * 32 + b"> /U <" + b"22" * 32 + b"> /P -4 >>"]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    for offset in offsets:
+        out += b"%010d 00000 n \n" % offset
+    out += (b"trailer\n<< /Size %d /Root 1 0 R /Encrypt 4 0 R /ID [<" % (len(objects) + 1) + b"ab" * 16
+            + b"> <" + b"ab" * 16 + b">] >>\nstartxref\n%d\n%%%%EOF\n" % xref)
+    return bytes(out)
+
+
+def one_sentence(message: str, *words: str) -> None:
+    assert "\n" not in message and message.endswith("."), message
+    for word in words:
+        assert word.lower() in message.lower(), message
+
+
+# -- the documents module --------------------------------------------------------------------------------
+
+
+def test_pages_render_at_200_dpi_in_order(tmp_path):
+    path = tmp_path / "three.pdf"
+    data = make_pdf(path)
+    assert is_pdf(path) and is_pdf(data) and not is_pdf(png_bytes()) and not is_pdf(tmp_path / "missing.pdf")
+    with PdfDocument(path, "three.pdf") as document:
+        assert document.page_count == 3
+        pages = list(document.pages([1, 2, 3]))
+    assert [p.number for p in pages] == [1, 2, 3]
+    assert all(p.dpi == 200 and p.image.size == (1700, 2200) and p.image.mode == "RGB" for p in pages)
+    assert [squares(p.image, p.dpi) for p in pages] == [1, 2, 3]
+
+
+def test_a_page_over_the_pixel_limit_is_rendered_at_a_lower_dpi():
+    # A0 (841 x 1189 mm) at 200 dpi would be 62 megapixels
+    width_pt, height_pt = 2384, 3370
+    dpi = fitting_dpi(width_pt, height_pt, 200)
+    assert dpi < 200
+    assert (width_pt * dpi / 72) * (height_pt * dpi / 72) <= MAX_PAGE_PIXELS
+    assert fitting_dpi(612, 792, 200) == 200  # letter: as asked
+    big = make_pdf(pages=1, size=(4000, 5000))  # 40 x 50 inch at 100 dpi
+    with PdfDocument(big) as document:
+        page = document.render(1)
+    assert page.dpi < 200 and page.image.width * page.image.height <= MAX_PAGE_PIXELS
+    assert page.image.width == pytest.approx(40 * page.dpi, abs=2)
+
+
+@pytest.mark.parametrize(("text", "pages"), [("1-3,7", [1, 2, 3, 7]), ("2", [2]), ("3,1", [3, 1]),
+                                             (" 1 - 2 , 2 ", [1, 2]), ("5-5", [5])])
+def test_page_ranges(text, pages):
+    assert parse_page_ranges(text) == pages
+
+
+@pytest.mark.parametrize("text", ["", "0", "3-1", "a", "1-b", "-2", "1-99999"])
+def test_bad_page_ranges_are_refused(text):
+    with pytest.raises(ValueError):
+        parse_page_ranges(text)
+
+
+@pytest.mark.parametrize(("data", "words"), [
+    (encrypted_pdf(), ("encrypted", "password")),
+    (b"%PDF-1.4\nthis is not really a pdf", ("damaged",)),
+    (make_pdf()[:400], ("damaged",)),
+])
+def test_unreadable_pdfs_are_one_sentence(data, words):
+    with pytest.raises(DocumentError) as caught:
+        PdfDocument(data, '"scan.pdf"')
+    one_sentence(str(caught.value), "scan.pdf", *words)
+
+
+def test_too_many_pages_and_missing_pages():
+    with PdfDocument(make_pdf(pages=3), "doc.pdf") as document:
+        assert document.select([1, 3, 9]) == ([1, 3], [9])
+        with pytest.raises(DocumentError) as caught:
+            document.select(None, max_pages=2)
+        one_sentence(str(caught.value), "3 pages", "1-2")
+        with pytest.raises(DocumentError):
+            document.render(4)
+
+
+# -- dotocr ocr ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cli(capsys):
+    """`dotocr ARGS` in this process, as tests/test_cli.py runs it, logging settings put back afterwards."""
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        from dotocr.cli import main
+
+        capsys.readouterr()
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:
+            code = exc.code
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
+
+    yield run
+    transformers_logging.set_verbosity(verbosity)
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_cli_reads_a_three_page_pdf_in_order(cli, tmp_path):
+    path = tmp_path / "paper.pdf"
+    make_pdf(path)
+    done = cli("ocr", str(path), "--format", "json", *FLAGS)
+    assert done.returncode == 0, done.stderr
+    results = json_lines(done.stdout)
+    assert [(r["file"], r["page"], r["dpi"]) for r in results] == [(str(path), n, 200) for n in (1, 2, 3)]
+    assert all((r["width"], r["height"]) == (1700, 2200) for r in results)  # page pixels at 200 dpi
+
+    chosen = cli("ocr", str(path), "--pages", "3,1", "--dpi", "100", "--format", "json", *FLAGS)
+    assert chosen.returncode == 0, chosen.stderr
+    assert [(r["page"], r["dpi"], r["width"]) for r in json_lines(chosen.stdout)] == [(3, 100, 850), (1, 100, 850)]
+
+
+def test_cli_pdf_markdown_joins_pages_and_out_keeps_one_file(cli, tmp_path):
+    path = tmp_path / "paper.pdf"
+    make_pdf(path)
+    as_json = json_lines(cli("ocr", str(path), "--prompt", "layout", "--format", "json", *FLAGS).stdout)
+    markdown = cli("ocr", str(path), "--format", "markdown", *FLAGS)
+    assert markdown.returncode == 0, markdown.stderr
+    assert markdown.stdout == "\n\n---\n\n".join(r["text"].rstrip("\n") for r in as_json) + "\n"
+
+    out = tmp_path / "out"
+    done = cli("ocr", str(path), str(tmp_path / "paper.pdf"), "--out", str(out), "--format", "json", *FLAGS)
+    assert done.returncode == 0, done.stderr
+    (written,) = out.iterdir()
+    assert written.name == "paper.json"
+    pages = json.loads(written.read_text(encoding="utf-8"))
+    assert [p["page"] for p in pages] == [1, 2, 3]
+
+
+def test_cli_names_a_bad_pdf_and_missing_pages_and_goes_on(cli, tmp_path):
+    good = tmp_path / "good.pdf"
+    make_pdf(good, pages=2)
+    locked = tmp_path / "locked.pdf"
+    locked.write_bytes(encrypted_pdf())
+    done = cli("ocr", str(locked), str(good), "--pages", "2-3", "--format", "json", *FLAGS)
+    assert done.returncode == 1
+    assert [r["page"] for r in json_lines(done.stdout)] == [2]
+    errors = [line for line in done.stderr.splitlines() if not line.startswith("dotocr: Loading")]
+    assert any("locked.pdf" in line and "password" in line for line in errors), errors
+    assert any("good.pdf" in line and "page 3 does not exist" in line for line in errors), errors
+    assert "Traceback" not in done.stderr
+
+
+# -- POST /ocr -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine(dots_tiny: Path) -> RecordingEngine:
+    return RecordingEngine(tiny_settings(dots_tiny))
+
+
+@pytest.fixture(scope="module")
+def url(engine: RecordingEngine):
+    with running_server(engine) as base:
+        yield base
+
+
+def upload(url: str, data: bytes, name: str = "paper.pdf", **fields: str) -> httpx.Response:
+    return httpx.post(f"{url}/ocr", files={"file": (name, data, "application/pdf")}, data=fields, timeout=120)
+
+
+def test_pdf_upload_gives_a_result_per_page_in_order(url: str, engine: RecordingEngine):
+    before = len(engine.calls)
+    response = upload(url, make_pdf(pages=3))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["file"] == "paper.pdf" and body["page_count"] == 3
+    assert [(p["page"], p["dpi"], p["width"], p["height"]) for p in body["pages"]] == [
+        (n, 200, 1700, 2200) for n in (1, 2, 3)]
+    assert [call["image_size"] for call in engine.calls[before:]] == [(1700, 2200)] * 3
+    some = upload(url, make_pdf(pages=3), pages="2-3", dpi="72").json()
+    assert [(p["page"], p["dpi"], p["width"]) for p in some["pages"]] == [(2, 72, 612), (3, 72, 612)]
+
+
+@pytest.mark.parametrize(("data", "fields", "words"), [
+    (encrypted_pdf(), {}, ("password",)),
+    (b"%PDF-1.7 broken", {}, ("damaged",)),
+    (make_pdf(pages=2), {"pages": "5"}, ("2 pages", "page 5")),
+    (make_pdf(pages=1), {"pages": "x"}, ("pages=",)),
+    (make_pdf(pages=1), {"dpi": "5000"}, ("dpi=",)),
+    (png_bytes(), {"pages": "1"}, ("PDF uploads only",)),
+])
+def test_bad_pdf_uploads_are_400_with_one_sentence(url: str, data: bytes, fields: dict, words: tuple):
+    response = upload(url, data, **fields)
+    assert response.status_code == 400, response.text
+    one_sentence(response.json()["error"]["message"], *words)
