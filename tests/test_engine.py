@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -21,13 +22,21 @@ from dotocr.errors import DotOCRError, ModelUnavailableError, OutOfMemoryError
 
 
 def tiny_settings(folder, **overrides) -> Settings:
-    return Settings(model=str(folder), device="cpu", precision="fp32", max_new_tokens=16).replace(**overrides)
+    """fp32 on the CPU, on the torch decoder unless a test asks for another (the tests that reach into the
+    torch model need it); the `engine` fixture runs every contract test on both decoders."""
+    return Settings(model=str(folder), device="cpu", precision="fp32", decoder="torch",
+                    max_new_tokens=16).replace(**overrides)
 
 
-@pytest.fixture(scope="module")
-def engine(dots_tiny):
-    engine = DotOCRInference(tiny_settings(dots_tiny))
+DECODERS = ["torch", pytest.param("llamacpp", marks=pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python is not installed (CI installs it)"))]
+
+
+@pytest.fixture(scope="module", params=DECODERS)
+def engine(dots_tiny, request):
+    engine = DotOCRInference(tiny_settings(dots_tiny, decoder=request.param))
     engine.load()
+    assert engine.state.decoder == request.param
     return engine
 
 

@@ -19,8 +19,10 @@ from dotocr.tray.notification import get_notifier
 
 
 def tiny_settings(model: Path, **changes: Any) -> Settings:
-    """The golden tiny checkpoint on CPU in fp32; few tokens so a capture takes well under a second."""
-    base = Settings(model=str(model), device="cpu", precision="fp32", max_new_tokens=8, max_image_size=448)
+    """The golden tiny checkpoint on CPU in fp32 on the torch decoder (these tests are about the tray; the
+    decoders have their own); few tokens so a capture takes well under a second."""
+    base = Settings(model=str(model), device="cpu", precision="fp32", decoder="torch", max_new_tokens=8,
+                    max_image_size=448)
     return base.replace(**changes)
 
 

@@ -26,6 +26,9 @@ from dotocr.tray.notification.text import error_sentence
 if TYPE_CHECKING:
     from dotocr.engine import Engine
 
+PROGRESS_REFRESH_S = 0.5
+"""Progress updates (hundreds during a download or a GGUF conversion) redraw the icon at most this often."""
+
 log = logging.getLogger(__name__)
 
 EngineFactory = Callable[[Settings, Callable[[EngineState], None]], "Engine"]
@@ -65,6 +68,7 @@ class EngineHost:
         self._notify = notify
         self._cuda_probe = cuda_probe or probe_cuda
         self._lock = threading.RLock()
+        self._progress_shown = 0.0
         self._engine: Engine | None = None
         self._state: EngineState = STARTING
         self._last_plan: tuple[str, str] | None = None
@@ -109,11 +113,16 @@ class EngineHost:
         return self._api
 
     def _set_state(self, state: EngineState) -> None:
-        self._state = state
+        previous, self._state = self._state, state
         if state.device and state.precision:
             self._last_plan = (state.device, state.precision)
         elif state.status is Status.ERROR:
             self._last_plan = None
+        now = time.monotonic()
+        if (previous is not None and previous.status is state.status and state.progress is not None
+                and now - self._progress_shown < PROGRESS_REFRESH_S):
+            return  # progress within the same step (a download, a GGUF written once): redraw at most 2 a second
+        self._progress_shown = now
         self._changed()
 
     # -- loading -------------------------------------------------------------------------------------------
