@@ -7,7 +7,7 @@ tokens 15000-16000 of the same stream (best of 5): ordinary text (ids drawn from
 a long HTML table of short numbers (few distinct tokens, many partial repeats: the guard's worst case
 among real content, as candidate periods stay alive), and a mix of both. Thresholds are raised so that
 nothing trips and every token goes through the whole rule set. Also the whole per-step cost of the guard
-inside `generate()`: `RepetitionGuard.__call__` (slice, `.tolist()`, `push`, the cached all-False answer)
+inside `generate()`: the torch decoder's per-token criterion (slice, `.tolist()`, the engine's `TokenPipeline.push`)
 on a growing 1 x (3000 + n) id tensor, the shape a real step hands it.
 """
 
@@ -66,14 +66,16 @@ def per_token(tokens: list[int], first: slice, last: slice) -> tuple[float, floa
 def stopping_criteria_call(steps: int = 2000) -> float:
     import torch
 
-    from dotocr.engine.generation import RepetitionGuard
+    from dotocr.engine.decoders.torch_decoder import _PerToken
+    from dotocr.engine.generation import TokenPipeline
 
     tokens = streams()["mixed"][:steps]
     prompt = [7] * 3000
     sequence = torch.tensor([prompt + tokens])
     best = float("inf")
     for _ in range(5):
-        guard = RepetitionGuard(len(prompt))
+        pipeline = TokenPipeline(tokenizer=None, eos_token_ids=(), max_new_tokens=steps + 1)
+        guard = _PerToken(len(prompt), pipeline)
         views = [sequence[:, : len(prompt) + end] for end in range(1, steps + 1)]
         started = time.perf_counter()
         for view in views:
@@ -94,7 +96,7 @@ def main() -> None:
                                         "tokens_15000_16000": round(last * 1e6, 2)}
         print(f"{name:14s} {first * 1e6:6.2f} us/token over tokens 0-1000, {last * 1e6:6.2f} over 15000-16000")
     report["stopping_criteria_call_us"] = round(stopping_criteria_call() * 1e6, 2)
-    print(f"RepetitionGuard.__call__ per generate() step: {report['stopping_criteria_call_us']:.2f} us")
+    print(f"per-token criterion per generate() step: {report['stopping_criteria_call_us']:.2f} us")
     write_json(args.json, report)
 
 

@@ -9,7 +9,8 @@ new token id gets the next letter):
 * 98: `ABC` and `AB` interleaved with a shifting phase (`ABCABABCABCABABCAB...`): no exact period, only the
   wandering rule sees it.
 
-Without the guard each writes all 300 tokens.
+Without the guard each writes all 300 tokens. The seeds were found on the torch decoder, so the test pins it:
+at a near-tie the llama.cpp decoder (F32, 3e-7 from torch) may take the other token and loop another way.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def test_looping_models_stop_with_repetition_through_the_cli(tmp_path, dots_tiny
         folder = save_tiny_checkpoint(tmp_path / f"seed-{seed}", dots_tiny, seed=seed)
         children[seed] = subprocess.Popen(
             [sys.executable, "-m", "dotocr", "ocr", str(image), "--format", "json", "--local", "--model",
-             str(folder), "--device", "cpu", "--precision", "fp32", "--max-new-tokens", "300"],
+             str(folder), "--device", "cpu", "--precision", "fp32", "--decoder", "torch",
+             "--max-new-tokens", "300"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env, cwd=REPO)
     for seed, child in children.items():
         out, err = child.communicate(timeout=240)

@@ -26,7 +26,7 @@ MODEL_CODE = {"dotocr.engine.modeling_dots_ocr", "dotocr.engine.configuration_do
               "dotocr.engine.decoders.torch_decoder"}
 """The local model code: the only modules allowed to import torch or transformers when imported."""
 MODEL_CODE_PREFIXES = ("dotocr.engine.decoders.llamacpp", "dotocr.engine.decoders.gguf", "dotocr.engine.gguf")
-"""Decoders still to come that wrap a model library of their own."""
+"""The llama.cpp decoder and the GGUF writer: they wrap model libraries of their own (llama.cpp, gguf)."""
 FRONT_ENDS = ("dotocr.cli", "dotocr.server", "dotocr.tray", "dotocr.capture")
 
 # Makes torch and transformers unimportable in a child process: `import torch` raises ImportError there.

@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "included. Prints the file's path.",
         epilog="Exit status: 0 written (or already there), 1 failed, 2 bad usage.")
     convert.add_argument("model", metavar="MODEL", help="checkpoint folder or Hugging Face repo id")
-    convert.add_argument("--quant", default="q8_0", metavar="TYPE",
+    convert.add_argument("--gguf-type", "--quant", dest="quant", default="q8_0", metavar="TYPE",
                          help="f32, f16, q8_0 (default) or q4_k_m; q8_0 and q4_k_m are quantised by llama.cpp "
                               "itself and need llama-cpp-python")
     convert.add_argument("--output", type=Path, metavar="PATH",

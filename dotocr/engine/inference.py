@@ -213,6 +213,11 @@ class DotOCRInference(Engine):
         if max_prompt_tokens is not None and text_tokens > max_prompt_tokens:
             raise PromptTooLongError(f"The prompt's text is {text_tokens} tokens, more than the {max_prompt_tokens} "
                                      "allowed; shorten the instruction.")
+        positions = loaded.decoder.max_positions
+        if len(ids) >= positions:
+            raise PromptTooLongError(f"The prompt is {len(ids)} tokens (image included), as many as the model's "
+                                     f"{positions} positions; use a smaller image (--max-image-size).")
+        max_new_tokens = min(max_new_tokens, positions - len(ids))  # both decoders end at the model's context
         pipeline = TokenPipeline(tokenizer=loaded.tokenizer, eos_token_ids=loaded.eos_token_ids,
                                  max_new_tokens=max_new_tokens, on_text=on_text, should_stop=should_stop)
         pipelines.append(pipeline)

@@ -35,6 +35,9 @@ WORKING_HEADROOM_BYTES = 2.0 * GIB
 # the merger adds the most error of any layer (13 % vs 9 %) and feeds every image token into the decoder, for
 # 67 MiB. The patch conv is a Conv2d, which bitsandbytes does not quantise.
 UNQUANTIZED_MODULES = ("lm_head", "vision_tower.merger")
+GGUF_FOR_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "f16", "4bit": "q4_k_m", "auto": "q8_0"}
+"""The llama.cpp decoder's weights for a precision: fp32 an F32 GGUF (exact against torch), 16-bit F16, 4-bit
+Q4_K_M, and `auto` on a CPU Q8_0 (llama.cpp's fast, near-lossless type)."""
 BNB_CPU_BLOCK = 64  # bitsandbytes' CPU 4-bit kernel needs input widths in multiples of its block size
 CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]  # never *.py
 
@@ -114,9 +117,9 @@ def _plan_decoder(settings: Settings, plan: LoadPlan, llamacpp: bool | None) -> 
     if settings.gguf_type:
         gguf_type = settings.gguf_type
     elif plan.device == "cpu" and settings.precision == "auto":
-        gguf_type = "q8_0"
+        gguf_type = GGUF_FOR_PRECISION["auto"]
     else:
-        gguf_type = {"fp32": "f32", "fp16": "f16", "bf16": "f16", "4bit": "q4_k_m"}[plan.precision]
+        gguf_type = GGUF_FOR_PRECISION[plan.precision]
     how = "as requested" if wanted == "llamacpp" else "llama.cpp is installed"
     return dataclasses.replace(plan, decoder="llamacpp", gguf_type=gguf_type,
                                reason=f"{plan.reason}; decoder: llama.cpp {gguf_type.upper()} GGUF ({how})")

@@ -39,6 +39,8 @@ class Decoder(Protocol):
     """"cpu" or "cuda"."""
     precision: str
     """What really runs: "bf16", "fp16", "fp32", "4bit", or a GGUF type such as "q8_0"."""
+    max_positions: int
+    """The model's context: prompt plus new tokens never go past it (the engine caps max_new_tokens)."""
 
     def generate(self, request: DecodeRequest, on_token: OnToken) -> list[int]:
         """The new tokens (end-of-text included when produced)."""

@@ -32,8 +32,6 @@ from .base import DecodeRequest, OnToken
 
 log = logging.getLogger("dotocr.engine.llamacpp")
 
-# --precision -> the GGUF type this decoder runs (issue 9): fp32 exact, 16-bit as F16, auto Q8_0, 4bit Q4_K_M.
-GGUF_FOR_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "f16", "auto": "q8_0", "4bit": "q4_k_m"}
 BATCH = 512  # rows per llama_decode call (and llama.cpp's physical batch)
 MIN_CONTEXT = 4096  # KV cache slots allocated at first; grown (context recreated) when a request needs more
 
@@ -75,6 +73,7 @@ class LlamaCppDecoder:
         self.n_vocab = int(llama.llama_vocab_n_tokens(self._vocab))
         self.n_embd = int(llama.llama_model_n_embd_inp(self._model))
         self._n_ctx_train = int(llama.llama_model_n_ctx_train(self._model))
+        self.max_positions = self._n_ctx_train
         self._ctx = None
         self._n_ctx = 0
         self._tokens = llama.llama_batch_init(BATCH, 0, 1)
@@ -321,6 +320,8 @@ def load_llamacpp_decoder(folder: Path, *, precision: str, gguf_type: str | None
     """
     folder = Path(folder)
     if gguf_type is None:
+        from ..loading import GGUF_FOR_PRECISION  # the one table; loading.plan_load normally passes the type
+
         if precision not in GGUF_FOR_PRECISION:
             raise LlamaCppDecodeError(f"Unknown precision {precision!r} for the llama.cpp decoder; choose one of "
                                       f"{', '.join(GGUF_FOR_PRECISION)}.")
@@ -331,5 +332,5 @@ def load_llamacpp_decoder(folder: Path, *, precision: str, gguf_type: str | None
     return LlamaCppDecoder(gguf, tower, gguf_type=gguf_type, n_threads=n_threads, device=device)
 
 
-__all__ = ["GGUF_FOR_PRECISION", "LlamaCppDecodeError", "LlamaCppDecoder", "load_llamacpp_decoder",
+__all__ = ["LlamaCppDecodeError", "LlamaCppDecoder", "load_llamacpp_decoder",
            "load_vision_tower"]

@@ -48,6 +48,7 @@ class TorchDecoder:
         self.model = model
         self.device = device
         self.precision = precision
+        self.max_positions = int(model.config.max_position_embeddings)
 
     def generate(self, request: DecodeRequest, on_token: OnToken) -> list[int]:
         device = self.device
