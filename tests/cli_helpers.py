@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -64,6 +64,34 @@ def warm_server(port: int, log_path: Path, env: dict[str, str] | None = None) ->
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@contextmanager
+def in_process_cli(capsys) -> Iterator[Callable[..., subprocess.CompletedProcess]]:
+    """`dotocr ARGS` in this process (the model loads in a fraction of a second; torch is already imported),
+    output taken from `capsys`, the libraries' logging settings put back afterwards."""
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = transformers_logging.get_verbosity()
+    bars = transformers_logging.is_progress_bar_enabled()
+
+    def run(*argv: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+        from dotocr.cli import main
+
+        capsys.readouterr()
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
+
+    try:
+        yield run
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
 
 
 def text_image(path: Path, size: tuple[int, int], words: str = "Hello 42") -> Path:

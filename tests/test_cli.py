@@ -29,6 +29,7 @@ from tests.cli_helpers import (
     TINY,
     TINY_FLAGS,
     free_port,
+    in_process_cli,
     run_dotocr,
     text_image,
     warm_server,
@@ -45,28 +46,9 @@ def json_lines(stdout: str) -> list[dict]:
 
 @pytest.fixture
 def cli(capsys):
-    """`dotocr ARGS` in this process (the model loads in a fraction of a second; torch is already
-    imported), with the libraries' logging settings put back afterwards."""
-    from transformers.utils import logging as transformers_logging
-
-    verbosity = transformers_logging.get_verbosity()
-    bars = transformers_logging.is_progress_bar_enabled()
-
-    def run(*argv: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
-        from dotocr.cli import main
-
-        capsys.readouterr()
-        try:
-            code = main(list(argv))
-        except SystemExit as exc:  # argparse's usage errors
-            code = exc.code
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
-
-    yield run
-    transformers_logging.set_verbosity(verbosity)
-    if bars:
-        transformers_logging.enable_progress_bar()
+    """`dotocr ARGS` in this process, with the libraries' logging settings put back afterwards."""
+    with in_process_cli(capsys) as run:
+        yield run
 
 
 def problem_lines(stderr: str) -> list[str]:

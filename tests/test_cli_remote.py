@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import threading
 from pathlib import Path
 
@@ -13,25 +12,15 @@ import pytest
 from server_helpers import SlowEngine, running_server, tiny_settings
 
 from dotocr.engine.remote import RemoteEngine
-from tests.cli_helpers import text_image
+from tests.cli_helpers import in_process_cli, text_image
 
 pytestmark = pytest.mark.timeout(240)
 
 
 @pytest.fixture
 def cli(capsys):
-    def run(*argv: str) -> subprocess.CompletedProcess:
-        from dotocr.cli import main
-
-        capsys.readouterr()
-        try:
-            code = main(list(argv))
-        except SystemExit as exc:
-            code = exc.code
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
-
-    return run
+    with in_process_cli(capsys) as run:
+        yield run
 
 
 def test_remote_engine_keeps_requests_in_flight_and_writes_in_order(cli, dots_tiny: Path, tmp_path, monkeypatch):

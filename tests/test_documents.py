@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 from pathlib import Path
 
 import httpx
@@ -16,7 +15,7 @@ from server_helpers import RecordingEngine, png_bytes, running_server, tiny_sett
 
 from dotocr.engine import DocumentError, PdfDocument, is_pdf, parse_page_ranges
 from dotocr.engine.documents import MAX_PAGE_PIXELS, fitting_dpi
-from tests.cli_helpers import TINY_FLAGS
+from tests.cli_helpers import TINY_FLAGS, in_process_cli
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -142,24 +141,9 @@ def test_too_many_pages_and_missing_pages():
 
 @pytest.fixture
 def cli(capsys):
-    """`dotocr ARGS` in this process, as tests/test_cli.py runs it, logging settings put back afterwards."""
-    from transformers.utils import logging as transformers_logging
-
-    verbosity = transformers_logging.get_verbosity()
-
-    def run(*argv: str) -> subprocess.CompletedProcess:
-        from dotocr.cli import main
-
-        capsys.readouterr()
-        try:
-            code = main(list(argv))
-        except SystemExit as exc:
-            code = exc.code
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(argv, code, captured.out, captured.err)
-
-    yield run
-    transformers_logging.set_verbosity(verbosity)
+    """`dotocr ARGS` in this process, as tests/test_cli.py runs it."""
+    with in_process_cli(capsys) as run:
+        yield run
 
 
 def json_lines(text: str) -> list[dict]:
