@@ -100,9 +100,12 @@ class Settings:
     # where inference runs
     engine: str = setting("local", "run the model here (local) or ask an OpenAI-compatible server (remote)",
                           choices=ENGINES)
-    remote_url: str = setting("http://127.0.0.1:8000/v1", "base URL of the remote server")
+    remote_url: str = setting("http://127.0.0.1:8000/v1", "base URL of the remote server: dotocr-serve, vLLM, "
+                              "llama-server or Ollama; as a flag it also sets engine = \"remote\"",
+                              flag="--server", metavar="URL")
     remote_api_key: str = setting("", "API key for the remote server (kept in this file, readable only by you)")
-    remote_model: str = setting("model", "model name the remote server expects")
+    remote_model: str = setting("model", "model name the remote server expects (the one it lists is taken when "
+                                "it lists only one)", flag="--remote-model", metavar="NAME")
 
     def __post_init__(self) -> None:
         for name, declared in _declared().items():
@@ -320,7 +323,8 @@ class _Unreadable(Exception):
 
 # -- command-line flags shared by `dotocr`, `dotocr-tray` and `dotocr-serve` -------------------------
 
-ENGINE_FLAGS = ("model", "device", "precision", "decoder", "gguf_type", "max_image_size", "max_new_tokens")
+ENGINE_FLAGS = ("model", "device", "precision", "decoder", "gguf_type", "max_image_size", "max_new_tokens",
+                "remote_url", "remote_model")
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -354,7 +358,10 @@ def add_setting_argument(parser: Any, name: str, *, help: str | None = None) -> 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given as flags for this run; a flag left out is None and overrides nothing."""
     names = _declared()
-    return {name: value for name, value in vars(args).items() if name in names and value is not None}
+    overrides = {name: value for name, value in vars(args).items() if name in names and value is not None}
+    if "remote_url" in overrides:  # --server URL: that server is the engine
+        overrides.setdefault("engine", "remote")
+    return overrides
 
 
 def settings_from_args(args: argparse.Namespace, base: Settings) -> Settings:

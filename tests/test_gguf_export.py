@@ -55,6 +55,7 @@ def test_metadata_describes_the_qwen2_decoder(f32_file, dots_tiny):
     assert meta["tokenizer.ggml.model"] == "gpt2"
     assert meta["tokenizer.ggml.pre"] == "gpt-2"  # the fixture's tokenizer splits like GPT-2
     assert meta["tokenizer.ggml.eos_token_id"] == 978
+    assert meta["tokenizer.ggml.eot_token_id"] == 1008  # <|endofassistant|>: llama.cpp stops there too
     assert meta["tokenizer.ggml.padding_token_id"] == 1015
     assert meta["tokenizer.ggml.add_bos_token"] is False
     assert "tokenizer.ggml.bos_token_id" not in meta  # the checkpoint has none

@@ -6,6 +6,8 @@ the local one token for token.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import threading
 import time
 from pathlib import Path
@@ -115,10 +117,27 @@ def test_server_not_running_is_one_clear_sentence() -> None:
     assert remote.state.status == "error"
 
 
-def test_url_without_v1_is_explained(server_url: str) -> None:
-    with pytest.raises(RemoteEngineError) as caught:
-        RemoteEngine(Settings(engine="remote", remote_url=server_url)).load()
-    assert "should end in /v1" in one_sentence(caught.value)
+def test_url_without_v1_finds_the_api_under_v1(server_url: str) -> None:
+    """Ollama's address is http://127.0.0.1:11434 with the OpenAI API under /v1; any server's is found so."""
+    remote = RemoteEngine(Settings(engine="remote", remote_url=server_url, max_new_tokens=2))
+    assert remote.ocr(sample_image(), max_new_tokens=2).generated_tokens >= 1
+    assert remote.server_kind == "dotocr" and (remote.device, remote.precision) == ("remote cpu", "fp32")
+
+
+def test_a_server_that_is_not_openai_compatible_is_one_sentence(tmp_path: Path) -> None:
+    """A plain web server (python -m http.server) on loopback: no model list anywhere."""
+    (tmp_path / "index.html").write_text("<h1>hello</h1>", encoding="utf-8")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as web:
+        threading.Thread(target=web.serve_forever, daemon=True).start()
+        try:
+            for url in (f"http://127.0.0.1:{web.server_port}", f"http://127.0.0.1:{web.server_port}/v1"):
+                with pytest.raises(RemoteEngineError) as caught:
+                    RemoteEngine(Settings(engine="remote", remote_url=url)).load()
+                message = one_sentence(caught.value)
+                assert "is not an OpenAI-compatible API" in message and "llama-server" in message
+        finally:
+            web.shutdown()
 
 
 def test_not_a_url_is_explained() -> None:

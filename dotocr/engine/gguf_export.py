@@ -36,7 +36,11 @@ log = logging.getLogger("dotocr.engine")
 WRITTEN_TYPES = ("f32", "f16")  # written by us; the others are quantised by llama.cpp from one of these
 # llama_ftype values in llama.h (stable since the GGUF format began).
 LLAMA_FTYPES = {"f32": 0, "f16": 1, "q8_0": 7, "q4_k_m": 15}
-FORMAT_VERSION = 2  # bump when the written file changes, so cached files from an older writer are not reused
+FORMAT_VERSION = 3  # bump when the written file changes, so cached files from an older writer are not reused
+
+END_OF_ANSWER = "<|endofassistant|>"
+"""dots.ocr ends an answer with this token, not with eos; written as the end-of-turn token, which llama.cpp (and
+so llama-server) treats as end of generation: its built-in list of such names does not know this one."""
 
 # The Qwen2 pre-tokenizer split, as it appears in Qwen2's tokenizer.json; llama.cpp calls it "qwen2".
 QWEN2_SPLIT_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -290,6 +294,7 @@ class Vocab:
     merges: list[str]
     pre: str
     eos_id: int | None
+    eot_id: int | None
     pad_id: int | None
     bos_id: int | None
     chat_template: str | None
@@ -338,7 +343,8 @@ def read_vocab(folder: Path, vocab_size: int) -> Vocab:
 
     template = config.get("chat_template")
     return Vocab(tokens=names, token_types=types, merges=merges, pre=_pre_tokenizer(spec, folder),
-                 eos_id=special("eos_token"), pad_id=special("pad_token"), bos_id=special("bos_token"),
+                 eos_id=special("eos_token"), eot_id=ids.get(END_OF_ANSWER), pad_id=special("pad_token"),
+                 bos_id=special("bos_token"),
                  chat_template=template if isinstance(template, str) else None)
 
 
@@ -428,6 +434,8 @@ def _add_metadata(writer, folder: Path, config: dict[str, Any], vocab: Vocab, gg
         writer.add_bos_token_id(vocab.bos_id)
     if vocab.eos_id is not None:
         writer.add_eos_token_id(vocab.eos_id)
+    if vocab.eot_id is not None:  # llama.cpp ends generation at the end-of-turn token as at eos
+        writer.add_eot_token_id(vocab.eot_id)
     if vocab.pad_id is not None:
         writer.add_pad_token_id(vocab.pad_id)
     if vocab.chat_template:

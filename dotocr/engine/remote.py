@@ -1,11 +1,15 @@
 """`RemoteEngine`: the engine interface, with the model on an OpenAI-compatible server elsewhere.
 
-The server can be vLLM serving dots.ocr (`vllm serve rednote-hilab/dots.ocr ...`) or another dotocr-serve.
-The image is loaded and sized here exactly as the local engine sizes it (dots.ocr's own rule, within
-max_image_size when set), so the server's own processor leaves it as it is and any boxes in the answer are
-in pixels we can map back. The request is the one dots.ocr's own client sends: the image as a PNG data URL
-and `<|img|><|imgpad|><|endofimg|>` before the instruction. The answer is streamed, so `on_text` works,
-and post-processed like a local answer.
+The server can be dots.ocr's vLLM server (`vllm serve rednote-hilab/dots.ocr ...`), another dotocr-serve,
+llama.cpp's `llama-server -m text.gguf --mmproj mmproj.gguf`, or Ollama. The image is loaded and sized here
+exactly as the local engine sizes it (dots.ocr's own rule, within max_image_size when set), so the server's
+own processor leaves it as it is and any boxes in the answer are in pixels we can map back. The request is
+the one dots.ocr's own client sends: the image as a PNG data URL, then the instruction. vLLM and dotocr-serve
+want `<|img|><|imgpad|><|endofimg|>` before the instruction to mark the image; llama.cpp and Ollama put the
+image markers in themselves where the image part stands (first), so they get the instruction alone. Which
+kind of server it is comes from probing on connect (`ServerKind`). The answer is streamed, so `on_text`
+works, watched by the loop guard (a server without one would otherwise run a loop to max_new_tokens), and
+post-processed like a local answer.
 
 Every failure of the network or the server is a `RemoteEngineError` naming the server and what to check.
 """
@@ -30,6 +34,7 @@ from .addresses import is_loopback_url
 from .base import Engine
 from .images import ImageInput, load_image
 from .layout import format_answer
+from .loop_guard import LoopGuard
 from .preprocessing import ImagePreparer, PreparedImage
 from .prompts import IMAGE_PLACEHOLDER, instruction_for
 from .results import OCRResult
@@ -47,6 +52,16 @@ BUSY_RETRY_S = 60.0
 """How long a request keeps retrying while the server answers 503 (loading, or its queue is full)."""
 MAX_ERROR_BODY = 4096
 
+DOTOCR, VLLM, LLAMA_CPP, OLLAMA, OPENAI = "dotocr", "vllm", "llama.cpp", "ollama", "openai"
+SERVER_KINDS = (DOTOCR, VLLM, LLAMA_CPP, OLLAMA, OPENAI)
+"""What answers at remote_url, as far as the request needs to know: dotocr-serve and vLLM (and any other
+OpenAI server, taken to be vLLM-like) read the image placeholder in the text; llama.cpp and Ollama place
+the image themselves."""
+PLACES_IMAGE_ITSELF = (LLAMA_CPP, OLLAMA)
+END_OF_ANSWER = "<|endofassistant|>"
+NO_VISION = ("image input is not supported",  # llama-server started without --mmproj (its server-common.cpp)
+             "missing data required for image input")  # Ollama, a model imported without its vision part
+
 
 class RemoteEngine(Engine):
     """Thread-safe; several threads may have requests in flight at once (a serving engine batches them).
@@ -63,6 +78,9 @@ class RemoteEngine(Engine):
         self._remote_device: str | None = None
         self._lock = threading.RLock()
         self._in_flight = 0
+        self._api = self.url
+        self._kind = OPENAI
+        self._model = settings.remote_model
 
     # -- state --------------------------------------------------------------------------------------
 
@@ -74,10 +92,16 @@ class RemoteEngine(Engine):
     def url(self) -> str:
         return self._settings.remote_url.rstrip("/")
 
+    @property
+    def server_kind(self) -> str | None:
+        """One of SERVER_KINDS once connected (None before): what `load()` found at remote_url."""
+        return self._kind if self._client is not None else None
+
     # -- lifecycle ----------------------------------------------------------------------------------
 
     def load(self) -> None:
-        """Check that the server answers (GET /models) with our key; RemoteEngineError if not."""
+        """Check that the server answers (GET /models) with our key and can read images; RemoteEngineError
+        if not."""
         with self._lock:
             self._ensure_connected()
 
@@ -107,29 +131,94 @@ class RemoteEngine(Engine):
             self._read_timeout_s, connect=CONNECT_TIMEOUT_S, pool=CONNECT_TIMEOUT_S),
             limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=32))
         try:
-            response = self._send(client, "GET", f"{self.url}/models", timeout=CONNECT_TIMEOUT_S * 2)
-            if response.status_code == 404:
-                raise RemoteEngineError(f"{self.url} is not an OpenAI-compatible API (GET /models answered "
-                                        "404); remote_url should end in /v1, e.g. http://127.0.0.1:8000/v1.")
-            self._raise_for_status(response)
-            self._remote_device, self._precision = self._probe_health(client)
+            self._api, served = self._find_api(client)
+            self._kind, self._remote_device, self._precision = self._probe(client, served)
+            self._model = self._pick_model(served)
         except DotOCRError as exc:
             client.close()
             self._set_state(Status.ERROR, str(exc))
             raise
+        log.info("%s is a %s server; asking for model %r", self.url, self._kind, self._model)
         self._client = client
         self._set_ready(f"remote {self.url}")
         return client
 
-    def _probe_health(self, client: httpx.Client) -> tuple[str, str]:
-        """A dotocr-serve says what it runs in /health; other servers do not, which is fine."""
-        base = self.url[:-3] if self.url.endswith("/v1") else self.url
-        with contextlib.suppress(httpx.HTTPError, ValueError):
-            response = client.get(f"{base}/health", timeout=CONNECT_TIMEOUT_S)
-            data = response.json()
-            if response.status_code == 200 and data.get("service") == "dotocr" and data.get("precision"):
-                return f"remote {data.get('device') or 'unknown'}", str(data["precision"])
-        return "remote", "unknown"
+    def _find_api(self, client: httpx.Client) -> tuple[str, list[dict[str, Any]]]:
+        """(the API's base URL, the models it lists): remote_url itself, or remote_url + /v1 when only that
+        answers (Ollama's own address, http://127.0.0.1:11434, has the OpenAI API under /v1)."""
+        candidates = [self.url] if self.url.endswith("/v1") else [self.url, self.url + "/v1"]
+        for base in candidates:
+            response = self._get_waiting(client, f"{base}/models")
+            if response.status_code == 404:
+                continue
+            self._raise_for_status(response)
+            data = _json_or_none(response.content)
+            listed = data.get("data") if isinstance(data, dict) else None
+            if isinstance(listed, list):
+                return base, [m for m in listed if isinstance(m, dict)]
+        raise RemoteEngineError(
+            f"{self.url} is not an OpenAI-compatible API (GET /v1/models gave no model list); point "
+            "remote_url at llama-server, Ollama, vLLM or dotocr-serve, e.g. http://127.0.0.1:8080/v1.")
+
+    def _get_waiting(self, client: httpx.Client, url: str) -> httpx.Response:
+        """GET, retried while the server answers 503 (llama-server and dotocr-serve while loading the model)."""
+        deadline = time.monotonic() + self._busy_retry_s
+        while True:
+            response = self._send(client, "GET", url, timeout=CONNECT_TIMEOUT_S * 2)
+            if response.status_code != 503 or time.monotonic() >= deadline:
+                return response
+            wait = _retry_after(response)
+            log.info("%s is loading or busy; asking again in %.1f s", self.url, wait)
+            time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+
+    def _probe(self, client: httpx.Client, served: list[dict[str, Any]]) -> tuple[str, str, str]:
+        """(server kind, device, precision): dotocr-serve says what it runs in /health; llama-server says in
+        /props whether a vision projector is loaded; Ollama answers /api/version. Others say nothing."""
+        root = self._api[:-3] if self._api.endswith("/v1") else self._api
+        owners = {str(m.get("owned_by", "")) for m in served}
+        if "llamacpp" in owners:
+            props = self._get_json(client, f"{root}/props")
+            if isinstance(props, dict) and isinstance(props.get("modalities"), dict) \
+                    and props["modalities"].get("vision") is False:
+                raise RemoteEngineError(self._no_vision_sentence(LLAMA_CPP))
+            return LLAMA_CPP, "remote", "unknown"
+        health = self._get_json(client, f"{root}/health")
+        if isinstance(health, dict) and health.get("service") == "dotocr" and health.get("precision"):
+            return DOTOCR, f"remote {health.get('device') or 'unknown'}", str(health["precision"])
+        if "vllm" in owners:
+            return VLLM, "remote", "unknown"
+        version = self._get_json(client, f"{root}/api/version")
+        if isinstance(version, dict) and isinstance(version.get("version"), str) and len(version) == 1:
+            return OLLAMA, "remote", "unknown"
+        return OPENAI, "remote", "unknown"
+
+    def _get_json(self, client: httpx.Client, url: str) -> Any:
+        """The JSON a GET answers with, or None for anything else (a probe is allowed to miss)."""
+        with contextlib.suppress(httpx.HTTPError, httpx.InvalidURL):
+            response = client.get(url, timeout=CONNECT_TIMEOUT_S)
+            if response.status_code == 200:
+                return _json_or_none(response.content)
+        return None
+
+    def _pick_model(self, served: list[dict[str, Any]]) -> str:
+        """remote_model when the server lists it (or lists nothing); the one model it lists otherwise (llama-server
+        and a one-model Ollama name theirs after the file); with several, remote_model must name one."""
+        wanted = self._settings.remote_model
+        names = [str(m["id"]) for m in served if isinstance(m.get("id"), str)]
+        if not names or wanted in names or self._kind == DOTOCR:  # dotocr-serve takes any name
+            return wanted
+        if len(names) == 1:
+            return names[0]
+        shown = ", ".join(repr(n) for n in names[:8]) + (", ..." if len(names) > 8 else "")
+        raise RemoteEngineError(f"The OCR server at {self.url} serves {shown}, not {wanted!r}; set remote_model "
+                                "to the dots.ocr one.")
+
+    def _no_vision_sentence(self, kind: str) -> str:
+        if kind == LLAMA_CPP:
+            return (f"The llama-server at {self.url} has no vision model loaded, so it cannot read images; "
+                    "start it with --mmproj and the dots.ocr mmproj GGUF (dotocr convert-gguf writes one).")
+        return (f"The OCR server at {self.url} runs {self._model!r} without its vision part, so it cannot read "
+                "images; serve a dots.ocr model that includes the vision projector.")
 
     # -- OCR ----------------------------------------------------------------------------------------
 
@@ -151,10 +240,10 @@ class RemoteEngine(Engine):
         prepared = self._preparer.prepare(picture, cap, patches=False)
         if instruction is None:
             instruction = instruction_for(prompt, prepared.box_to_model(bbox) if bbox is not None else None)
-        body = self._request_body(prepared, instruction, max_new_tokens or self._settings.max_new_tokens,
-                                  temperature, top_p, system)
         with self._lock:
             client = self._ensure_connected()
+            body = self._request_body(prepared, instruction, max_new_tokens or self._settings.max_new_tokens,
+                                      temperature, top_p, system)
             self._in_flight += 1
             self._set_state(Status.BUSY, "reading", device=self._remote_device or "remote",
                             precision=self._precision or "unknown", decoder="remote")
@@ -173,8 +262,7 @@ class RemoteEngine(Engine):
         finished = time.perf_counter()
         return OCRResult(
             text=text, raw=answer.text, prompt=prompt,
-            stop_reason=("cancelled" if answer.finish_reason == "cancelled" else
-                         "max_new_tokens" if answer.finish_reason == "length" else "eos"),
+            stop_reason=_stop_reason(answer.finish_reason),
             width=prepared.original_size[0], height=prepared.original_size[1],
             image_tokens=prepared.image_tokens,
             prompt_tokens=_first_int(answer.prompt_tokens, prepared.image_tokens),
@@ -194,12 +282,19 @@ class RemoteEngine(Engine):
         prepared.image.save(png, format="PNG")
         data_url = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
         messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system is not None else []
+        # The image first, as dots.ocr was trained; llama.cpp and Ollama put <|img|>...<|endofimg|> where the
+        # image part stands, vLLM and dotocr-serve where the placeholder stands.
+        text = instruction if self._kind in PLACES_IMAGE_ITSELF else IMAGE_PLACEHOLDER + instruction
         messages.append({"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": data_url}},
-            {"type": "text", "text": IMAGE_PLACEHOLDER + instruction},
+            {"type": "text", "text": text},
         ]})
+        extra: dict[str, Any] = {}
+        if self._kind == OLLAMA:  # its GGUF may not mark the end of an answer as the end of generation
+            extra["stop"] = [END_OF_ANSWER]
         return {
-            "model": self._settings.remote_model,
+            **extra,
+            "model": self._model,
             "messages": messages,
             "max_completion_tokens": max_new_tokens,
             "max_tokens": max_new_tokens,  # servers that predate max_completion_tokens
@@ -214,7 +309,7 @@ class RemoteEngine(Engine):
         deadline = time.monotonic() + self._busy_retry_s
         while True:
             try:
-                with client.stream("POST", f"{self.url}/chat/completions", json=body) as response:
+                with client.stream("POST", f"{self._api}/chat/completions", json=body) as response:
                     if response.status_code == 503 and time.monotonic() < deadline:
                         wait = _retry_after(response)
                         log.info("%s is busy or loading; retrying in %.1f s", self.url, wait)
@@ -227,7 +322,8 @@ class RemoteEngine(Engine):
 
     def _read_stream(self, response: httpx.Response, on_text: Callable[[str], None] | None,
                      sent_at: float, should_stop: Callable[[], bool] | None = None) -> _Answer:
-        answer = _Answer(sent_at)
+        # dotocr-serve guards with the real token ids; for the others, each streamed piece stands for a token
+        answer = _Answer(sent_at, guard=self._kind != DOTOCR)
         content_type = response.headers.get("content-type", "")
         if "text/event-stream" not in content_type:  # a server that ignores stream=true
             response.read()
@@ -248,8 +344,11 @@ class RemoteEngine(Engine):
                                         "JSON; check that remote_url points at an OpenAI-compatible "
                                         "server.") from None
             if isinstance(event, dict) and "error" in event:
-                raise RemoteEngineError(f"The OCR server at {self.url} failed: {_error_message(event)}")
+                raise RemoteEngineError(self._server_failed(_error_message(event), "failed"))
             delta = answer.take_chunk(event)
+            if answer.finish_reason == "repetition":  # closing the stream stops the server's generation
+                log.info("%s fell into a loop; stopped after %d pieces", self.url, answer.pieces)
+                return answer.finish()
             if delta and on_text is not None:
                 on_text(delta)
             if should_stop is not None and should_stop():
@@ -292,19 +391,43 @@ class RemoteEngine(Engine):
                                     f"{response.status_code}: {message}); set remote_api_key to its token.")
         if response.status_code == 404 and "model" in message.lower():
             raise RemoteEngineError(f"The OCR server at {self.url} has no model "
-                                    f"{self._settings.remote_model!r} ({message}); set remote_model to the "
+                                    f"{self._model!r} ({message}); set remote_model to the "
                                     "name it serves (GET /v1/models).")
-        raise RemoteEngineError(f"The OCR server at {self.url} answered HTTP {response.status_code}: "
-                                f"{message}")
+        raise RemoteEngineError(self._server_failed(message, f"answered HTTP {response.status_code}"))
 
+    def _server_failed(self, message: str, how: str) -> str:
+        """The sentence for an error the server sent: ours for the ones we know the cure of, else its own."""
+        lowered = message.lower()
+        if any(sign in lowered for sign in NO_VISION):
+            return self._no_vision_sentence(self._kind)
+        if "exceeds the available context size" in lowered:  # llama-server's wording
+            return (f"The image needs more tokens than the llama-server at {self.url} has room for ({message}); "
+                    "start it with a larger --ctx-size, or lower max_image_size.")
+        message = message.strip() or "no reason given"
+        return f"The OCR server at {self.url} {how}: {message}" + ("" if message.endswith(".") else ".")
+
+
+
+def _stop_reason(finish_reason: str | None) -> str:
+    """OpenAI's finish_reason as our stop_reason: "length" is max_new_tokens; "stop" (and the rest) eos."""
+    if finish_reason in ("cancelled", "repetition"):
+        return finish_reason
+    return "max_new_tokens" if finish_reason == "length" else "eos"
 
 
 class _Answer:
-    """What came back: the text, why it stopped, token counts and when each part arrived."""
+    """What came back: the text, why it stopped, token counts and when each part arrived.
 
-    def __init__(self, sent_at: float) -> None:
+    With `guard`, the loop guard watches the streamed pieces, each as a token (the same text, the same id):
+    servers stream one token per piece, so its thresholds, set in tokens, hold. A loop it sees ends the
+    answer with finish_reason "repetition", the text cut to one copy of the repeated block."""
+
+    def __init__(self, sent_at: float, *, guard: bool = False) -> None:
         self.parts: list[str] = []
         self.pieces = 0
+        self._guard = LoopGuard() if guard else None
+        self._ids: dict[str, int] = {}
+        self._piece_ids: list[int] = []
         self.finish_reason: str | None = None
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
@@ -332,9 +455,23 @@ class _Answer:
                 self.parts.append(content)
                 self.pieces += 1
                 delta_text += content
+                if self._looped(content):
+                    return ""
             if choice.get("finish_reason"):
                 self.finish_reason = str(choice["finish_reason"])
         return delta_text
+
+    def _looped(self, piece: str) -> bool:
+        if self._guard is None:
+            return False
+        token = self._ids.setdefault(piece, len(self._ids))
+        self._piece_ids.append(token)
+        if not self._guard.push(token):
+            return False
+        kept = len(self._guard.keep(self._piece_ids))
+        self.parts = self.parts[:kept]
+        self.finish_reason = "repetition"
+        return True
 
     def take_completion(self, data: Any) -> None:
         choices = data.get("choices") if isinstance(data, dict) else None
