@@ -75,3 +75,33 @@ def save_own_checkpoint(folder: Path, seed: int = 0) -> Path:
     (folder / "generation_config.json").write_text(json.dumps(
         {"eos_token_id": [ids["<|endoftext|>"], ids["<|endofassistant|>"]]}))
     return folder
+
+
+def save_scripted_checkpoint(folder: Path, tokenizer_source: Path, successor: dict[int, int], seed: int = 0) -> Path:
+    """A tiny checkpoint whose answer is known in advance: after token t it writes successor[t], whatever the image.
+
+    Every layer's attention output and MLP output projections are zero, so the hidden state at a position is
+    the embedding of its token and the next token depends on the previous one alone; the lm_head row of each
+    successor points along the embedding of the token before it (a logit near 20 * sqrt(width), against a few
+    units for any other row). Greedy decoding then follows the chain from `<|assistant|>`: to
+    `<|endofassistant|>` for an answer that stops, or round a cycle for one that loops. The vision tower is
+    untouched (random), so the image still goes through every real step.
+    """
+    model = tiny_model(seed)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embed = model.model.embed_tokens.weight
+        head = model.lm_head.weight
+        rows: dict[int, torch.Tensor] = {}
+        for before, after in successor.items():
+            direction = embed[before] / embed[before].norm()
+            rows[after] = rows.get(after, torch.zeros_like(direction)) + 20.0 * direction
+        for token, row in rows.items():
+            head[token] = row
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    for name in TOKENIZER_FILES:
+        shutil.copy(tokenizer_source / name, folder / name)
+    return folder
