@@ -12,8 +12,12 @@ llama.cpp's quantiser (into `--gguf-dir`). Systems, each case in a fresh child p
   decodes the same count.
 Vision is the tower's forward; prefill is vision end to the first new token; decode is (new tokens - 1) over
 first to last token; peak RSS is the resident size after loading plus the peak extra during the call
-(measure.py). Every system uses 2 threads. llama.cpp's own path (its dots_ocr mmproj) is not measured here: it
-needs an mmproj writer for the vision tower, which this project does not have yet.
+(measure.py). Every system uses 2 threads.
+- llama.cpp's own path ("llama.cpp q8_0 + mmproj bf16", ...): the same GGUF with an mmproj written by our
+  `mmproj_export` from the same random weights (BF16: llama.cpp's fastest vision on CPU), run by llama.cpp's
+  libmtmd as `llama-server`/`llama-mtmd-cli` run it (mtmd tokenize, encode, image chunk decode), with llama.cpp's
+  default context settings, greedy, eos off. It is given the engine's own canvas (the prepared image, sides
+  multiples of 28), so neither side resizes; the image-token counts of both sides are reported.
 """
 
 from __future__ import annotations
@@ -83,6 +87,104 @@ def child(args: argparse.Namespace) -> dict:
             "total_s": finish - begin, "peak_rss_bytes": rss_loaded + peak.extra}
 
 
+def own_child(args: argparse.Namespace) -> dict:
+    """llama.cpp's own multimodal path through libmtmd: its vision encoder, its image chunk decode, its decoder."""
+    import ctypes
+
+    import llama_cpp as llama
+    import llama_cpp.mtmd_cpp as mtmd
+    import numpy as np
+
+    from dotocr.engine.decoders.llamacpp import cpu_has_amx
+    from dotocr.engine.preprocessing import ImagePreparer
+    from dotocr.engine.prompts import ASSISTANT, END_USER, USER, instruction_for
+
+    folder = Path(args.checkpoint)
+    started = time.perf_counter()
+    llama.llama_backend_init()
+    model_params = llama.llama_model_default_params()
+    model_params.n_gpu_layers = 0
+    if cpu_has_amx():
+        model_params.use_extra_bufts = False  # as in our decoder: llama.cpp's AMX kernels crash on such CPUs
+    model = llama.llama_model_load_from_file(os.fsencode(args.text_gguf), model_params)
+    params = llama.llama_context_default_params()
+    params.n_ctx = 8192
+    params.n_threads = params.n_threads_batch = THREADS
+    ctx = llama.llama_init_from_model(model, params)
+    mparams = mtmd.mtmd_context_params_default()
+    mparams.use_gpu = False
+    mparams.n_threads = THREADS
+    mparams.print_timings = False
+    mctx = mtmd.mtmd_init_from_file(os.fsencode(args.mmproj), model, mparams)
+    if not model or not ctx or not mctx:
+        return {"error": "llama.cpp could not load the GGUF or the mmproj"}
+    vocab = llama.llama_model_get_vocab(model)
+    n_vocab = llama.llama_vocab_n_tokens(vocab)
+    warm = (llama.llama_token * 4)(1, 2, 3, 4)  # page the decoder's weights in, as the other children do
+    llama.llama_decode(ctx, llama.llama_batch_get_one(warm, 4))
+    llama.llama_memory_clear(llama.llama_get_memory(ctx), True)
+    load_s = time.perf_counter() - started
+    rss_loaded = rss_bytes()
+
+    width, height = (int(v) for v in args.crop.split("x"))
+    canvas = ImagePreparer.from_pretrained(folder).prepare(page_image(width, height), args.max_image_size).image
+    pixels = np.asarray(canvas.convert("RGB"), dtype=np.uint8)
+    bitmap = mtmd.mtmd_bitmap_init(canvas.width, canvas.height,
+                                   (ctypes.c_uint8 * pixels.size).from_buffer_copy(pixels.tobytes()))
+    prompt = (USER + mtmd.mtmd_default_marker().decode() + instruction_for("text") + END_USER + ASSISTANT).encode()
+    text = mtmd.mtmd_input_text()
+    text.text, text.text_len, text.add_special, text.parse_special = prompt, len(prompt), False, True
+    chunks = mtmd.mtmd_input_chunks_init()
+    if mtmd.mtmd_tokenize(mctx, chunks, ctypes.byref(text), (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap), 1) != 0:
+        return {"error": "mtmd_tokenize failed"}
+
+    times: list[float] = []
+    with PeakMemory() as peak:
+        begin = time.perf_counter()
+        n_past = llama.llama_pos(0)
+        image_tokens = prompt_tokens = 0
+        vision_s = 0.0
+        for i in range(mtmd.mtmd_input_chunks_size(chunks)):
+            chunk = mtmd.mtmd_input_chunks_get(chunks, i)
+            last = i == mtmd.mtmd_input_chunks_size(chunks) - 1
+            prompt_tokens += mtmd.mtmd_input_chunk_get_n_tokens(chunk)
+            new_past = llama.llama_pos(0)
+            if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:
+                image_tokens += mtmd.mtmd_input_chunk_get_n_tokens(chunk)
+                mark = time.perf_counter()
+                if mtmd.mtmd_encode_chunk(mctx, chunk) != 0:
+                    return {"error": "mtmd_encode_chunk failed"}
+                vision_s += time.perf_counter() - mark
+                code = mtmd.mtmd_helper_decode_image_chunk(mctx, ctx, chunk, mtmd.mtmd_get_output_embd(mctx),
+                                                           n_past, 0, params.n_batch, ctypes.byref(new_past),
+                                                           mtmd.mtmd_helper_post_decode_callback(), None)
+            else:
+                code = mtmd.mtmd_helper_eval_chunk_single(mctx, ctx, chunk, n_past, 0, params.n_batch, last,
+                                                          ctypes.byref(new_past))
+            if code != 0:
+                return {"error": f"llama.cpp could not decode chunk {i} (code {code})"}
+            n_past = new_past
+        for _ in range(args.new_tokens):  # greedy, eos off: every run decodes the same count
+            logits = np.ctypeslib.as_array(llama.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
+            token = (llama.llama_token * 1)(int(logits.argmax()))
+            times.append(time.perf_counter())
+            if len(times) == args.new_tokens:
+                break
+            if llama.llama_decode(ctx, llama.llama_batch_get_one(token, 1)) != 0:
+                return {"error": "llama_decode failed"}
+        finish = time.perf_counter()
+    mtmd.mtmd_input_chunks_free(chunks)
+    mtmd.mtmd_bitmap_free(bitmap)
+    mtmd.mtmd_free(mctx)
+    llama.llama_free(ctx)
+    llama.llama_model_free(model)
+    return {"system": args.system, "crop": args.crop, "image_tokens": image_tokens, "prompt_tokens": prompt_tokens,
+            "generated": len(times), "load_s": round(load_s, 2), "vision_s": vision_s,
+            "prefill_s": times[0] - begin - vision_s,
+            "decode_tok_s": (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else None,
+            "total_s": finish - begin, "peak_rss_bytes": rss_loaded + peak.extra}
+
+
 def torch_case(folder: Path, crop: str, new_tokens: int, max_image_size: int) -> dict:
     case = run_child(HERE / "engine_full_size.py", [
         "--device", "cpu", "--precisions", "bf16", "--crop", crop, "--new-tokens", str(new_tokens),
@@ -110,14 +212,21 @@ def main() -> None:
     parser.add_argument("--crop", help=argparse.SUPPRESS)
     parser.add_argument("--new-tokens", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--gguf-type", help=argparse.SUPPRESS)
+    parser.add_argument("--own", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--system", help=argparse.SUPPRESS)
+    parser.add_argument("--text-gguf", help=argparse.SUPPRESS)
+    parser.add_argument("--mmproj", help=argparse.SUPPRESS)
+    parser.add_argument("--mmproj-type", default="bf16", help="the mmproj of llama.cpp's own path")
+    parser.add_argument("--no-own", action="store_true", help="skip llama.cpp's own path")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args)))
+        print(json.dumps(own_child(args) if args.own else child(args)))
         return
 
     os.environ.setdefault("DOTOCR_DATA_DIR", tempfile.mkdtemp(prefix="dotocr-bench-"))
     folder = write_checkpoint(Path(args.checkpoint))
     from dotocr.engine.gguf_export import ensure_gguf
+    from dotocr.engine.mmproj_export import ensure_mmproj
 
     # Converted before any timing, once; the F16 file is kept so both quantisations start from it.
     for gguf_type in ["f16", *args.types]:
@@ -125,15 +234,26 @@ def main() -> None:
         path = ensure_gguf(folder, gguf_type, directory=Path(args.gguf_dir), n_threads=THREADS)
         print(f"# {gguf_type}: {path} ({path.stat().st_size / GIB:.2f} GiB, {time.perf_counter() - started:.0f} s)",
               flush=True)
+    mmproj = None if args.no_own else ensure_mmproj(folder, args.mmproj_type, directory=Path(args.gguf_dir))
     report = {"machine": machine(), "checkpoint": str(folder), "cases": []}
     print(f"# {report['machine']}", flush=True)
     systems = ["torch bf16", *[f"hybrid {t}" for t in args.types]]
+    if mmproj is not None:
+        systems += [f"llama.cpp {t} + mmproj {args.mmproj_type}" for t in args.types]
     for round_no in range(args.rounds):
         for spec in args.crops:
             crop, new_tokens = spec.split(":")
             for system in systems:
                 if system == "torch bf16":
                     case = torch_case(folder, crop, int(new_tokens), args.max_image_size)
+                elif system.startswith("llama.cpp"):
+                    text_gguf = ensure_gguf(folder, system.split()[1], directory=Path(args.gguf_dir))
+                    case = run_child(Path(__file__), [
+                        "--own", "--system", system, "--crop", crop, "--new-tokens", new_tokens,
+                        "--checkpoint", str(folder), "--text-gguf", str(text_gguf), "--mmproj", str(mmproj),
+                        "--max-image-size", str(args.max_image_size)], timeout=3600)
+                    case.setdefault("system", system)
+                    case.setdefault("crop", crop)
                 else:
                     case = run_child(Path(__file__), [
                         "--crop", crop, "--new-tokens", new_tokens, "--gguf-type", system.split()[1],

@@ -113,16 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_arguments(doctor)
 
     convert = commands.add_parser(
-        "convert-gguf", help="write the model's text decoder as a GGUF file for llama.cpp or Ollama",
+        "convert-gguf", help="write the model as GGUF files (decoder + mmproj) for llama.cpp or Ollama",
         description="Write the decoder of a dots.ocr checkpoint as a llama.cpp GGUF (architecture qwen2, "
-                    "tokenizer included), once: later runs reuse the cached file. The vision tower is not "
-                    "included. Prints the file's path.",
+                    "tokenizer included) and its vision tower as an mmproj (llama.cpp's dots_ocr projector), "
+                    "once: later runs reuse the cached files. Prints the files' paths, decoder first. Use them "
+                    "with `llama-server -m DECODER --mmproj MMPROJ`.",
         epilog="Exit status: 0 written (or already there), 1 failed, 2 bad usage.")
     convert.add_argument("model", metavar="MODEL", help="checkpoint folder or Hugging Face repo id")
     convert.add_argument("--gguf-type", "--quant", dest="quant", default="q8_0", metavar="TYPE",
                          help="f32, f16, q8_0 (default) or q4_k_m; q8_0 and q4_k_m are quantised by llama.cpp "
                               "itself and need llama-cpp-python")
+    convert.add_argument("--mmproj-type", default="bf16", metavar="TYPE",
+                         help="bf16 (default; lossless for the BF16 dots.ocr weights), f16, f32, or none to "
+                              "write no mmproj")
     convert.add_argument("--output", type=Path, metavar="PATH",
-                         help="also copy the file to PATH (a file name, or a folder to put it in)")
+                         help="also copy the files to PATH: a folder to put them in, or the decoder's file name "
+                              "(the mmproj goes beside it as mmproj-NAME)")
     convert.add_argument("-v", "--verbose", action="store_true", help="log what the conversion does")
     return parser

@@ -1,4 +1,4 @@
-"""`dotocr convert-gguf MODEL`: the decoder as a GGUF file, with a progress bar and one line per problem."""
+"""`dotocr convert-gguf MODEL`: the decoder and the vision tower as GGUF files, with progress and one-line errors."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ def run_convert(args: argparse.Namespace) -> int:
     from dotocr.errors import DotOCRError
 
     try:
-        path = convert_gguf(args.model, args.quant.lower(), output=args.output)
+        mmproj = None if args.mmproj_type.lower() == "none" else args.mmproj_type.lower()
+        paths = convert_gguf(args.model, args.quant.lower(), mmproj_type=mmproj, output=args.output)
     except DotOCRError as exc:
         print(f"dotocr: {exc}", file=sys.stderr)
         return 1
-    print(path)
+    for path in paths:
+        print(path)
     return 0

@@ -75,6 +75,7 @@ class SourceTensor:
     source_name: str
     file: Path
     shape: tuple[int, ...]
+    dtype: str = ""  # as safetensors names it ("BF16", "F32", ...)
 
 
 # -- where files live ----------------------------------------------------------------------------------------
@@ -101,11 +102,11 @@ def cache_dir() -> Path:
 def gguf_path(folder: Path, gguf_type: str, *, directory: Path | None = None) -> Path:
     """Where the GGUF of this checkpoint and type lives (whether or not it has been written yet)."""
     _check_type(gguf_type)
-    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in _display_name(Path(folder))) or "model"
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in display_name(Path(folder))) or "model"
     return (directory or cache_dir()) / f"{name}-{checkpoint_key(folder)}-{gguf_type}.gguf"
 
 
-def _display_name(folder: Path) -> str:
+def display_name(folder: Path) -> str:
     """The folder's name, or the repo's for a Hugging Face snapshot (models--org--name/snapshots/<commit>)."""
     folder = folder.resolve()
     if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
@@ -137,7 +138,7 @@ def _make_gguf(folder: Path, gguf_type: str, target: Path, directory: Path | Non
                n_threads: int | None, on_progress: Callable[[float], None] | None) -> Path:
     if gguf_type in WRITTEN_TYPES:
         log.info("Writing the decoder of %s as a %s GGUF (once): %s", folder, gguf_type.upper(), target)
-        with _atomic_output(target) as tmp:
+        with staged_output(target) as tmp:
             write_decoder_gguf(folder, tmp, gguf_type, progress=progress, on_progress=on_progress)
         return target
     from .llamacpp_runtime import load_bindings
@@ -151,39 +152,51 @@ def _make_gguf(folder: Path, gguf_type: str, target: Path, directory: Path | Non
         if cached.is_file():
             source = cached
         else:
-            source = stack.enter_context(_atomic_output(target.with_suffix(f".{source_type}.gguf"), keep=False))
+            source = stack.enter_context(staged_output(target.with_suffix(f".{source_type}.gguf"), keep=False))
             write_decoder_gguf(folder, source, source_type, progress=progress, on_progress=on_progress)
         log.info("Quantising to %s with llama.cpp", gguf_type.upper())
-        with _atomic_output(target) as tmp:
+        with staged_output(target) as tmp:
             quantize_gguf(source, tmp, gguf_type, n_threads=n_threads)
     return target
 
 
-def convert_gguf(model: str, gguf_type: str = "q8_0", *, output: Path | None = None, progress: bool = True,
-                 n_threads: int | None = None) -> Path:
-    """`dotocr convert-gguf`: a checkpoint's decoder as a GGUF for llama.cpp or Ollama elsewhere.
+def convert_gguf(model: str, gguf_type: str = "q8_0", *, mmproj_type: str | None = "bf16",
+                 output: Path | None = None, progress: bool = True, n_threads: int | None = None) -> list[Path]:
+    """`dotocr convert-gguf`: a checkpoint as GGUF files for llama.cpp or Ollama elsewhere.
 
-    `model` is a folder or a Hugging Face repo id, as for OCR. The file is made in (or taken from) the cache;
-    with `output` (a file, or a folder to put it in) it is also copied there. Returns where the file is.
+    The decoder in `gguf_type`, and (unless `mmproj_type` is None) the vision tower as llama.cpp's dots_ocr
+    mmproj. `model` is a folder or a Hugging Face repo id, as for OCR. The files are made in (or taken from) the
+    cache; with `output` they are also copied there: into it if it is a folder, else the decoder to that name and
+    the mmproj beside it as "mmproj-NAME". Returns where the files are, decoder first.
     """
-    import shutil
-
     from .loading import resolve_checkpoint
+    from .mmproj_export import check_mmproj_type, ensure_mmproj
 
     _check_type(gguf_type)
+    if mmproj_type is not None:
+        check_mmproj_type(mmproj_type)  # an unknown type is said before minutes of conversion, not after
     if output is not None:
         output = Path(output).expanduser()
         parent = output if output.is_dir() else output.parent
         if not parent.is_dir():  # said before minutes of conversion, not after
             raise GGUFExportError(f"The folder {parent} does not exist; create it or choose another --output.")
     folder = resolve_checkpoint(model)
-    path = ensure_gguf(folder, gguf_type, progress=progress, n_threads=n_threads)
+    paths = [ensure_gguf(folder, gguf_type, progress=progress, n_threads=n_threads)]
+    if mmproj_type is not None:
+        paths.append(ensure_mmproj(folder, mmproj_type, progress=progress))
     if output is None:
-        return path
+        return paths
     if output.is_dir():
-        output = output / path.name
+        return [_copy_out(path, output / path.name) for path in paths]
+    return [_copy_out(path, target) for path, target in zip(paths, [output, output.with_name(f"mmproj-{output.name}")],
+                                                           strict=False)]
+
+
+def _copy_out(path: Path, output: Path) -> Path:
+    import shutil
+
     try:
-        with _atomic_output(output) as tmp:
+        with staged_output(output) as tmp:
             shutil.copyfile(path, tmp)
             umask = os.umask(0o022)
             os.umask(umask)
@@ -194,7 +207,7 @@ def convert_gguf(model: str, gguf_type: str = "q8_0", *, output: Path | None = N
 
 
 @contextlib.contextmanager
-def _atomic_output(target: Path, *, keep: bool = True) -> Iterator[Path]:
+def staged_output(target: Path, *, keep: bool = True) -> Iterator[Path]:
     """A unique temporary path beside `target`; renamed onto it on success (if `keep`), removed otherwise."""
     fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
@@ -366,27 +379,45 @@ def _pre_tokenizer(spec: dict[str, Any], folder: Path) -> str:
 def write_decoder_gguf(folder: Path, out: Path, gguf_type: str, *, progress: bool = True,
                        on_progress: Callable[[float], None] | None = None) -> None:
     """Write the decoder as a `qwen2` GGUF in F32 or F16 (norms and biases stay F32, as llama.cpp expects)."""
-    import numpy as np
-    import torch
-    from safetensors import safe_open
-    from tqdm.auto import tqdm
-
     if gguf_type not in WRITTEN_TYPES:
         raise GGUFExportError(f"Only {' and '.join(WRITTEN_TYPES)} are written directly; {gguf_type} is quantised.")
     folder = Path(folder)
     config = read_config(folder)
     vocab = read_vocab(folder, config["vocab_size"])
-    tensors = source_tensors(folder, config)
+    stream_gguf(out, "qwen2", source_tensors(folder, config),
+                lambda t: gguf_type if len(t.shape) > 1 else "f32",
+                lambda writer: _add_metadata(writer, folder, config, vocab, gguf_type),
+                desc=f"GGUF {gguf_type.upper()}", progress=progress, on_progress=on_progress)
 
-    def out_dtype(t: SourceTensor):
-        return np.float16 if gguf_type == "f16" and len(t.shape) > 1 else np.float32
 
-    writer = _gguf().GGUFWriter(out, "qwen2")
-    _add_metadata(writer, folder, config, vocab, gguf_type)
+TENSOR_BYTES = {"f32": 4, "f16": 2, "bf16": 2}
+
+
+def stream_gguf(out: Path, arch: str, tensors: list[SourceTensor], type_of: Callable[[SourceTensor], str],
+                add_metadata: Callable[[Any], None], *, desc: str, progress: bool = True,
+                on_progress: Callable[[float], None] | None = None) -> None:
+    """Write a GGUF whose tensors are read from safetensors one at a time, so memory holds one tensor at most.
+
+    `type_of` says how each tensor is stored ("f32", "f16" or "bf16"); the header, which lists every tensor's
+    type and size, is written first, then the data in the same order.
+    """
+    import numpy as np
+    from safetensors import safe_open
+    from tqdm.auto import tqdm
+
+    gguf = _gguf()
+    writer = gguf.GGUFWriter(out, arch)
+    add_metadata(writer)
     total = 0
     for t in tensors:
-        nbytes = int(np.prod(t.shape)) * np.dtype(out_dtype(t)).itemsize
-        writer.add_tensor_info(t.gguf_name, t.shape, np.dtype(out_dtype(t)), nbytes)
+        kind = type_of(t)
+        nbytes = int(np.prod(t.shape)) * TENSOR_BYTES[kind]
+        if kind == "bf16":  # numpy has no bfloat16: the raw 16-bit words, declared as BF16
+            writer.add_tensor_info(t.gguf_name, t.shape, np.dtype(np.uint16), nbytes,
+                                   raw_dtype=gguf.GGMLQuantizationType.BF16)
+        else:
+            writer.add_tensor_info(t.gguf_name, t.shape, np.dtype(np.float16 if kind == "f16" else np.float32),
+                                   nbytes)
         total += nbytes
     try:
         writer.write_header_to_file()
@@ -396,11 +427,11 @@ def write_decoder_gguf(folder: Path, out: Path, gguf_type: str, *, progress: boo
         done = 0
         bar = progress and sys.stderr is not None and sys.stderr.isatty()  # a terminal, not a log or a pipe
         with contextlib.ExitStack() as stack, tqdm(total=total, unit="B", unit_scale=True, disable=not bar,
-                                                   desc=f"GGUF {gguf_type.upper()}") as bar:
+                                                   desc=desc) as bar:
             for t in tensors:
                 if t.file not in handles:
                     handles[t.file] = stack.enter_context(safe_open(t.file, framework="pt"))
-                data = handles[t.file].get_tensor(t.source_name).to(torch.float32).numpy().astype(out_dtype(t))
+                data = _encode(handles[t.file].get_tensor(t.source_name), type_of(t))
                 writer.write_tensor_data(data)
                 bar.update(data.nbytes)
                 done += data.nbytes
@@ -412,8 +443,18 @@ def write_decoder_gguf(folder: Path, out: Path, gguf_type: str, *, progress: boo
         writer.close()
 
 
+def _encode(tensor: Any, kind: str) -> Any:
+    """A checkpoint tensor as the numpy array GGUF stores for `kind` (BF16 rounded by torch, to nearest even)."""
+    import numpy as np
+    import torch
+
+    if kind == "bf16":
+        return tensor.to(torch.bfloat16).contiguous().view(torch.int16).numpy().view(np.uint16)
+    return tensor.to(torch.float32).numpy().astype(np.float16 if kind == "f16" else np.float32)
+
+
 def _add_metadata(writer, folder: Path, config: dict[str, Any], vocab: Vocab, gguf_type: str) -> None:
-    writer.add_name(_display_name(Path(folder)))
+    writer.add_name(display_name(Path(folder)))
     writer.add_file_type(LLAMA_FTYPES[gguf_type])
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(config["hidden_size"])
