@@ -226,8 +226,10 @@ def test_a_loop_is_stopped_client_side(binary, files, dots_tiny, tmp_path):
         assert time.monotonic() - started < 30
     here = DotOCRInference(tiny_settings(looping, max_new_tokens=2000)).ocr(text_image_in_memory())
     assert result.stop_reason == here.stop_reason == "repetition"
+    assert result.text == here.text == "Text world"  # one copy of the repeated block kept
+    assert (result.raw, result.generated_tokens, result.loop_start) == (here.raw, here.generated_tokens,
+                                                                       here.loop_start)
     assert result.raw.startswith("Text worldText world") and result.generated_tokens < 100
-    assert result.text == here.text
 
 
 def text_image_in_memory():

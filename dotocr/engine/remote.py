@@ -183,8 +183,10 @@ class RemoteEngine(Engine):
                 raise RemoteEngineError(self._no_vision_sentence(LLAMA_CPP))
             return LLAMA_CPP, "remote", "unknown"
         health = self._get_json(client, f"{root}/health")
-        if isinstance(health, dict) and health.get("service") == "dotocr" and health.get("precision"):
-            return DOTOCR, f"remote {health.get('device') or 'unknown'}", str(health["precision"])
+        if isinstance(health, dict) and health.get("service") == "dotocr":
+            if health.get("precision"):
+                return DOTOCR, f"remote {health.get('device') or 'unknown'}", str(health["precision"])
+            return DOTOCR, "remote", "unknown"  # still loading its model
         if "vllm" in owners:
             return VLLM, "remote", "unknown"
         version = self._get_json(client, f"{root}/api/version")
@@ -258,7 +260,7 @@ class RemoteEngine(Engine):
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._set_ready(f"remote {self.url}")
-        text, cells = format_answer(prompt, answer.text, prepared)
+        text, cells = format_answer(prompt, answer.kept_text, prepared)
         finished = time.perf_counter()
         return OCRResult(
             text=text, raw=answer.text, prompt=prompt,
@@ -272,7 +274,7 @@ class RemoteEngine(Engine):
                      "prefill": round(answer.first_at - answer.sent_at, 4),
                      "decode": round(answer.done_at - answer.first_at, 4),
                      "total": round(finished - started, 4)},
-            peak_gpu_mb=None, cells=cells, file=file)
+            peak_gpu_mb=None, loop_start=answer.loop_start, cells=cells, file=file)
 
     # -- the HTTP exchange --------------------------------------------------------------------------
 
@@ -420,7 +422,8 @@ class _Answer:
 
     With `guard`, the loop guard watches the streamed pieces, each as a token (the same text, the same id):
     servers stream one token per piece, so its thresholds, set in tokens, hold. A loop it sees ends the
-    answer with finish_reason "repetition", the text cut to one copy of the repeated block."""
+    answer with finish_reason "repetition"; `kept_text` is then the text before the loop plus one copy of its
+    block, as the local engine keeps it."""
 
     def __init__(self, sent_at: float, *, guard: bool = False) -> None:
         self.parts: list[str] = []
@@ -428,6 +431,9 @@ class _Answer:
         self._guard = LoopGuard() if guard else None
         self._ids: dict[str, int] = {}
         self._piece_ids: list[int] = []
+        self.kept: int | None = None
+        """With a loop: how many pieces the answer keeps (those before the loop and one copy of its block)."""
+        self.loop_start: int | None = None
         self.finish_reason: str | None = None
         self.prompt_tokens: int | None = None
         self.completion_tokens: int | None = None
@@ -438,6 +444,10 @@ class _Answer:
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+    @property
+    def kept_text(self) -> str:
+        return self.text if self.kept is None else "".join(self.parts[:self.kept])
 
     def take_chunk(self, event: Any) -> str:
         if not isinstance(event, dict):
@@ -468,8 +478,8 @@ class _Answer:
         self._piece_ids.append(token)
         if not self._guard.push(token):
             return False
-        kept = len(self._guard.keep(self._piece_ids))
-        self.parts = self.parts[:kept]
+        self.kept = len(self._guard.keep(self._piece_ids))
+        self.loop_start = self._guard.loop_start
         self.finish_reason = "repetition"
         return True
 
