@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 from server_helpers import tiny_settings
 from tiny_models import save_scripted_checkpoint
@@ -193,14 +194,20 @@ def test_max_new_tokens_is_honoured_with_stop_reason_length(cli, scripted_url, t
 
 def test_the_answer_equals_our_local_engine_token_for_token(cli, golden_url, golden, tmp_path):
     """Greedy, F32 text GGUF and F32 mmproj against our torch engine on the same checkpoint and image."""
-    shot = text_image(tmp_path / "shot.png", SIZE, "Remote 42")
-    for prompt in ("text", "layout-json"):
+    local = DotOCRInference(tiny_settings(golden, max_image_size=1024, max_new_tokens=12))
+    answers = set()
+    for background, prompt in (("white", "text"), ("white", "layout-json"), ("navy", "text")):
+        shot = tmp_path / "shot.png"
+        picture = Image.new("RGB", SIZE, background)
+        ImageDraw.Draw(picture).text((4, 4), "Remote 42", fill="orange")
+        picture.save(shot)
         result = ocr_json(cli, shot, golden_url, "--max-new-tokens", "12", "--prompt", prompt)
-        here = DotOCRInference(tiny_settings(golden, max_image_size=1024, max_new_tokens=12)).ocr(
-            shot, prompt=prompt)
+        here = local.ocr(shot, prompt=prompt)
         assert result["raw"] == here.raw and len(here.raw) > 0
         assert (result["prompt_tokens"], result["generated_tokens"], result["stop_reason"]) == (
             here.prompt_tokens, here.generated_tokens, here.stop_reason)
+        answers.add(here.raw)
+    assert len(answers) == 3  # the instruction and the image both reach the model: the match means something
 
 
 # -- the engine itself ---------------------------------------------------------------------------------------
@@ -233,8 +240,6 @@ def test_a_loop_is_stopped_client_side(binary, files, dots_tiny, tmp_path):
 
 
 def text_image_in_memory():
-    from PIL import Image, ImageDraw
-
     image = Image.new("RGB", SIZE, "white")
     ImageDraw.Draw(image).text((4, 4), "Hello 42", fill="black")
     return image
@@ -256,6 +261,9 @@ def test_llama_server_without_mmproj_is_one_sentence(binary, files, scripted, tm
         said = httpx.post(f"{url}/v1/chat/completions", json={"messages": [{"role": "user", "content": [
             image_part, {"type": "text", "text": "hi"}]}]}, timeout=30)
         assert said.status_code == 500 and "image input is not supported" in said.json()["error"]["message"]
+        engine = RemoteEngine(tiny_settings(scripted, engine="remote", remote_url=url))
+        engine._kind = "llama.cpp"  # as a server that hid /props would leave it after connecting
+        assert "--mmproj" in engine._server_failed(said.json()["error"]["message"], "answered HTTP 500")
 
 
 def test_the_gguf_marks_the_end_of_the_answer_as_end_of_generation(binary, files, scripted, tmp_path):
