@@ -141,6 +141,15 @@ def test_every_flag_comes_from_the_declaration():
         Settings(max_image_size=top + 1)
 
 
+def test_server_flag_makes_that_server_the_engine():
+    parser = argparse.ArgumentParser()
+    add_engine_arguments(parser)
+    merged = settings_from_args(parser.parse_args(["--server", "http://127.0.0.1:11434", "--remote-model", "d:q8"]),
+                                Settings())
+    assert (merged.engine, merged.remote_url, merged.remote_model) == ("remote", "http://127.0.0.1:11434", "d:q8")
+    assert settings_from_args(parser.parse_args(["--remote-model", "d:q8"]), Settings()).engine == "local"
+
+
 def test_decoder_and_gguf_type_settings_and_flags():
     assert Settings().decoder == "auto" and Settings().gguf_type == ""
     parser = argparse.ArgumentParser()
