@@ -7,7 +7,7 @@ own processor leaves it as it is and any boxes in the answer are in pixels we ca
 the one dots.ocr's own client sends: the image as a PNG data URL, then the instruction. vLLM and dotocr-serve
 want `<|img|><|imgpad|><|endofimg|>` before the instruction to mark the image; llama.cpp and Ollama put the
 image markers in themselves where the image part stands (first), so they get the instruction alone. Which
-kind of server it is comes from probing on connect (`ServerKind`). The answer is streamed, so `on_text`
+kind of server it is comes from probing on connect (`SERVER_KINDS`). The answer is streamed, so `on_text`
 works, watched by the loop guard (a server without one would otherwise run a loop to max_new_tokens), and
 post-processed like a local answer.
 
@@ -407,7 +407,6 @@ class RemoteEngine(Engine):
                     "start it with a larger --ctx-size, or lower max_image_size.")
         message = message.strip() or "no reason given"
         return f"The OCR server at {self.url} {how}: {message}" + ("" if message.endswith(".") else ".")
-
 
 
 def _stop_reason(finish_reason: str | None) -> str:
