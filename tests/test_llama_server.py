@@ -193,8 +193,10 @@ def test_max_new_tokens_is_honoured_with_stop_reason_length(cli, scripted_url, t
 
 
 def test_the_answer_equals_our_local_engine_token_for_token(cli, golden_url, golden, tmp_path):
-    """Greedy, F32 text GGUF and F32 mmproj against our torch engine on the same checkpoint and image."""
-    local = DotOCRInference(tiny_settings(golden, max_image_size=1024, max_new_tokens=12))
+    """Greedy, F32 text GGUF and F32 mmproj against our engine (torch, and our hybrid with the llama.cpp decoder)
+    on the same checkpoint and image."""
+    locals_ = [DotOCRInference(tiny_settings(golden, max_image_size=1024, max_new_tokens=12, decoder=decoder))
+               for decoder in ("torch", "auto")]  # auto: the llama.cpp decoder in process, when installed
     answers = set()
     for background, prompt in (("white", "text"), ("white", "layout-json"), ("navy", "text")):
         shot = tmp_path / "shot.png"
@@ -202,10 +204,11 @@ def test_the_answer_equals_our_local_engine_token_for_token(cli, golden_url, gol
         ImageDraw.Draw(picture).text((4, 4), "Remote 42", fill="orange")
         picture.save(shot)
         result = ocr_json(cli, shot, golden_url, "--max-new-tokens", "12", "--prompt", prompt)
-        here = local.ocr(shot, prompt=prompt)
-        assert result["raw"] == here.raw and len(here.raw) > 0
-        assert (result["prompt_tokens"], result["generated_tokens"], result["stop_reason"]) == (
-            here.prompt_tokens, here.generated_tokens, here.stop_reason)
+        for local in locals_:
+            here = local.ocr(shot, prompt=prompt)
+            assert result["raw"] == here.raw and len(here.raw) > 0
+            assert (result["prompt_tokens"], result["generated_tokens"], result["stop_reason"]) == (
+                here.prompt_tokens, here.generated_tokens, here.stop_reason)
         answers.add(here.raw)
     assert len(answers) == 3  # the instruction and the image both reach the model: the match means something
 
