@@ -397,14 +397,15 @@ def check_server(ctx: Context) -> Check:
         engine = make_engine(settings)  # the remote engine's own check: GET /models with our key, then /health
         try:
             engine.load()
+            kind = engine.server_kind  # dotocr, vllm, llama.cpp, ollama or openai
         except DotOCRError as exc:
             return Check("server", "Server", FAIL, f"the remote engine is not usable: {exc}",
                          "Start that server, or set engine = \"local\" in the settings file.", details)
         finally:
             engine.unload()
-        details["remote"] = {"device": engine.device, "precision": engine.precision}
+        details["remote"] = {"device": engine.device, "precision": engine.precision, "server": kind}
         return Check("server", "Server", OK, f"the remote engine at {settings.remote_url} answers "
-                     f"({engine.device}, {engine.precision})", details=details)
+                     f"({kind} server; {engine.device}, {engine.precision})", details=details)
     server = probe_server(port, timeout=1.0)
     if server is None:
         return Check("server", "Server", INFO,
