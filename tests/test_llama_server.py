@@ -283,3 +283,13 @@ def test_the_gguf_marks_the_end_of_the_answer_as_end_of_generation(binary, files
         answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).json()
     assert answer["choices"][0]["finish_reason"] == "length"
     assert answer["choices"][0]["message"]["content"].startswith("Text world")
+
+
+def test_an_image_too_big_for_the_context_is_one_sentence(binary, files, scripted, tmp_path):
+    text, mmproj = files(scripted)
+    with llama_server(binary, text, tmp_path / "small.log", mmproj=mmproj, extra=("-c", "128")) as url:
+        remote = RemoteEngine(tiny_settings(scripted, engine="remote", remote_url=url, max_image_size=1024))
+        with pytest.raises(RemoteEngineError) as caught:
+            remote.ocr(Image.new("RGB", (448, 448), "white"))  # 256 image tokens in a 128-token context
+    message = str(caught.value)
+    assert "--ctx-size" in message and "max_image_size" in message and message.endswith(".")
