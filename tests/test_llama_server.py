@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,11 +24,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 from PIL import Image, ImageDraw
-from safetensors.torch import load_file, save_file
 from server_helpers import tiny_settings
-from tiny_models import save_scripted_checkpoint
+from tiny_models import save_bf16_kernel_checkpoint, save_scripted_checkpoint
 
 from dotocr.engine import DotOCRInference
 from dotocr.engine.decoders.llamacpp import cpu_has_amx
@@ -46,7 +43,6 @@ ASSISTANT, END_OF_ANSWER, EOS = 1007, 1008, 978  # the golden tokenizer's ids
 TEXT, WORLD = 337, 437  # "Text", " world"
 SIZE = (224, 56)
 """Multiples of 28 inside [min_pixels, max_pixels] and under the cap: neither side resizes the image."""
-KERNEL = "vision_tower.patch_embed.patchifier.proj.weight"
 
 
 def pinned_version() -> str:
@@ -124,16 +120,8 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def golden(tmp_path_factory, dots_tiny: Path) -> Path:
-    """The golden checkpoint with its patch kernel in BF16, as in the real dots.ocr checkpoint: stored so in the
-    mmproj too, llama.cpp's patch embedding rounds nothing and its vision matches ours (mmproj_export.py)."""
-    folder = tmp_path_factory.mktemp("golden-bf16-kernel")
-    for path in dots_tiny.iterdir():
-        if path.suffix == ".json":
-            shutil.copy(path, folder / path.name)
-    weights = load_file(dots_tiny / "model.safetensors")
-    weights[KERNEL] = weights[KERNEL].to(torch.bfloat16)
-    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
-    return folder
+    """The golden checkpoint with its patch kernel in BF16, as in the real model."""
+    return save_bf16_kernel_checkpoint(tmp_path_factory.mktemp("golden-bf16-kernel"), dots_tiny)
 
 
 @pytest.fixture(scope="module")

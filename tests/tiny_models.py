@@ -105,3 +105,21 @@ def save_scripted_checkpoint(folder: Path, tokenizer_source: Path, successor: di
     for name in TOKENIZER_FILES:
         shutil.copy(tokenizer_source / name, folder / name)
     return folder
+
+
+PATCH_KERNEL = "vision_tower.patch_embed.patchifier.proj.weight"
+
+
+def save_bf16_kernel_checkpoint(folder: Path, source: Path) -> Path:
+    """`source` (the golden checkpoint) with its patch kernel stored in BF16, as in the real dots.ocr checkpoint:
+    llama.cpp's patch embedding then rounds nothing, so its vision matches ours exactly (mmproj_export.py)."""
+    from safetensors.torch import load_file, save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        if path.suffix == ".json":
+            shutil.copy(path, folder / path.name)
+    weights = load_file(source / "model.safetensors")
+    weights[PATCH_KERNEL] = weights[PATCH_KERNEL].to(torch.bfloat16)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
