@@ -48,9 +48,9 @@ def test_a_hopeless_candidate_costs_one_token():
     assert used[:PROBE_TOKENS + 2] == [2] * PROBE_TOKENS + [1, 2]  # 1 thread: one token at 5x, dropped
 
 
-def test_one_thread_never_probes():
-    tuner = ThreadTuner(1)
-    assert decode(tuner, {1: 0.2}, 100) == [1] * 100
+def test_one_thread_never_probes_nor_a_fixed_count():
+    assert decode(ThreadTuner(1), {1: 0.2}, 100) == [1] * 100
+    assert decode(ThreadTuner(4, adaptive=False), {4: 0.9, 2: 0.1}, 100) == [4] * 100
 
 
 @pytest.mark.skipif(not llamacpp_installed(), reason="needs llama-cpp-python 0.3.36 (pip install "

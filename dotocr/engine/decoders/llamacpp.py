@@ -51,7 +51,7 @@ class LlamaCppDecoder:
     name = "llamacpp"
 
     def __init__(self, gguf: Path, vision: Any, *, gguf_type: str, n_threads: int | None = None,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", tune_threads: bool = True) -> None:
         import torch
 
         self._llama = load_bindings()
@@ -60,7 +60,8 @@ class LlamaCppDecoder:
         self.precision = gguf_type
         self._n_threads = n_threads or torch.get_num_threads() or os.cpu_count() or 1
         self._exact = gguf_type == "f32"
-        self._tuner = ThreadTuner(self._n_threads)  # kept across requests: it follows the machine's load
+        # kept across requests: it follows the machine's load (tune_threads=False: always n_threads, for benchmarks)
+        self._tuner = ThreadTuner(self._n_threads, adaptive=tune_threads)
         self._decode_threads = self._n_threads
         llama = self._llama
         offload = device == "cuda" and bool(llama.llama_supports_gpu_offload())
@@ -332,7 +333,8 @@ def _vision_dtype(precision: str, device: str):
 
 def load_llamacpp_decoder(folder: Path, *, precision: str, gguf_type: str | None = None,
                           n_threads: int | None = None, device: str = "cpu", gguf_dir: Path | None = None,
-                          on_progress: Callable[[float], None] | None = None) -> LlamaCppDecoder:
+                          on_progress: Callable[[float], None] | None = None, tune_threads: bool = True
+                          ) -> LlamaCppDecoder:
     """The engine's entry point: the GGUF for `precision` (or `gguf_type`), written once if needed, and the tower.
 
     precision: fp32 -> F32 GGUF (exact against the torch decoder), fp16/bf16 -> F16, auto -> Q8_0,
@@ -349,7 +351,8 @@ def load_llamacpp_decoder(folder: Path, *, precision: str, gguf_type: str | None
     load_bindings()  # fail with the install hint before spending minutes on a conversion
     gguf = ensure_gguf(folder, gguf_type, directory=gguf_dir, n_threads=n_threads, on_progress=on_progress)
     tower = load_vision_tower(folder, dtype=_vision_dtype(precision, device), device=device)
-    return LlamaCppDecoder(gguf, tower, gguf_type=gguf_type, n_threads=n_threads, device=device)
+    return LlamaCppDecoder(gguf, tower, gguf_type=gguf_type, n_threads=n_threads, device=device,
+                           tune_threads=tune_threads)
 
 
 __all__ = ["LlamaCppDecodeError", "LlamaCppDecoder", "load_llamacpp_decoder",

@@ -32,9 +32,10 @@ class ThreadTuner:
     machine, not the request. Not thread-safe; the decoder's lock serialises its use.
     """
 
-    def __init__(self, max_threads: int) -> None:
+    def __init__(self, max_threads: int, *, adaptive: bool = True) -> None:
         max_threads = max(1, int(max_threads))
-        self.candidates = [max_threads] if max_threads == 1 else [max_threads, max(1, max_threads // 2)]
+        half = max(1, max_threads // 2)
+        self.candidates = [max_threads, half] if adaptive and half != max_threads else [max_threads]
         self.best = max_threads
         self._queue: list[int] = list(self.candidates) if len(self.candidates) > 1 else []
         self._samples: dict[int, list[float]] = {}
