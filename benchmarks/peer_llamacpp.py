@@ -82,7 +82,8 @@ def child(args: argparse.Namespace) -> dict:
         out = decoder.generate(request, on_token)
         finish = time.perf_counter()
     decoder.close()
-    return {"system": f"hybrid {args.gguf_type}{' fixed threads' if args.fixed_threads else ''}", "crop": args.crop, "image_tokens": prepared.image_tokens,
+    name = f"hybrid {args.gguf_type}{' fixed threads' if args.fixed_threads else ''}"
+    return {"system": name, "crop": args.crop, "image_tokens": prepared.image_tokens,
             "prompt_tokens": len(ids), "generated": len(out), "load_s": round(load_s, 2),
             "vision_s": marks["vision_end"] - marks["vision_start"],
             "prefill_s": times[0] - marks["vision_end"],
