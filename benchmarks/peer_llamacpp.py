@@ -53,7 +53,8 @@ def child(args: argparse.Namespace) -> dict:
     torch.set_num_threads(THREADS)
     folder = Path(args.checkpoint)
     started = time.perf_counter()
-    decoder = load_llamacpp_decoder(folder, precision="bf16", gguf_type=args.gguf_type, n_threads=THREADS,
+    decoder = load_llamacpp_decoder(folder, precision="fp16" if args.device == "cuda" else "bf16",
+                                    gguf_type=args.gguf_type, n_threads=THREADS, device=args.device,
                                     gguf_dir=Path(args.gguf_dir), tune_threads=not args.fixed_threads)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     preparer = ImagePreparer.from_pretrained(folder)
@@ -107,7 +108,7 @@ def own_child(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     llama.llama_backend_init()
     model_params = llama.llama_model_default_params()
-    model_params.n_gpu_layers = 0
+    model_params.n_gpu_layers = -1 if args.device == "cuda" else 0
     if cpu_has_amx():
         model_params.use_extra_bufts = False  # as in our decoder: llama.cpp's AMX kernels crash on such CPUs
     model = llama.llama_model_load_from_file(os.fsencode(args.text_gguf), model_params)
@@ -116,7 +117,7 @@ def own_child(args: argparse.Namespace) -> dict:
     params.n_threads = params.n_threads_batch = THREADS
     ctx = llama.llama_init_from_model(model, params)
     mparams = mtmd.mtmd_context_params_default()
-    mparams.use_gpu = False
+    mparams.use_gpu = args.device == "cuda"
     mparams.n_threads = THREADS
     mparams.print_timings = False
     mctx = mtmd.mtmd_init_from_file(os.fsencode(args.mmproj), model, mparams)
@@ -189,9 +190,10 @@ def own_child(args: argparse.Namespace) -> dict:
             "total_s": finish - begin, "peak_rss_bytes": rss_loaded + peak.extra}
 
 
-def torch_case(folder: Path, crop: str, new_tokens: int, max_image_size: int) -> dict:
+def torch_case(folder: Path, crop: str, new_tokens: int, max_image_size: int, device: str) -> dict:
     case = run_child(HERE / "engine_full_size.py", [
-        "--device", "cpu", "--precisions", "bf16", "--crop", crop, "--new-tokens", str(new_tokens),
+        "--device", device, "--precisions", "fp16" if device == "cuda" else "bf16", "--crop", crop,
+        "--new-tokens", str(new_tokens),
         "--repeats", "1", "--max-image-size", str(max_image_size), "--checkpoint", str(folder)], timeout=3600)
     if "error" in case:
         return {"system": "torch bf16", "crop": crop, **case}
@@ -223,6 +225,8 @@ def main() -> None:
     parser.add_argument("--mmproj-type", default="bf16", help="the mmproj of llama.cpp's own path")
     parser.add_argument("--no-own", action="store_true", help="skip llama.cpp's own path")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch decoder")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: vision in fp16 on the GPU and llama.cpp offloaded (needs a CUDA llama-cpp-python)")
     parser.add_argument("--fixed-threads", action="store_true",
                         help="also run the hybrid with its decode thread count fixed at 2 (no ThreadTuner)")
     parser.add_argument("--busy", type=int, default=0,
@@ -240,7 +244,7 @@ def main() -> None:
     # Converted before any timing, once; the F16 file is kept so both quantisations start from it.
     for gguf_type in ["f16", *args.types]:
         started = time.perf_counter()
-        path = ensure_gguf(folder, gguf_type, directory=Path(args.gguf_dir), n_threads=THREADS)
+        path = ensure_gguf(folder, gguf_type, directory=Path(args.gguf_dir), n_threads=os.cpu_count())
         print(f"# {gguf_type}: {path} ({path.stat().st_size / GIB:.2f} GiB, {time.perf_counter() - started:.0f} s)",
               flush=True)
     mmproj = None if args.no_own else ensure_mmproj(folder, args.mmproj_type, directory=Path(args.gguf_dir))
@@ -268,20 +272,20 @@ def run_rounds(args: argparse.Namespace, folder: Path, mmproj: Path | None, busy
             crop, new_tokens = spec.split(":")
             for system in systems:
                 if system == "torch bf16":
-                    case = torch_case(folder, crop, int(new_tokens), args.max_image_size)
+                    case = torch_case(folder, crop, int(new_tokens), args.max_image_size, args.device)
                 elif system.startswith("llama.cpp"):
                     text_gguf = ensure_gguf(folder, system.split()[1], directory=Path(args.gguf_dir))
                     case = run_child(Path(__file__), [
                         "--own", "--system", system, "--crop", crop, "--new-tokens", new_tokens,
                         "--checkpoint", str(folder), "--text-gguf", str(text_gguf), "--mmproj", str(mmproj),
-                        "--max-image-size", str(args.max_image_size)], timeout=3600)
+                        "--max-image-size", str(args.max_image_size), "--device", args.device], timeout=3600)
                     case.setdefault("system", system)
                     case.setdefault("crop", crop)
                 else:
                     case = run_child(Path(__file__), [
                         "--crop", crop, "--new-tokens", new_tokens, "--gguf-type", system.split()[1],
                         "--checkpoint", str(folder), "--gguf-dir", args.gguf_dir,
-                        "--max-image-size", str(args.max_image_size),
+                        "--max-image-size", str(args.max_image_size), "--device", args.device,
                         *(["--fixed-threads"] if system.endswith("fixed threads") else [])], timeout=3600)
                     case.setdefault("system", system)
                     case.setdefault("crop", crop)
