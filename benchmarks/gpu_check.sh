@@ -28,8 +28,8 @@ timeout 240 python3 benchmarks/engine_full_size.py "${common[@]}" --precisions 4
 timeout 150 python3 benchmarks/engine_full_size.py "${common[@]}" --precisions fp16 \
     --json "$out/gpu_fp16.json" 2>&1 | tee "$out/gpu_fp16.log"
 if python3 -c "import llama_cpp, sys; sys.exit(0 if llama_cpp.llama_supports_gpu_offload() else 1)" 2>/dev/null; then
-    timeout 90 python3 benchmarks/peer_llamacpp.py --device cuda --crops 1024x768 --new-tokens 64 \
-        --json "$out/gpu_hybrid.json" 2>&1 | tee "$out/gpu_hybrid.log"
+    timeout 150 python3 benchmarks/peer_llamacpp.py --device cuda --crops 1024x768:64 --rounds 1 --no-torch \
+        --types q4_k_m --checkpoint /tmp/dotocr-full-size --json "$out/gpu_hybrid.json" 2>&1 | tee "$out/gpu_hybrid.log"
 else
     echo "no CUDA build of llama-cpp-python here: the hybrid is not measured" | tee "$out/gpu_hybrid.log"
 fi

@@ -2,6 +2,8 @@
 
     python benchmarks/peer_llamacpp.py                       # 400x100 with 32 new tokens, 1024x768 with 256
     python benchmarks/peer_llamacpp.py --rounds 1 --crops 400x100:32
+    python benchmarks/peer_llamacpp.py --busy 1 --no-torch --fixed-threads --types q8_0 --crops 400x100:32
+                                                             # with another program taking a core
 
 The full-size random checkpoint of `engine_full_size.py` (written once, ~6 GB bf16) stands in for the real one:
 speed does not depend on weight values. Its decoder is converted once to Q8_0 and Q4_K_M GGUFs by our writer and
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,8 +53,9 @@ def child(args: argparse.Namespace) -> dict:
     torch.set_num_threads(THREADS)
     folder = Path(args.checkpoint)
     started = time.perf_counter()
-    decoder = load_llamacpp_decoder(folder, precision="bf16", gguf_type=args.gguf_type, n_threads=THREADS,
-                                    gguf_dir=Path(args.gguf_dir))
+    decoder = load_llamacpp_decoder(folder, precision="fp16" if args.device == "cuda" else "bf16",
+                                    gguf_type=args.gguf_type, n_threads=THREADS, device=args.device,
+                                    gguf_dir=Path(args.gguf_dir), tune_threads=not args.fixed_threads)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     preparer = ImagePreparer.from_pretrained(folder)
     # llama.cpp memory-maps the GGUF: page every weight in with a short text prompt first, as the torch child
@@ -79,7 +83,8 @@ def child(args: argparse.Namespace) -> dict:
         out = decoder.generate(request, on_token)
         finish = time.perf_counter()
     decoder.close()
-    return {"system": f"hybrid {args.gguf_type}", "crop": args.crop, "image_tokens": prepared.image_tokens,
+    name = f"hybrid {args.gguf_type}{' fixed threads' if args.fixed_threads else ''}"
+    return {"system": name, "crop": args.crop, "image_tokens": prepared.image_tokens,
             "prompt_tokens": len(ids), "generated": len(out), "load_s": round(load_s, 2),
             "vision_s": marks["vision_end"] - marks["vision_start"],
             "prefill_s": times[0] - marks["vision_end"],
@@ -103,7 +108,7 @@ def own_child(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     llama.llama_backend_init()
     model_params = llama.llama_model_default_params()
-    model_params.n_gpu_layers = 0
+    model_params.n_gpu_layers = -1 if args.device == "cuda" else 0
     if cpu_has_amx():
         model_params.use_extra_bufts = False  # as in our decoder: llama.cpp's AMX kernels crash on such CPUs
     model = llama.llama_model_load_from_file(os.fsencode(args.text_gguf), model_params)
@@ -112,7 +117,7 @@ def own_child(args: argparse.Namespace) -> dict:
     params.n_threads = params.n_threads_batch = THREADS
     ctx = llama.llama_init_from_model(model, params)
     mparams = mtmd.mtmd_context_params_default()
-    mparams.use_gpu = False
+    mparams.use_gpu = args.device == "cuda"
     mparams.n_threads = THREADS
     mparams.print_timings = False
     mctx = mtmd.mtmd_init_from_file(os.fsencode(args.mmproj), model, mparams)
@@ -185,9 +190,10 @@ def own_child(args: argparse.Namespace) -> dict:
             "total_s": finish - begin, "peak_rss_bytes": rss_loaded + peak.extra}
 
 
-def torch_case(folder: Path, crop: str, new_tokens: int, max_image_size: int) -> dict:
+def torch_case(folder: Path, crop: str, new_tokens: int, max_image_size: int, device: str) -> dict:
     case = run_child(HERE / "engine_full_size.py", [
-        "--device", "cpu", "--precisions", "bf16", "--crop", crop, "--new-tokens", str(new_tokens),
+        "--device", device, "--precisions", "fp16" if device == "cuda" else "bf16", "--crop", crop,
+        "--new-tokens", str(new_tokens),
         "--repeats", "1", "--max-image-size", str(max_image_size), "--checkpoint", str(folder)], timeout=3600)
     if "error" in case:
         return {"system": "torch bf16", "crop": crop, **case}
@@ -218,6 +224,13 @@ def main() -> None:
     parser.add_argument("--mmproj", help=argparse.SUPPRESS)
     parser.add_argument("--mmproj-type", default="bf16", help="the mmproj of llama.cpp's own path")
     parser.add_argument("--no-own", action="store_true", help="skip llama.cpp's own path")
+    parser.add_argument("--no-torch", action="store_true", help="skip the torch decoder")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: vision in fp16 on the GPU and llama.cpp offloaded (needs a CUDA llama-cpp-python)")
+    parser.add_argument("--fixed-threads", action="store_true",
+                        help="also run the hybrid with its decode thread count fixed at 2 (no ThreadTuner)")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="keep this many busy-looping processes running throughout, as other programs would")
     args = parser.parse_args()
     if args.child:
         print(json.dumps(own_child(args) if args.own else child(args)))
@@ -231,13 +244,27 @@ def main() -> None:
     # Converted before any timing, once; the F16 file is kept so both quantisations start from it.
     for gguf_type in ["f16", *args.types]:
         started = time.perf_counter()
-        path = ensure_gguf(folder, gguf_type, directory=Path(args.gguf_dir), n_threads=THREADS)
+        path = ensure_gguf(folder, gguf_type, directory=Path(args.gguf_dir), n_threads=os.cpu_count())
         print(f"# {gguf_type}: {path} ({path.stat().st_size / GIB:.2f} GiB, {time.perf_counter() - started:.0f} s)",
               flush=True)
     mmproj = None if args.no_own else ensure_mmproj(folder, args.mmproj_type, directory=Path(args.gguf_dir))
-    report = {"machine": machine(), "checkpoint": str(folder), "cases": []}
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy)]
+    try:
+        run_rounds(args, folder, mmproj, busy)
+    finally:
+        for process in busy:
+            process.kill()
+
+
+def run_rounds(args: argparse.Namespace, folder: Path, mmproj: Path | None, busy: list) -> None:
+    from dotocr.engine.gguf_export import ensure_gguf
+
+    report = {"machine": machine(), "checkpoint": str(folder), "busy_processes": len(busy), "cases": []}
     print(f"# {report['machine']}", flush=True)
-    systems = ["torch bf16", *[f"hybrid {t}" for t in args.types]]
+    systems = [] if args.no_torch else ["torch bf16"]
+    systems += [f"hybrid {t}" for t in args.types]
+    if args.fixed_threads:
+        systems += [f"hybrid {t} fixed threads" for t in args.types]
     if mmproj is not None:
         systems += [f"llama.cpp {t} + mmproj {args.mmproj_type}" for t in args.types]
     for round_no in range(args.rounds):
@@ -245,20 +272,21 @@ def main() -> None:
             crop, new_tokens = spec.split(":")
             for system in systems:
                 if system == "torch bf16":
-                    case = torch_case(folder, crop, int(new_tokens), args.max_image_size)
+                    case = torch_case(folder, crop, int(new_tokens), args.max_image_size, args.device)
                 elif system.startswith("llama.cpp"):
                     text_gguf = ensure_gguf(folder, system.split()[1], directory=Path(args.gguf_dir))
                     case = run_child(Path(__file__), [
                         "--own", "--system", system, "--crop", crop, "--new-tokens", new_tokens,
                         "--checkpoint", str(folder), "--text-gguf", str(text_gguf), "--mmproj", str(mmproj),
-                        "--max-image-size", str(args.max_image_size)], timeout=3600)
+                        "--max-image-size", str(args.max_image_size), "--device", args.device], timeout=3600)
                     case.setdefault("system", system)
                     case.setdefault("crop", crop)
                 else:
                     case = run_child(Path(__file__), [
                         "--crop", crop, "--new-tokens", new_tokens, "--gguf-type", system.split()[1],
                         "--checkpoint", str(folder), "--gguf-dir", args.gguf_dir,
-                        "--max-image-size", str(args.max_image_size)], timeout=3600)
+                        "--max-image-size", str(args.max_image_size), "--device", args.device,
+                        *(["--fixed-threads"] if system.endswith("fixed threads") else [])], timeout=3600)
                     case.setdefault("system", system)
                     case.setdefault("crop", crop)
                 case["round"] = round_no

@@ -17,6 +17,8 @@ from dotocr.cli.doctor import (
     OK,
     SAMPLE_LINES,
     WARN,
+    Context,
+    check_llamacpp,
     dots_checkpoints_in_cache,
     four_bit_roundtrip,
     masked,
@@ -26,12 +28,13 @@ from dotocr.cli.doctor import (
 )
 from dotocr.config import Settings
 from dotocr.engine import plan_load
+from dotocr.engine.llamacpp_runtime import llamacpp_installed
 from tests.cli_helpers import TINY, run_dotocr, text_image
 
-SECTIONS = ["python", "os", "torch", "gpu", "bf16", "plan", "bitsandbytes", "transformers", "cache", "model",
-            "settings", "hotkey", "clipboard", "server"]
-TITLES = ["Python", "OS", "torch", "GPU", "bf16", "Device plan", "bitsandbytes", "transformers", "Model cache", "Model",
-          "Settings", "Hotkey", "Clipboard", "Server"]
+SECTIONS = ["python", "os", "torch", "gpu", "bf16", "plan", "bitsandbytes", "llamacpp", "transformers", "cache",
+            "model", "settings", "hotkey", "clipboard", "server"]
+TITLES = ["Python", "OS", "torch", "GPU", "bf16", "Device plan", "bitsandbytes", "llama.cpp", "transformers",
+          "Model cache", "Model", "Settings", "Hotkey", "Clipboard", "Server"]
 
 
 def fake_hf_cache(root: Path) -> Path:
@@ -103,6 +106,24 @@ def test_cache_scan_lists_only_dots_checkpoints(tmp_path):
     assert dots_checkpoints_in_cache(tmp_path / "no-such-cache") == []
 
 
+@pytest.mark.parametrize(("decoder", "status"), [("auto", WARN), ("llamacpp", FAIL), ("torch", WARN)])
+def test_another_llama_cpp_python_version_is_named_with_the_pin(tmp_path, monkeypatch, decoder, status):
+    """A llama-cpp-python of another version, as Python's package metadata finds it first on the path."""
+    import importlib
+
+    info = tmp_path / "llama_cpp_python-0.3.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: llama_cpp_python\nVersion: 0.3.1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    check = check_llamacpp(Context(Settings(decoder=decoder), None, None))  # type: ignore[arg-type]
+    assert check.status == status
+    assert check.summary == ("llama-cpp-python 0.3.1 is installed, but dotocr's bindings are written for 0.3.36: "
+                             "the torch decoder is used")
+    assert check.advice is not None and "llama-cpp-python==0.3.36" in check.advice
+    assert not llamacpp_installed()  # and the engine agrees: auto plans the torch decoder
+
+
 # -- the real command -------------------------------------------------------------------------------
 
 @pytest.mark.timeout(240)
@@ -138,6 +159,9 @@ def test_json_report_for_bug_reports(tmp_path):
     assert checks["bitsandbytes"]["status"] == OK
     assert checks["bitsandbytes"]["details"]["cosine_similarity"] > 0.95
     assert checks["transformers"]["status"] == OK
+    if llamacpp_installed():  # CI installs it
+        assert checks["llamacpp"]["status"] == OK
+        assert checks["llamacpp"]["summary"] == "llama-cpp-python 0.3.36 (CPU)"  # this build offloads nothing
     cached = [c["repo_id"] for c in checks["cache"]["details"]["checkpoints"]]
     assert cached == ["rednote-hilab/dots.mocr", "rednote-hilab/dots.ocr"]
     # the broken file gave defaults, so the model is the default repo id, found in the cache

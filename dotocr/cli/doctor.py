@@ -29,11 +29,13 @@ from typing import Any
 
 from dotocr.config import Settings, SettingsError, SettingsFile, data_dir, settings_from_args
 from dotocr.engine import (
+    LLAMACPP_INSTALL_HINT,
     LoadPlan,
     PrecisionError,
     cpu_prefers_bf16,
     describe_checkpoint,
     describe_cuda,
+    describe_llamacpp,
     make_engine,
     plan_load,
 )
@@ -244,6 +246,37 @@ def check_bitsandbytes(ctx: Context) -> Check:
                      "Reinstall bitsandbytes (pip install -U bitsandbytes).", details)
     return Check("bitsandbytes", "bitsandbytes", OK, f"{bnb.__version__}, 4-bit NF4 works on {device}",
                  details=details)
+
+
+LLAMACPP_CUDA_HINT = ('set CMAKE_ARGS="-DGGML_CUDA=on" (the CUDA toolkit installed), then pip install '
+                      '"llama-cpp-python==0.3.36" --no-binary llama-cpp-python --no-cache-dir --force-reinstall')
+
+
+def check_llamacpp(ctx: Context) -> Check:
+    """The llama.cpp decoder's library: installed, the pinned version, and whether it can use the GPU."""
+    wanted = ctx.settings.decoder == "llamacpp" and ctx.settings.engine != "remote"
+    info = describe_llamacpp()
+    version, pinned = info["version"], info["pinned"]
+    missing = FAIL if wanted else INFO
+    if version is None:
+        return Check("llamacpp", "llama.cpp", missing, "llama-cpp-python is not installed: the torch decoder is used",
+                     f"For 3-4x faster decoding on a CPU: {LLAMACPP_INSTALL_HINT}", info)
+    if version != pinned:
+        return Check("llamacpp", "llama.cpp", FAIL if wanted else WARN,
+                     f"llama-cpp-python {version} is installed, but dotocr's bindings are written for {pinned}: "
+                     "the torch decoder is used", LLAMACPP_INSTALL_HINT, info)
+    if not info["gguf"]:
+        return Check("llamacpp", "llama.cpp", missing, f"llama-cpp-python {version}, but the gguf package is missing",
+                     LLAMACPP_INSTALL_HINT, info)
+    if info["error"]:
+        return Check("llamacpp", "llama.cpp", FAIL if wanted else WARN, f"llama-cpp-python {version} does not load "
+                     f"({info['error']})", f"Reinstall it: {LLAMACPP_INSTALL_HINT}", info)
+    if info["gpu_offload"]:
+        return Check("llamacpp", "llama.cpp", OK, f"llama-cpp-python {version}, with GPU offload", details=info)
+    if ctx.cuda()["available"]:
+        return Check("llamacpp", "llama.cpp", INFO, f"llama-cpp-python {version} without GPU support: on this GPU "
+                     "auto uses the torch decoder", f"For llama.cpp on the GPU: {LLAMACPP_CUDA_HINT}", info)
+    return Check("llamacpp", "llama.cpp", OK, f"llama-cpp-python {version} (CPU)", details=info)
 
 
 def check_transformers(ctx: Context) -> Check:
@@ -481,7 +514,7 @@ def check_ocr(ctx: Context) -> Check:
 
 
 CHECKS: tuple[CheckFunction, ...] = (
-    check_python, check_os, check_torch, check_gpu, check_bf16, check_plan, check_bitsandbytes,
+    check_python, check_os, check_torch, check_gpu, check_bf16, check_plan, check_bitsandbytes, check_llamacpp,
     check_transformers, check_cache, check_model, check_settings, check_hotkey, check_clipboard, check_server,
 )
 

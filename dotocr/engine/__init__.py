@@ -31,6 +31,8 @@ from .documents import (
 from .gguf_export import GGUF_TYPES, convert_gguf
 from .images import MAX_INPUT_PIXELS, ImageInput, declared_png_size, load_image
 from .layout import FURNITURE, PICTURE_MODES, cells_to_markdown, picture_markdown
+from .llamacpp_runtime import INSTALL_HINT as LLAMACPP_INSTALL_HINT
+from .llamacpp_runtime import describe_llamacpp
 from .loading import (
     CheckpointInfo,
     LoadPlan,
@@ -73,11 +75,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DEFAULT_DPI", "FURNITURE", "GGUF_TYPES", "IMAGE_PLACEHOLDER", "LOADING_STATUSES", "MAX_INPUT_PIXELS",
+__all__ = ["DEFAULT_DPI", "FURNITURE", "GGUF_TYPES", "IMAGE_PLACEHOLDER", "LLAMACPP_INSTALL_HINT", "LOADING_STATUSES",
+           "MAX_INPUT_PIXELS",
            "MAX_PAGE_PIXELS", "PICTURE_MODES", "PROMPT_MODES", "Box", "CheckpointInfo", "DocumentError", "DotOCRError",
            "DotOCRInference", "DotsOCRConfig", "DotsOCRForCausalLM", "DotsVisionConfig", "Engine", "EngineState",
            "ImageInput", "LoadPlan", "OCRResult", "Page", "PdfDocument", "PrecisionError", "RemoteEngine", "Status",
            "cells_to_markdown", "check_box", "check_dpi", "convert_gguf", "cpu_prefers_bf16", "declared_png_size",
-           "describe_checkpoint", "describe_cuda", "instruction_for", "is_loopback_url", "is_pdf", "load_image",
-           "make_engine", "parse_box", "parse_page_ranges", "picture_markdown", "plan_load", "resolve_prompt",
-           "strip_image_placeholder"]
+           "describe_checkpoint", "describe_cuda", "describe_llamacpp", "instruction_for", "is_loopback_url", "is_pdf",
+           "load_image", "make_engine", "parse_box", "parse_page_ranges", "picture_markdown", "plan_load",
+           "resolve_prompt", "strip_image_placeholder"]

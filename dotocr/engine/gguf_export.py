@@ -188,8 +188,8 @@ def convert_gguf(model: str, gguf_type: str = "q8_0", *, mmproj_type: str | None
         return paths
     if output.is_dir():
         return [_copy_out(path, output / path.name) for path in paths]
-    return [_copy_out(path, target) for path, target in zip(paths, [output, output.with_name(f"mmproj-{output.name}")],
-                                                           strict=False)]
+    targets = [output, output.with_name(f"mmproj-{output.name}")][:len(paths)]
+    return [_copy_out(path, target) for path, target in zip(paths, targets, strict=True)]
 
 
 def _copy_out(path: Path, output: Path) -> Path:
@@ -221,7 +221,7 @@ def staged_output(target: Path, *, keep: bool = True) -> Iterator[Path]:
             tmp.unlink()
 
 
-def _gguf():
+def import_gguf():
     try:
         import gguf
     except ImportError:
@@ -319,7 +319,7 @@ def read_vocab(folder: Path, vocab_size: int) -> Vocab:
     Ids the tokenizer leaves unused up to the embedding size are named [PADn] and marked unused, as the
     embedding matrix has rows for them.
     """
-    TokenType = _gguf().TokenType  # noqa: N806
+    TokenType = import_gguf().TokenType  # noqa: N806
 
     folder = Path(folder)
     try:
@@ -405,7 +405,7 @@ def stream_gguf(out: Path, arch: str, tensors: list[SourceTensor], type_of: Call
     from safetensors import safe_open
     from tqdm.auto import tqdm
 
-    gguf = _gguf()
+    gguf = import_gguf()
     writer = gguf.GGUFWriter(out, arch)
     add_metadata(writer)
     total = 0

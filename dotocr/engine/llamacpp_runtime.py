@@ -50,6 +50,27 @@ def gpu_offload_supported() -> bool:
         return False
 
 
+def describe_llamacpp() -> dict[str, object]:
+    """What `dotocr doctor` reports: the installed llama-cpp-python and gguf, and whether the build offloads to a
+    GPU (asked only of the pinned version: importing another one is what the pin guards against)."""
+    import importlib.metadata
+    import importlib.util
+
+    try:
+        version: str | None = importlib.metadata.version("llama-cpp-python")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    info: dict[str, object] = {"version": version, "pinned": PINNED_VERSION,
+                               "gguf": importlib.util.find_spec("gguf") is not None, "gpu_offload": None,
+                               "error": None}
+    if version == PINNED_VERSION:
+        try:
+            info["gpu_offload"] = bool(load_bindings().llama_supports_gpu_offload())
+        except LlamaCppUnavailableError as exc:
+            info["error"] = str(exc)
+    return info
+
+
 def llamacpp_available() -> bool:
     """Whether the pinned llama-cpp-python can be imported (imports it)."""
     try:
@@ -105,5 +126,5 @@ def _route_logs(bindings: ModuleType) -> None:
     bindings.llama_log_set(_log_callback, ctypes.c_void_p(0))
 
 
-__all__ = ["INSTALL_HINT", "PINNED_VERSION", "LlamaCppUnavailableError", "llamacpp_available", "load_bindings",
-           "recent_llama_errors"]
+__all__ = ["INSTALL_HINT", "PINNED_VERSION", "LlamaCppUnavailableError", "describe_llamacpp", "llamacpp_available",
+           "load_bindings", "recent_llama_errors"]

@@ -26,10 +26,10 @@ from typing import Any
 from .gguf_export import (
     GGUFExportError,
     SourceTensor,
-    _gguf,
     cache_dir,
     checkpoint_key,
     display_name,
+    import_gguf,
     staged_output,
     stream_gguf,
 )
@@ -168,7 +168,7 @@ def write_mmproj_gguf(folder: Path, out: Path, mmproj_type: str = "bf16", *, pro
         return mmproj_type if len(t.shape) > 1 else "f32"
 
     def metadata(writer: Any) -> None:
-        gguf = _gguf()
+        gguf = import_gguf()
         writer.add_type(gguf.GGUFType.MMPROJ)
         writer.add_name(display_name(folder))
         writer.add_file_type(MMPROJ_FILE_TYPES[mmproj_type])

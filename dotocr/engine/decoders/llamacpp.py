@@ -9,6 +9,9 @@ ask for them.
 For an F32 GGUF the KV cache is F32 and flash attention is off: flash attention casts K and V to F16, and an F16
 cache rounds them too, each enough to miss the 1e-4 parity with the torch decoder. The quantised files run with
 llama.cpp's defaults for speed (F16 cache, flash attention where the backend has it).
+
+Generated tokens decode at the thread count `ThreadTuner` picks from measured token times (all threads on an
+idle machine, half of them when other processes take cores); prompt batches always use every thread.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ from ..gguf_export import ensure_gguf
 from ..llamacpp_runtime import load_bindings, recent_llama_errors
 from ..sampling import run_token_loop
 from .base import DecodeRequest, OnToken
+from .thread_tuner import ThreadTuner
 
 log = logging.getLogger("dotocr.engine.llamacpp")
 
@@ -46,7 +51,7 @@ class LlamaCppDecoder:
     name = "llamacpp"
 
     def __init__(self, gguf: Path, vision: Any, *, gguf_type: str, n_threads: int | None = None,
-                 device: str = "cpu") -> None:
+                 device: str = "cpu", tune_threads: bool = True) -> None:
         import torch
 
         self._llama = load_bindings()
@@ -55,6 +60,9 @@ class LlamaCppDecoder:
         self.precision = gguf_type
         self._n_threads = n_threads or torch.get_num_threads() or os.cpu_count() or 1
         self._exact = gguf_type == "f32"
+        # kept across requests: it follows the machine's load (tune_threads=False: always n_threads, for benchmarks)
+        self._tuner = ThreadTuner(self._n_threads, adaptive=tune_threads)
+        self._decode_threads = self._n_threads
         llama = self._llama
         offload = device == "cuda" and bool(llama.llama_supports_gpu_offload())
         if device == "cuda" and not offload:
@@ -99,9 +107,9 @@ class LlamaCppDecoder:
 
             def advance(token: int) -> np.ndarray:
                 nonlocal position
-                logits = self._decode_tokens([token], position, want=[True])
+                logits = self._decode_next(token, position)
                 position += 1
-                return logits[-1]
+                return logits
 
             return run_token_loop(first, advance, max_new_tokens=request.max_new_tokens, on_token=on_token,
                                   eos_token_ids=request.eos_token_ids, temperature=request.temperature,
@@ -168,6 +176,7 @@ class LlamaCppDecoder:
                 f"llama.cpp could not make a context of {n_ctx} tokens (out of memory?). {recent_llama_errors()}"
                 .rstrip())
         self._ctx, self._n_ctx = ctx, n_ctx
+        self._decode_threads = self._n_threads
 
     def _prefill(self, request: DecodeRequest, *, all_logits: bool) -> np.ndarray:
         """Feed the prompt: text runs as token batches, image runs as embedding batches. Returns requested logits."""
@@ -217,6 +226,18 @@ class LlamaCppDecoder:
                 f"{rows.shape[0]} embeddings of width {rows.shape[1]}; the prompt must carry one <|imgpad|> per "
                 "merged patch.")
         return rows
+
+    def _decode_next(self, token: int, position: int) -> np.ndarray:
+        """One generated token's logits, decoded at the thread count the tuner picks, and timed for it."""
+        threads = self._tuner.threads()
+        if threads != self._decode_threads:
+            self._llama.llama_set_n_threads(self._ctx, threads, self._n_threads)
+            self._decode_threads = threads
+            log.debug("llama.cpp decodes with %d thread(s) now", threads)
+        started = time.perf_counter()
+        logits = self._decode_tokens([token], position, want=[True])[-1]
+        self._tuner.record(threads, time.perf_counter() - started)
+        return logits
 
     def _decode_tokens(self, ids: list[int], position: int, want: list[bool]) -> np.ndarray:
         batch = self._tokens
@@ -312,7 +333,8 @@ def _vision_dtype(precision: str, device: str):
 
 def load_llamacpp_decoder(folder: Path, *, precision: str, gguf_type: str | None = None,
                           n_threads: int | None = None, device: str = "cpu", gguf_dir: Path | None = None,
-                          on_progress: Callable[[float], None] | None = None) -> LlamaCppDecoder:
+                          on_progress: Callable[[float], None] | None = None, tune_threads: bool = True
+                          ) -> LlamaCppDecoder:
     """The engine's entry point: the GGUF for `precision` (or `gguf_type`), written once if needed, and the tower.
 
     precision: fp32 -> F32 GGUF (exact against the torch decoder), fp16/bf16 -> F16, auto -> Q8_0,
@@ -329,7 +351,8 @@ def load_llamacpp_decoder(folder: Path, *, precision: str, gguf_type: str | None
     load_bindings()  # fail with the install hint before spending minutes on a conversion
     gguf = ensure_gguf(folder, gguf_type, directory=gguf_dir, n_threads=n_threads, on_progress=on_progress)
     tower = load_vision_tower(folder, dtype=_vision_dtype(precision, device), device=device)
-    return LlamaCppDecoder(gguf, tower, gguf_type=gguf_type, n_threads=n_threads, device=device)
+    return LlamaCppDecoder(gguf, tower, gguf_type=gguf_type, n_threads=n_threads, device=device,
+                           tune_threads=tune_threads)
 
 
 __all__ = ["LlamaCppDecodeError", "LlamaCppDecoder", "load_llamacpp_decoder",

@@ -1,0 +1,87 @@
+"""The decode thread count: the tuner's choices from token times, and llama.cpp really following them.
+
+The policy tests feed the tuner token times as a machine would produce them (idle: the full count faster;
+busy: half of it faster); the decoder test runs the real llama.cpp decoder on the golden fixture while the
+tuner switches, and checks that llama.cpp's context took each count and that the tokens did not change.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dotocr.engine.decoders import thread_tuner
+from dotocr.engine.decoders.thread_tuner import PROBE_TOKENS, REPROBE_AFTER_S, ThreadTuner
+from dotocr.engine.llamacpp_runtime import llamacpp_installed
+
+
+def decode(tuner: ThreadTuner, seconds_per_token: dict[int, float], tokens: int) -> list[int]:
+    """Decode `tokens` tokens at the times given per thread count; the counts used, in order."""
+    used = []
+    for _ in range(tokens):
+        threads = tuner.threads()
+        used.append(threads)
+        tuner.record(threads, seconds_per_token[threads])
+    return used
+
+
+def test_an_idle_machine_keeps_every_thread_after_one_short_probe():
+    tuner = ThreadTuner(2)
+    used = decode(tuner, {2: 0.10, 1: 0.17}, 60)
+    assert used[:2 * PROBE_TOKENS] == [2] * PROBE_TOKENS + [1] * PROBE_TOKENS
+    assert set(used[2 * PROBE_TOKENS:]) == {2} and tuner.best == 2
+
+
+def test_a_busy_machine_moves_to_half_the_threads_and_back_when_it_quiets():
+    tuner = ThreadTuner(8)
+    assert tuner.candidates == [8, 4]
+    busy = decode(tuner, {8: 0.9, 4: 0.3}, 20)
+    assert busy[2 * PROBE_TOKENS:] == [4] * (20 - 2 * PROBE_TOKENS) and tuner.best == 4
+    # the machine quiets: after REPROBE_AFTER_S of decoding the tuner measures again and returns to 8
+    idle = decode(tuner, {8: 0.1, 4: 0.18}, int(REPROBE_AFTER_S / 0.18) + 2 * PROBE_TOKENS + 5)
+    assert idle[-1] == 8 and tuner.best == 8
+    assert idle[0] == 4  # no switch before it has measured
+
+
+def test_a_hopeless_candidate_costs_one_token():
+    tuner = ThreadTuner(2)
+    used = decode(tuner, {2: 0.1, 1: 0.5}, 10)
+    assert used[:PROBE_TOKENS + 2] == [2] * PROBE_TOKENS + [1, 2]  # 1 thread: one token at 5x, dropped
+
+
+def test_one_thread_never_probes_nor_a_fixed_count():
+    assert decode(ThreadTuner(1), {1: 0.2}, 100) == [1] * 100
+    assert decode(ThreadTuner(4, adaptive=False), {4: 0.9, 2: 0.1}, 100) == [4] * 100
+
+
+@pytest.mark.skipif(not llamacpp_installed(), reason="needs llama-cpp-python 0.3.36 (pip install "
+                    "'dotocr[llamacpp]'); CI installs it")
+def test_llama_cpp_follows_the_tuner_and_the_tokens_do_not_change(dots_tiny, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from dotocr.engine.decoders.base import DecodeRequest
+    from dotocr.engine.decoders.llamacpp import load_llamacpp_decoder
+
+    inputs = load_file(dots_tiny / "inputs.safetensors")
+    request = DecodeRequest(prompt_ids=inputs["input_ids"][0].tolist(), pixel_values=inputs["pixel_values"],
+                            grid_thw=inputs["image_grid_thw"], image_token_id=1000, max_new_tokens=40,
+                            eos_token_ids=[])
+    with load_llamacpp_decoder(dots_tiny, precision="fp32", gguf_type="f32", n_threads=1,
+                               gguf_dir=tmp_path) as fixed:
+        expected = fixed.generate(request, lambda token: False)
+    monkeypatch.setattr(thread_tuner, "REPROBE_AFTER_S", 0.0)  # measure again after every best-count token
+    with load_llamacpp_decoder(dots_tiny, precision="fp32", gguf_type="f32", n_threads=2,
+                               gguf_dir=tmp_path) as tuned:
+        llama, seen = tuned._llama, []
+        wanted = []
+        original = tuned._decode_tokens
+
+        def watch(ids, position, want):
+            wanted.append(tuned._tuner.threads())
+            seen.append(llama.llama_n_threads(tuned._ctx))
+            return original(ids, position, want)
+
+        monkeypatch.setattr(tuned, "_decode_tokens", watch)
+        assert tuned.generate(request, lambda token: False) == expected
+    decode_steps = slice(-(len(expected) - 1), None)  # the prompt's batches come first
+    assert seen[decode_steps] == wanted[decode_steps]
+    assert set(seen[decode_steps]) == {1, 2}  # llama.cpp really decoded at both counts
