@@ -16,6 +16,7 @@ from dotocr.config import (
     SettingsFile,
     add_engine_arguments,
     declaration,
+    overrides_from_args,
     settings_from_args,
     tomllib,  # the stdlib module, or tomli on 3.10
 )
@@ -148,6 +149,10 @@ def test_server_flag_makes_that_server_the_engine():
                                 Settings())
     assert (merged.engine, merged.remote_url, merged.remote_model) == ("remote", "http://127.0.0.1:11434", "d:q8")
     assert settings_from_args(parser.parse_args(["--remote-model", "d:q8"]), Settings()).engine == "local"
+    from dotocr.tray.app import build_parser  # dotocr-tray --server http://127.0.0.1:11434, as the docs say
+
+    tray = build_parser().parse_args(["--server", "http://127.0.0.1:11434"])
+    assert overrides_from_args(tray) == {"remote_url": "http://127.0.0.1:11434", "engine": "remote"}
 
 
 def test_decoder_and_gguf_type_settings_and_flags():

@@ -186,19 +186,22 @@ def test_the_answer_equals_our_local_engine_token_for_token(cli, golden_url, gol
     locals_ = [DotOCRInference(tiny_settings(golden, max_image_size=1024, max_new_tokens=12, decoder=decoder))
                for decoder in ("torch", "auto")]  # auto: the llama.cpp decoder in process, when installed
     answers = set()
-    for background, prompt in (("white", "text"), ("white", "layout-json"), ("navy", "text")):
+    box = (10, 5, 120, 40)
+    for background, prompt in (("white", "text"), ("white", "layout-json"), ("navy", "text"),
+                               ("white", "grounding")):
         shot = tmp_path / "shot.png"
         picture = Image.new("RGB", SIZE, background)
         ImageDraw.Draw(picture).text((4, 4), "Remote 42", fill="orange")
         picture.save(shot)
-        result = ocr_json(cli, shot, golden_url, "--max-new-tokens", "12", "--prompt", prompt)
+        flags = ["--bbox", ",".join(map(str, box))] if prompt == "grounding" else ["--prompt", prompt]
+        result = ocr_json(cli, shot, golden_url, "--max-new-tokens", "12", *flags)
         for local in locals_:
-            here = local.ocr(shot, prompt=prompt)
+            here = local.ocr(shot, prompt=prompt, bbox=box if prompt == "grounding" else None)
             assert result["raw"] == here.raw and len(here.raw) > 0
             assert (result["prompt_tokens"], result["generated_tokens"], result["stop_reason"]) == (
                 here.prompt_tokens, here.generated_tokens, here.stop_reason)
         answers.add(here.raw)
-    assert len(answers) == 3  # the instruction and the image both reach the model: the match means something
+    assert len(answers) == 4  # the instruction and the image both reach the model: the match means something
 
 
 # -- the engine itself ---------------------------------------------------------------------------------------

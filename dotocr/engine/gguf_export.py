@@ -355,14 +355,24 @@ def read_vocab(folder: Path, vocab_size: int) -> Vocab:
         return ids.get(value) if isinstance(value, str) else None
 
     template = config.get("chat_template")
-    return Vocab(tokens=names, token_types=types, merges=merges, pre=_pre_tokenizer(spec, folder),
+    pre = _pre_tokenizer(spec, folder, config.get("tokenizer_class"))
+    return Vocab(tokens=names, token_types=types, merges=merges, pre=pre,
                  eos_id=special("eos_token"), eot_id=ids.get(END_OF_ANSWER), pad_id=special("pad_token"),
                  bos_id=special("bos_token"),
                  chat_template=template if isinstance(template, str) else None)
 
 
-def _pre_tokenizer(spec: dict[str, Any], folder: Path) -> str:
-    """llama.cpp's name for the tokenizer's pre-tokenizer: Qwen2's split ("qwen2") or plain GPT-2 ("gpt-2")."""
+QWEN2_TOKENIZERS = ("Qwen2Tokenizer", "Qwen2TokenizerFast")
+
+
+def _pre_tokenizer(spec: dict[str, Any], folder: Path, tokenizer_class: Any = None) -> str:
+    """llama.cpp's name for the tokenizer's pre-tokenizer: Qwen2's split ("qwen2") or plain GPT-2 ("gpt-2").
+
+    A checkpoint whose tokenizer_config names Qwen2's tokenizer class is split the Qwen2 way whatever its
+    tokenizer.json says: transformers 5 builds that class with Qwen2's split, so that is how our engine
+    tokenizes, and llama-server, which tokenizes the instruction itself, must split the same way."""
+    if tokenizer_class in QWEN2_TOKENIZERS:
+        return "qwen2"
     pre = spec.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     kinds = [s.get("type") for s in steps]
