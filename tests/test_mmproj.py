@@ -35,14 +35,9 @@ INSTRUCTION = "Extract the text."
 @pytest.fixture(scope="module")
 def bf16_kernel(tmp_path_factory, dots_tiny) -> Path:
     """The golden checkpoint with its patch kernel stored in BF16, as in the real dots.ocr checkpoint."""
-    folder = tmp_path_factory.mktemp("bf16-kernel")
-    for path in dots_tiny.iterdir():
-        if path.suffix == ".json":
-            shutil.copy(path, folder / path.name)
-    weights = load_file(dots_tiny / "model.safetensors")
-    weights[KERNEL] = weights[KERNEL].to(torch.bfloat16)
-    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
-    return folder
+    from tiny_models import save_bf16_kernel_checkpoint
+
+    return save_bf16_kernel_checkpoint(tmp_path_factory.mktemp("bf16-kernel"), dots_tiny)
 
 
 @pytest.fixture(scope="module")
