@@ -284,3 +284,14 @@ def test_an_image_too_big_for_the_context_is_one_sentence(binary, files, scripte
             remote.ocr(Image.new("RGB", (448, 448), "white"))  # 256 image tokens in a 128-token context
     message = str(caught.value)
     assert "--ctx-size" in message and "max_image_size" in message and message.endswith(".")
+
+
+def test_llama_server_with_an_api_key(binary, files, scripted, tmp_path):
+    text, mmproj = files(scripted)
+    with llama_server(binary, text, tmp_path / "key.log", mmproj=mmproj, extra=("--api-key", "s3cret")) as url:
+        keyed = RemoteEngine(tiny_settings(scripted, engine="remote", remote_url=url, remote_api_key="s3cret"))
+        assert keyed.ocr(text_image_in_memory()).text == "Text world"
+        with pytest.raises(RemoteEngineError) as caught:
+            RemoteEngine(tiny_settings(scripted, engine="remote", remote_url=url)).load()
+    message = str(caught.value)
+    assert "HTTP 401" in message and "remote_api_key" in message and "\n" not in message
