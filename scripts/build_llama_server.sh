@@ -9,8 +9,9 @@
 #   DOTOCR_LLAMA_SERVER=$(scripts/build_llama_server.sh) python -m pytest -q tests/test_llama_server.py
 #
 # Needs a C++ toolchain and cmake (ninja if present), and PyPI for the source archive. 14 minutes on
-# 2 cores the first time (measured on our 2-core machine); a cached run takes milliseconds. Environment: PYTHON (default python3), DOTOCR_BUILD_CACHE (default
-# ${XDG_CACHE_HOME:-~/.cache}/dotocr-build), LLAMA_CPP_PYTHON_VERSION (default: pyproject's pin).
+# 2 cores the first time (measured on our 2-core machine); a cached run takes milliseconds.
+# Environment: PYTHON (default python3), DOTOCR_BUILD_CACHE (default ${XDG_CACHE_HOME:-~/.cache}/dotocr-build),
+# LLAMA_CPP_PYTHON_VERSION (default: pyproject's pin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
