@@ -1,0 +1,45 @@
+"""The decoder's linear layers, with one CPU kernel choice for the one-token decode step.
+
+A decode step multiplies one row (the newest token's hidden state) by every weight matrix of the decoder, so
+its speed is that of a matrix-vector product. For a bf16 row on the CPU, `F.linear` goes through oneDNN's
+general matrix-matrix primitive (or ATen's gemm when oneDNN is off or lacks bf16), while `torch.mv` reaches
+the matrix-vector kernel (oneDNN's gemv where the CPU has bf16 instructions, ATen's bf16 gemv otherwise).
+Measured on an AMX/AVX-512-BF16 Xeon (benchmarks/torch_step.py, docs/performance.md section 8), the vector
+kernel streams the decoder's weights faster; on a CPU without bf16 instructions both calls end in ATen's
+same fallback, so the choice costs nothing there. The results are bit-identical (tests/test_vector_linear.py).
+
+Only that case is rerouted: several rows (prefill, the vision tower), other dtypes (fp32, fp16, 4-bit) and
+every other device (CUDA) keep `nn.Linear`'s own path, and parameter names and the state dict are unchanged.
+The torch decoder switches its model's decoder layers and lm_head over when it runs on the CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class VectorLinear(nn.Linear):
+    """`nn.Linear` whose single-row bf16 CPU product runs on the matrix-vector kernel (see the module doc)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.numel() == self.in_features:
+            row = x.reshape(self.in_features)
+            out = torch.mv(self.weight, row) if self.bias is None else torch.addmv(self.bias, self.weight, row)
+            return out.view(*x.shape[:-1], self.out_features)
+        return F.linear(x, self.weight, self.bias)
+
+
+def use_vector_linear(module: nn.Module) -> int:
+    """Turn every plain `nn.Linear` under `module` into a `VectorLinear` in place; returns how many.
+
+    Only the class changes (weights, names and hooks stay). Call it after loading: bitsandbytes replaces only
+    modules whose type is exactly `nn.Linear`, so a model switched before quantizing would stay unquantized.
+    """
+    count = 0
+    for child in module.modules():
+        if type(child) is nn.Linear:
+            child.__class__ = VectorLinear
+            count += 1
+    return count
