@@ -2,26 +2,26 @@
 
     python benchmarks/torch_step.py --json benchmarks/results/torch_step.json
 
-Four parts, all in this one process, each alternating "before" (plain `nn.Linear`, i.e. `F.linear`) and
-"after" (`VectorLinear`, dotocr/engine/vector_linear.py) round by round, reversing the order every round, so
-that other jobs on the machine hit both alike; figures are medians over `--rounds`:
+Four parts, all in this one process. "before" is plain `nn.Linear` (`F.linear`), "after" is `VectorLinear`
+(dotocr/engine/vector_linear.py). Other jobs share the machine, so the two are interleaved as finely as
+possible, call by call or step by step (before, after, after, before, ...), and every figure is a median:
 1. kernels: one bf16 row times each weight shape of the decoder, `F.linear` against `torch.mv`, and the fp32
-   `F.linear` for scale. Each pass runs over enough copies of the weight (~1.2 GB) that they cannot sit in the
+   `F.linear` for scale. Call i uses copy i of the weight, and the copies (~1.2 GB) cannot sit in the
    last-level cache, as in a real step, which streams 3 GB of weights.
 2. decode step, full size: the random-weight checkpoint of `engine_full_size.py` loaded by the engine's own
-   `load_checkpoint` (bf16), a `--prompt-tokens` text prompt, then `--steps` bare forward steps on the KV
-   cache, and a greedy `generate` of `--new-tokens` (timed from the first to the last new token). The
-   difference between the two per-step times is what `generate` itself adds per token. The generated tokens
-   of every before and after run are compared: they must be identical.
+   `load_checkpoint` (bf16), a `--prompt-tokens` text prompt; then, `--rounds` times, `--steps` bare forward
+   steps on the KV cache and one greedy `generate` of `--new-tokens` (per token: from one new token to the
+   next), the kernel switched between steps (the numbers are bit-identical, so switching changes no token).
+   generate's per-token time minus the bare step is what `generate` itself adds. Every run's tokens are
+   compared with a plain generate's: they must be identical.
 3. profile: torch.profiler over `--steps` forward steps, before and after, the top operators by own time.
-4. Python overhead, small model: the same generate-minus-forward figure on a 2-layer, 64-wide model, where
-   the arithmetic is negligible and what is left is generate's and the model code's per-step bookkeeping.
+4. Python overhead, small model: part 2 on a 2-layer, 64-wide bf16 model at 1 thread, where the arithmetic
+   is negligible and what is left is generate's and the model code's per-step bookkeeping.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import time
@@ -49,40 +49,36 @@ def set_kernel(model: nn.Module, after: bool) -> None:
             module.__class__ = VectorLinear if after else nn.Linear
 
 
-def alternate(rounds: int, cases: dict) -> dict[str, list]:
-    """Run every case once per round, reversing the order each round; returns each case's results."""
-    results: dict[str, list] = {name: [] for name in cases}
-    names = list(cases)
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            results[name].append(cases[name]())
-    return results
+def abba(i: int) -> bool:
+    """before, after, after, before, ...: each kernel runs as often first as second within a pair."""
+    return i % 4 in (1, 2)
 
 
 def kernels(rounds: int) -> list[dict]:
+    """Per call, interleaved: call i runs one kernel on copy i, so every call reads a weight that has been out
+    of use for a whole pass (~1.2 GB of other weights) and load from other jobs hits both kernels alike."""
     rows = []
     for label, (out_f, in_f) in SHAPES.items():
-        copies = max(2, int(STREAM_BYTES / (out_f * in_f * 2)))
+        copies = max(3, int(STREAM_BYTES / (out_f * in_f * 2)))
         weights = [torch.randn(out_f, in_f, dtype=torch.bfloat16) for _ in range(copies)]
-        weights32 = [w.float() for w in weights[:max(2, copies // 2)]]
+        weights32 = [w.float() for w in weights[:max(1, copies // 3)]]
         x = torch.randn(1, in_f, dtype=torch.bfloat16)
         x32 = x.float()
-
-        def timed(fn, ws, x=x):
-            def run() -> float:
-                start = time.perf_counter()
-                for w in ws:
-                    fn(x, w)
-                return (time.perf_counter() - start) / len(ws)
-            return run
+        runs = {"before": lambda w, x=x: F.linear(x, w), "after": lambda w, x=x: torch.mv(w, x[0]),
+                "fp32": lambda w, x=x32: F.linear(x, w)}
+        names = list(runs)
+        times: dict[str, list[float]] = {name: [] for name in names}
         with torch.inference_mode():
-            res = alternate(rounds, {
-                "before": timed(F.linear, weights),
-                "after": timed(lambda x, w: torch.mv(w, x[0]), weights),
-                "fp32": timed(F.linear, weights32, x32),
-            })
+            for r in range(rounds + 1):  # the first pass warms up and is not counted
+                for i, w in enumerate(weights):
+                    name = names[(i + r) % 3]
+                    weight = weights32[(i // 3) % len(weights32)] if name == "fp32" else w
+                    start = time.perf_counter()
+                    runs[name](weight)
+                    if r:
+                        times[name].append(time.perf_counter() - start)
         row = {"weight": label, "shape": [out_f, in_f], "copies": copies,
-               **{k: median(v[1:] or v) for k, v in res.items()}, "samples": res}
+               **{name: median(v) for name, v in times.items()}, "calls": {n: len(v) for n, v in times.items()}}
         rows.append(row)
         print(f"  {label:20} {out_f:6}x{in_f:<5} before {row['before'] * 1e6:8.0f} us  after "
               f"{row['after'] * 1e6:8.0f} us  ({row['before'] / row['after']:.2f}x)  fp32 {row['fp32'] * 1e6:8.0f} us",
@@ -91,70 +87,83 @@ def kernels(rounds: int) -> list[dict]:
     return rows
 
 
-class TokenClock:
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._prompt_seen = False
+def forward_steps(model, prompt: torch.Tensor, steps: int) -> dict[str, list]:
+    """Bare decode forwards on the KV cache after a prefill of `prompt`, the kernel switched step by step
+    (abba). Returns each kernel's step times, the pairwise after/before ratios and the tokens."""
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    tokens = []
+    with torch.inference_mode():
+        set_kernel(model, False)
+        out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
+        cache, token, position = out.past_key_values, out.logits[:, -1:].argmax(-1), prompt.shape[1]
+        for i in range(steps):
+            after = abba(i)
+            set_kernel(model, after)
+            start = time.perf_counter()
+            out = model(input_ids=token, cache=cache, use_cache=True, position_ids=torch.tensor([[position]]),
+                        logits_to_keep=1)
+            token = out.logits[:, -1:].argmax(-1)
+            times["after" if after else "before"].append(time.perf_counter() - start)
+            tokens.append(int(token))
+            position += 1
+    return {**times, "tokens": tokens}
+
+
+class SwitchingClock:
+    """A generate() streamer: notes when each new token arrives and switches the kernel for the next step
+    (abba), so one generate measures both; the first put is the prompt."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.last: float | None = None
+        self.after = False
+        self.count = 0
+        self.times: dict[str, list[float]] = {"before": [], "after": []}
 
     def put(self, value) -> None:
-        if self._prompt_seen:
-            self.times.append(time.perf_counter())
-        self._prompt_seen = True
+        now = time.perf_counter()
+        if self.count:
+            if self.last is not None:
+                self.times["after" if self.after else "before"].append(now - self.last)
+            self.last = now
+            self.after = abba(self.count - 1)
+            set_kernel(self.model, self.after)
+        self.count += 1
 
     def end(self) -> None:
         pass
 
 
-def forward_steps(model, prompt: torch.Tensor, steps: int, around=contextlib.nullcontext) -> tuple[float, list[int]]:
-    """Median seconds of one bare decode forward on the KV cache, after a prefill of `prompt` (not timed, and
-    outside `around`, a context entered for the steps only)."""
-    with torch.inference_mode():
-        out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
-        cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-        position, times, tokens = prompt.shape[1], [], []
-        with around():
-            _steps(model, cache, token, position, steps, times, tokens)
-    return median(times), tokens
-
-
-def _steps(model, cache, token, position: int, steps: int, times: list, tokens: list) -> None:
-    for _ in range(steps):
-        start = time.perf_counter()
-        out = model(input_ids=token, cache=cache, use_cache=True, position_ids=torch.tensor([[position]]),
-                    logits_to_keep=1)
-        token = out.logits[:, -1:].argmax(-1)
-        times.append(time.perf_counter() - start)
-        tokens.append(int(token))
-        position += 1
-
-
-def generate_step(model, prompt: torch.Tensor, new_tokens: int) -> tuple[float, list[int]]:
-    """Seconds per token of a greedy generate (first to last new token) and the tokens it made."""
-    clock = TokenClock()
+def generate_steps(model, prompt: torch.Tensor, new_tokens: int) -> dict[str, list]:
+    """Per-token times of one greedy generate whose steps alternate the kernel, and its tokens."""
+    clock = SwitchingClock(model)
+    set_kernel(model, False)
     with torch.inference_mode():
         out = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
                              min_new_tokens=new_tokens, do_sample=False, streamer=clock)
-    return (clock.times[-1] - clock.times[0]) / (len(clock.times) - 1), out[0, prompt.shape[1]:].tolist()
+    return {**clock.times, "tokens": out[0, prompt.shape[1]:].tolist()}
 
 
-def step_cases(model, prompt: torch.Tensor, steps: int, new_tokens: int) -> dict:
-    def case(after: bool, kind: str):
-        def run():
-            set_kernel(model, after)
-            return forward_steps(model, prompt, steps) if kind == "forward" else generate_step(model, prompt,
-                                                                                                 new_tokens)
-        return run
-    return {f"{k} {w}": case(w == "after", k) for k in ("forward", "generate") for w in ("before", "after")}
-
-
-def summarise_steps(res: dict) -> dict:
-    summary = {name: median([s for s, _ in runs]) for name, runs in res.items()}
-    tokens = {name: [t for _, t in runs] for name, runs in res.items()}
-    identical = all(t == tokens["generate before"][0] for t in tokens["generate before"] + tokens["generate after"])
-    identical = identical and all(t == tokens["forward before"][0]
-                                  for t in tokens["forward before"] + tokens["forward after"])
-    return {"seconds": summary, "tokens_identical": identical, "tokens": tokens["generate after"][0],
-            "samples": {name: [s for s, _ in runs] for name, runs in res.items()}}
+def full_size(model, prompt: torch.Tensor, rounds: int, steps: int, new_tokens: int) -> dict:
+    pooled = {kind: {"before": [], "after": []} for kind in ("forward", "generate")}
+    tokens = {"forward": [], "generate": []}
+    for _ in range(rounds):
+        for kind, fn, n in (("forward", forward_steps, steps), ("generate", generate_steps, new_tokens)):
+            res = fn(model, prompt, n)
+            for w in ("before", "after"):
+                pooled[kind][w] += res[w]
+            tokens[kind].append(res["tokens"])
+    set_kernel(model, False)
+    n = max(new_tokens, steps + 1)
+    with torch.inference_mode():  # the reference: a plain generate, nn.Linear throughout
+        reference = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
+                                   min_new_tokens=n, do_sample=False)[0, prompt.shape[1]:].tolist()
+    # A forward run's first token comes from its (untimed) prefill, so its steps make tokens 2 to steps + 1.
+    identical = all(t == reference[:new_tokens] for t in tokens["generate"]) and all(
+        t == reference[1:steps + 1] for t in tokens["forward"])
+    seconds = {f"{kind} {w}": median(v) for kind, d in pooled.items() for w, v in d.items()}
+    return {"seconds": seconds, "tokens_identical": identical, "samples": pooled,
+            "steps_each": {k: len(v) for k, v in pooled["forward"].items()}}
 
 
 def print_steps(summary: dict) -> None:
@@ -163,7 +172,9 @@ def print_steps(summary: dict) -> None:
         fwd, gen = s[f"forward {w}"], s[f"generate {w}"]
         print(f"  {w:6}: forward step {fwd * 1e3:7.1f} ms, generate {gen * 1e3:7.1f} ms/token "
               f"({1 / gen:5.2f} tok/s), generate adds {(gen - fwd) * 1e3:6.1f} ms", flush=True)
-    print(f"  tokens identical before/after: {summary['tokens_identical']}", flush=True)
+    print(f"  before/after: forward {s['forward before'] / s['forward after']:.2f}x, generate "
+          f"{s['generate before'] / s['generate after']:.2f}x; tokens identical to a plain generate: "
+          f"{summary['tokens_identical']}", flush=True)
 
 
 def profile(model, prompt: torch.Tensor, steps: int) -> dict:
@@ -171,24 +182,29 @@ def profile(model, prompt: torch.Tensor, steps: int) -> dict:
     from torch.profiler import profile as torch_profile
 
     tables = {}
-    for name, after in (("before", False), ("after", True)):
-        set_kernel(model, after)
-        forward_steps(model, prompt, 1)
-        prof = torch_profile(activities=[ProfilerActivity.CPU])
-        forward_steps(model, prompt, steps, around=lambda prof=prof: prof)
-        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-        total = sum(e.self_cpu_time_total for e in events)
-        tables[name] = [{"op": e.key, "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
-                         "share": e.self_cpu_time_total / total, "calls_per_step": e.count / steps}
-                        for e in events[:8]]
-        print(f"  {name} (per decode step):", flush=True)
-        for row in tables[name]:
-            print(f"    {row['op']:50} {row['self_ms_per_step']:8.2f} ms {row['share'] * 100:5.1f} % "
-                  f"{row['calls_per_step']:6.1f} calls", flush=True)
+    with torch.inference_mode():
+        out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
+        cache, token, position = out.past_key_values, out.logits[:, -1:].argmax(-1), prompt.shape[1]
+        for name, after in (("before", False), ("after", True)):
+            set_kernel(model, after)
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(steps):
+                    out = model(input_ids=token, cache=cache, use_cache=True,
+                                position_ids=torch.tensor([[position]]), logits_to_keep=1)
+                    token, position = out.logits[:, -1:].argmax(-1), position + 1
+            events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+            total = sum(e.self_cpu_time_total for e in events)
+            tables[name] = [{"op": e.key, "self_ms_per_step": e.self_cpu_time_total / 1e3 / steps,
+                             "share": e.self_cpu_time_total / total, "calls_per_step": e.count / steps}
+                            for e in events[:8]]
+            print(f"  {name} (per decode step; one profile after the other, so load may differ):", flush=True)
+            for row in tables[name]:
+                print(f"    {row['op']:50} {row['self_ms_per_step']:8.2f} ms {row['share'] * 100:5.1f} % "
+                      f"{row['calls_per_step']:6.1f} calls", flush=True)
     return tables
 
 
-def small_model_overhead(rounds: int, steps: int, new_tokens: int) -> dict:
+def small_model_overhead(rounds: int, new_tokens: int) -> dict:
     from dotocr.engine import DotsOCRConfig, DotsOCRForCausalLM
 
     torch.manual_seed(0)
@@ -196,27 +212,24 @@ def small_model_overhead(rounds: int, steps: int, new_tokens: int) -> dict:
                            num_attention_heads=4, num_key_value_heads=2, image_token_id=1000, video_token_id=991,
                            vision_config={"embed_dim": 64, "hidden_size": 64, "intermediate_size": 128,
                                           "num_hidden_layers": 1, "num_attention_heads": 4})
-    model = DotsOCRForCausalLM(config).eval()
+    model = DotsOCRForCausalLM(config).to(torch.bfloat16).eval()
     model.generation_config.pad_token_id = 0
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a 64-wide product gains nothing from a second thread, and a busy core stalls it
     prompt = torch.randint(10, 900, (1, 64))
-    res = alternate(rounds, {"forward": lambda: forward_steps(model, prompt, steps),
-                             "generate": lambda: generate_step(model, prompt, new_tokens)})
+    res = full_size(model, prompt, rounds, new_tokens, new_tokens)
     torch.set_num_threads(threads)
-    fwd, gen = median([s for s, _ in res["forward"]]), median([s for s, _ in res["generate"]])
-    print(f"  bare forward {fwd * 1e3:.2f} ms, generate {gen * 1e3:.2f} ms/token: generate adds "
-          f"{(gen - fwd) * 1e3:.2f} ms per token", flush=True)
-    return {"forward_s": fwd, "generate_s": gen}
+    print_steps(res)
+    return res
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--prompt-tokens", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--new-tokens", type=int, default=25)
     parser.add_argument("--skip-kernels", action="store_true")
     parser.add_argument("--checkpoint", default=str(Path("/tmp") / "dotocr-benchmark-full-size"))
     parser.add_argument("--json", help="write all figures to this file")
@@ -240,8 +253,7 @@ def main() -> None:
     torch.manual_seed(1)
     prompt = torch.randint(10, 900, (1, args.prompt_tokens))
     print(f"2. full-size decode step, bf16, {args.prompt_tokens}-token prompt, {args.threads} threads:", flush=True)
-    res = alternate(args.rounds, step_cases(model, prompt, args.steps, args.new_tokens))
-    report["full_size"] = summarise_steps(res)
+    report["full_size"] = full_size(model, prompt, args.rounds, args.steps, args.new_tokens)
     print_steps(report["full_size"])
     write_json(args.json, report)
 
@@ -249,8 +261,8 @@ def main() -> None:
     report["profile"] = profile(model, prompt, args.steps)
     del model, loaded
 
-    print("4. small model (2 layers, 64 wide), fp32, 1 thread: what generate adds per token", flush=True)
-    report["small_model"] = small_model_overhead(args.rounds, 32, 32)
+    print("4. small model (2 layers, 64 wide), bf16, 1 thread: what generate adds per token", flush=True)
+    report["small_model"] = small_model_overhead(args.rounds, 48)
     report["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     print(f"# load average at the end: {report['machine']['load_average_end']}", flush=True)
     write_json(args.json, report)
