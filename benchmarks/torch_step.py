@@ -6,8 +6,10 @@ Four parts, all in this one process. "before" is plain `nn.Linear` (`F.linear`),
 (dotocr/engine/vector_linear.py). Other jobs share the machine, so the two are interleaved as finely as
 possible, call by call or step by step (before, after, after, before, ...), and every figure is a median:
 1. kernels: one bf16 row times each weight shape of the decoder, `F.linear` against `torch.mv`, and the fp32
-   `F.linear` for scale. Call i uses copy i of the weight, and the copies (~1.2 GB) cannot sit in the
-   last-level cache, as in a real step, which streams 3 GB of weights.
+   `F.linear` for scale; and both bf16 calls with `torch.backends.mkldnn` off, the path of a CPU where
+   oneDNN does not take bf16 (no AVX-512), where both end in ATen's own kernels. Call i uses copy i of the
+   weight, and the copies (~1.2 GB) cannot sit in the last-level cache, as in a real step, which streams 3 GB
+   of weights.
 2. decode step, full size: the random-weight checkpoint of `engine_full_size.py` loaded by the engine's own
    `load_checkpoint` (bf16), a `--prompt-tokens` text prompt; then, `--rounds` times, `--steps` bare forward
    steps on the KV cache and one greedy `generate` of `--new-tokens` (per token: from one new token to the
@@ -59,20 +61,30 @@ def kernels(rounds: int) -> list[dict]:
     of use for a whole pass (~1.2 GB of other weights) and load from other jobs hits both kernels alike."""
     rows = []
     for label, (out_f, in_f) in SHAPES.items():
-        copies = max(3, int(STREAM_BYTES / (out_f * in_f * 2)))
+        copies = max(5, int(STREAM_BYTES / (out_f * in_f * 2)))
         weights = [torch.randn(out_f, in_f, dtype=torch.bfloat16) for _ in range(copies)]
-        weights32 = [w.float() for w in weights[:max(1, copies // 3)]]
+        weights32 = [w.float() for w in weights[:max(1, copies // 5)]]
         x = torch.randn(1, in_f, dtype=torch.bfloat16)
         x32 = x.float()
+        def no_onednn(fn):
+            def run(matrix):
+                torch.backends.mkldnn.enabled = False
+                try:
+                    return fn(matrix)
+                finally:
+                    torch.backends.mkldnn.enabled = True
+            return run
         runs = {"before": lambda w, x=x: F.linear(x, w), "after": lambda w, x=x: torch.mv(w, x[0]),
                 "fp32": lambda w, x=x32: F.linear(x, w)}
+        runs["before, oneDNN off"] = no_onednn(runs["before"])
+        runs["after, oneDNN off"] = no_onednn(runs["after"])
         names = list(runs)
         times: dict[str, list[float]] = {name: [] for name in names}
         with torch.inference_mode():
             for r in range(rounds + 1):  # the first pass warms up and is not counted
                 for i, w in enumerate(weights):
-                    name = names[(i + r) % 3]
-                    weight = weights32[(i // 3) % len(weights32)] if name == "fp32" else w
+                    name = names[(i + r) % len(names)]
+                    weight = weights32[(i // len(names)) % len(weights32)] if name == "fp32" else w
                     start = time.perf_counter()
                     runs[name](weight)
                     if r:
@@ -81,8 +93,9 @@ def kernels(rounds: int) -> list[dict]:
                **{name: median(v) for name, v in times.items()}, "calls": {n: len(v) for n, v in times.items()}}
         rows.append(row)
         print(f"  {label:20} {out_f:6}x{in_f:<5} before {row['before'] * 1e6:8.0f} us  after "
-              f"{row['after'] * 1e6:8.0f} us  ({row['before'] / row['after']:.2f}x)  fp32 {row['fp32'] * 1e6:8.0f} us",
-              flush=True)
+              f"{row['after'] * 1e6:8.0f} us  ({row['before'] / row['after']:.2f}x)  fp32 {row['fp32'] * 1e6:8.0f} us"
+              f"  oneDNN off: before {row['before, oneDNN off'] * 1e6:8.0f} us  after "
+              f"{row['after, oneDNN off'] * 1e6:8.0f} us", flush=True)
         del weights, weights32
     return rows
 
