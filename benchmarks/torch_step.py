@@ -15,7 +15,7 @@ possible, call by call or step by step (before, after, after, before, ...), and 
    steps on the KV cache and one greedy `generate` of `--new-tokens` (per token: from one new token to the
    next), the kernel switched between steps (the numbers are bit-identical, so switching changes no token).
    generate's per-token time minus the bare step is what `generate` itself adds. Every run's tokens are
-   compared with a plain generate's: they must be identical.
+   compared with those of the same run with nn.Linear throughout: they must be identical.
 3. profile: torch.profiler over `--steps` forward steps, before and after, the top operators by own time.
 4. Python overhead, small model: part 2 on a 2-layer, 64-wide bf16 model at 1 thread, where the arithmetic
    is negligible and what is left is generate's and the model code's per-step bookkeeping.
@@ -100,9 +100,9 @@ def kernels(rounds: int) -> list[dict]:
     return rows
 
 
-def forward_steps(model, prompt: torch.Tensor, steps: int) -> dict[str, list]:
+def forward_steps(model, prompt: torch.Tensor, steps: int, switch: bool = True) -> dict[str, list]:
     """Bare decode forwards on the KV cache after a prefill of `prompt`, the kernel switched step by step
-    (abba). Returns each kernel's step times, the pairwise after/before ratios and the tokens."""
+    (abba; with `switch` False, nn.Linear throughout). Returns each kernel's step times and the tokens."""
     times: dict[str, list[float]] = {"before": [], "after": []}
     tokens = []
     with torch.inference_mode():
@@ -110,7 +110,7 @@ def forward_steps(model, prompt: torch.Tensor, steps: int) -> dict[str, list]:
         out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
         cache, token, position = out.past_key_values, out.logits[:, -1:].argmax(-1), prompt.shape[1]
         for i in range(steps):
-            after = abba(i)
+            after = switch and abba(i)
             set_kernel(model, after)
             start = time.perf_counter()
             out = model(input_ids=token, cache=cache, use_cache=True, position_ids=torch.tensor([[position]]),
@@ -167,15 +167,15 @@ def full_size(model, prompt: torch.Tensor, rounds: int, steps: int, new_tokens: 
                 pooled[kind][w] += res[w]
             tokens[kind].append(res["tokens"])
     set_kernel(model, False)
-    n = max(new_tokens, steps + 1)
-    with torch.inference_mode():  # the reference: a plain generate, nn.Linear throughout
-        reference = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
-                                   min_new_tokens=n, do_sample=False)[0, prompt.shape[1]:].tolist()
-    # A forward run's first token comes from its (untimed) prefill, so its steps make tokens 2 to steps + 1.
-    identical = all(t == reference[:new_tokens] for t in tokens["generate"]) and all(
-        t == reference[1:steps + 1] for t in tokens["forward"])
+    with torch.inference_mode():  # the references: nn.Linear throughout
+        reference = {"generate": model.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                                max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                                do_sample=False)[0, prompt.shape[1]:].tolist(),
+                     "forward": forward_steps(model, prompt, steps, switch=False)["tokens"]}
+    identical = all(t == reference[kind] for kind in tokens for t in tokens[kind])
     seconds = {f"{kind} {w}": median(v) for kind, d in pooled.items() for w, v in d.items()}
-    return {"seconds": seconds, "tokens_identical": identical, "samples": pooled,
+    return {"seconds": seconds, "tokens_identical": identical, "samples": pooled, "tokens": tokens,
+            "reference_tokens": reference,
             "steps_each": {k: len(v) for k, v in pooled["forward"].items()}}
 
 
@@ -186,7 +186,7 @@ def print_steps(summary: dict) -> None:
         print(f"  {w:6}: forward step {fwd * 1e3:7.1f} ms, generate {gen * 1e3:7.1f} ms/token "
               f"({1 / gen:5.2f} tok/s), generate adds {(gen - fwd) * 1e3:6.1f} ms", flush=True)
     print(f"  before/after: forward {s['forward before'] / s['forward after']:.2f}x, generate "
-          f"{s['generate before'] / s['generate after']:.2f}x; tokens identical to a plain generate: "
+          f"{s['generate before'] / s['generate after']:.2f}x; tokens identical to nn.Linear's: "
           f"{summary['tokens_identical']}", flush=True)
 
 
