@@ -11,7 +11,7 @@ from torch.profiler import ProfilerActivity, profile
 from dotocr.engine import DotsOCRForCausalLM
 from dotocr.engine.decoders.base import DecodeRequest
 from dotocr.engine.decoders.torch_decoder import TorchDecoder
-from dotocr.engine.vector_linear import VectorLinear, use_vector_linear
+from dotocr.engine.vector_linear import MAX_SAME_RESULT_IN_FEATURES, VectorLinear, use_vector_linear
 
 
 def _vector(linear: nn.Linear) -> VectorLinear:
@@ -38,6 +38,30 @@ def test_single_bf16_row_is_bit_identical_to_linear(bias, shape):
         got = _vector(plain)(x)
     assert got.shape == expected.shape
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize(("out_features", "bias"), [(1536, True), (256, True), (1536, False), (8960, False),
+                                                    (32768, False)])
+def test_bit_identical_at_the_real_decoders_shapes(out_features, bias):
+    """dots.ocr's products of 1536 inputs (q/o, k/v, gate/up; a slice of lm_head), 12 inputs of each scale."""
+    torch.manual_seed(0)
+    plain = nn.Linear(1536, out_features, bias=bias, dtype=torch.bfloat16)
+    with torch.no_grad():
+        plain.weight.normal_(0, 0.02)
+    vector = _vector(plain)
+    with torch.inference_mode():
+        for scale in (0.1, 1.0, 10.0, 100.0):
+            for _ in range(3):
+                x = torch.randn(1, 1, 1536, dtype=torch.bfloat16) * scale
+                assert torch.equal(vector(x), plain(x))
+
+
+def test_a_long_reduction_keeps_linear():
+    """down_proj's 8960 inputs: there the vector kernel's bf16 result may differ in the last bit, so no mv."""
+    layer = _vector(nn.Linear(MAX_SAME_RESULT_IN_FEATURES + 1, 64, bias=False, dtype=torch.bfloat16))
+    with torch.inference_mode():
+        ops = _ops(lambda: layer(torch.randn(1, 1, MAX_SAME_RESULT_IN_FEATURES + 1, dtype=torch.bfloat16)))
+    assert not ops & {"aten::addmv", "aten::mv"}
 
 
 def test_only_a_single_bf16_cpu_row_takes_the_vector_kernel():
