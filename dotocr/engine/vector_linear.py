@@ -5,7 +5,8 @@ its speed is that of a matrix-vector product. For a bf16 row on the CPU, `F.line
 1-row matrix times the transposed weight, while `torch.mv(W, x)` hands it the weight as the row-major left
 operand, the layout its AMX/AVX-512 matmul kernel streams best; where oneDNN does not take bf16 (a CPU
 without AVX-512) both calls end in ATen's own kernels at the same speed. Measured on an AMX Xeon
-(benchmarks/torch_step.py, docs/performance.md section 8): 1.2-1.6x faster per product.
+(benchmarks/torch_step.py, docs/performance.md section 8): 1.2-1.6x faster per product in isolation, but a
+whole decode step only 2-6 % faster with the limit below (12-16 % without it).
 
 Numbers must not change, and they do not only while the reduction is short: both kernels add in fp32, but
 past 2048 inputs oneDNN splits the sum differently for the two layouts and the bf16 result can differ in its
