@@ -23,7 +23,7 @@ from tests.cli_helpers import REPO, TINY, free_port, text_image, warm_server
 
 HEAVY = ("torch", "transformers")
 MODEL_CODE = {"dotocr.engine.modeling_dots_ocr", "dotocr.engine.configuration_dots",
-              "dotocr.engine.decoders.torch_decoder"}
+              "dotocr.engine.decoders.torch_decoder", "dotocr.engine.vector_linear"}
 """The local model code: the only modules allowed to import torch or transformers when imported."""
 MODEL_CODE_PREFIXES = ("dotocr.engine.decoders.llamacpp", "dotocr.engine.decoders.gguf", "dotocr.engine.gguf")
 """The llama.cpp decoder and the GGUF writer: they wrap model libraries of their own (llama.cpp, gguf)."""

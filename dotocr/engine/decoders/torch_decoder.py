@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from ..vector_linear import use_vector_linear
 from .base import DecodeRequest, OnToken
 
 MIN_SAMPLING_TEMPERATURE = 1e-3
@@ -49,6 +50,9 @@ class TorchDecoder:
         self.device = device
         self.precision = precision
         self.max_positions = int(model.config.max_position_embeddings)
+        if device == "cpu":  # the decode step's matrix-vector kernel: see vector_linear.py
+            use_vector_linear(model.model)
+            use_vector_linear(model.lm_head)
 
     def generate(self, request: DecodeRequest, on_token: OnToken) -> list[int]:
         device = self.device
