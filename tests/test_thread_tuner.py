@@ -24,28 +24,43 @@ def decode(tuner: ThreadTuner, seconds_per_token: dict[int, float], tokens: int)
     return used
 
 
-def test_an_idle_machine_keeps_every_thread_after_one_short_probe():
+def test_a_short_request_on_an_idle_machine_never_probes():
     tuner = ThreadTuner(2)
-    used = decode(tuner, {2: 0.10, 1: 0.17}, 60)
-    assert used[:2 * PROBE_TOKENS] == [2] * PROBE_TOKENS + [1] * PROBE_TOKENS
-    assert set(used[2 * PROBE_TOKENS:]) == {2} and tuner.best == 2
+    steady = int(REPROBE_AFTER_S / 0.1) - 1  # just under REPROBE_AFTER_S of decoding
+    assert decode(tuner, {2: 0.10, 1: 0.17}, steady) == [2] * steady
 
 
-def test_a_busy_machine_moves_to_half_the_threads_and_back_when_it_quiets():
+def test_an_idle_machine_measures_rarely_and_keeps_every_thread():
+    tuner = ThreadTuner(2)
+    used = decode(tuner, {2: 0.10, 1: 0.17}, 400)  # 40 s of decoding
+    assert used.count(1) == PROBE_TOKENS * (used.count(2) * 0.1 // REPROBE_AFTER_S)  # one probe per 8 s
+    assert used.count(1) <= 0.02 * len(used) and used[-1] == 2 and tuner.best == 2
+
+
+def test_a_core_taken_midway_moves_to_half_the_threads_at_once_and_back_when_it_quiets():
     tuner = ThreadTuner(8)
     assert tuner.candidates == [8, 4]
-    busy = decode(tuner, {8: 0.9, 4: 0.3}, 20)
-    assert busy[2 * PROBE_TOKENS:] == [4] * (20 - 2 * PROBE_TOKENS) and tuner.best == 4
-    # the machine quiets: after REPROBE_AFTER_S of decoding the tuner measures again and returns to 8
+    assert decode(tuner, {8: 0.1, 4: 0.18}, 20) == [8] * 20
+    busy = decode(tuner, {8: 0.4, 4: 0.3}, 20)  # another program takes a core
+    first_half = busy.index(4)
+    assert first_half <= 2 + PROBE_TOKENS and set(busy[first_half:]) == {4} and tuner.best == 4
+    # quiet again: within REPROBE_AFTER_S of decoding the tuner measures and returns to every thread
     idle = decode(tuner, {8: 0.1, 4: 0.18}, int(REPROBE_AFTER_S / 0.18) + 2 * PROBE_TOKENS + 5)
-    assert idle[-1] == 8 and tuner.best == 8
-    assert idle[0] == 4  # no switch before it has measured
+    assert idle[0] == 4 and idle[-1] == 8 and tuner.best == 8
+
+
+def test_a_machine_busy_from_the_start_is_caught_within_the_reprobe_time():
+    tuner = ThreadTuner(2)
+    used = decode(tuner, {2: 0.9, 1: 0.3}, 40)  # steady, but slow: no slowdown to see
+    switched = used.index(1)
+    assert switched * 0.9 <= REPROBE_AFTER_S + 2 * 0.9 and used[-1] == 1 and tuner.best == 1
 
 
 def test_a_hopeless_candidate_costs_one_token():
     tuner = ThreadTuner(2)
-    used = decode(tuner, {2: 0.1, 1: 0.5}, 10)
-    assert used[:PROBE_TOKENS + 2] == [2] * PROBE_TOKENS + [1, 2]  # 1 thread: one token at 5x, dropped
+    used = decode(tuner, {2: 0.1, 1: 0.5}, 200)
+    start = used.index(1)
+    assert used[start:start + 2] == [1, 2]  # one token at 5x, dropped
 
 
 def test_one_thread_never_probes_nor_a_fixed_count():
@@ -68,7 +83,7 @@ def test_llama_cpp_follows_the_tuner_and_the_tokens_do_not_change(dots_tiny, tmp
     with load_llamacpp_decoder(dots_tiny, precision="fp32", gguf_type="f32", n_threads=1,
                                gguf_dir=tmp_path) as fixed:
         expected = fixed.generate(request, lambda token: False)
-    monkeypatch.setattr(thread_tuner, "REPROBE_AFTER_S", 0.0)  # measure again after every best-count token
+    monkeypatch.setattr(thread_tuner, "REPROBE_AFTER_S", 0.0)  # measure again after every token
     with load_llamacpp_decoder(dots_tiny, precision="fp32", gguf_type="f32", n_threads=2,
                                gguf_dir=tmp_path) as tuned:
         llama, seen = tuned._llama, []
