@@ -10,17 +10,17 @@ import time
 
 import pytest
 
-from dotocr.tray.notification import (
+from dotocr.desktop.notification import (
     WINDOWS_TEXT_MAX,
     WINDOWS_TITLE_MAX,
     fit_notification,
     get_notifier,
-    summarize_result,
 )
-from dotocr.tray.notification.logging_backend import LoggingNotifier
-from dotocr.tray.notification.notify_send import NotifySendNotifier, notify_send_command
-from dotocr.tray.notification.pystray_backend import PystrayNotifier
-from dotocr.tray.notification.text import ELLIPSIS, truncate, utf16_len
+from dotocr.desktop.notification.logging_backend import LoggingNotifier
+from dotocr.desktop.notification.notify_send import NotifySendNotifier, notify_send_command
+from dotocr.desktop.notification.pystray_backend import PystrayNotifier
+from dotocr.desktop.notification.text import ELLIPSIS, truncate, utf16_len
+from dotocr.tray.messages import summarize_result
 
 pytestmark = pytest.mark.timeout(30)
 

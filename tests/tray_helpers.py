@@ -15,7 +15,7 @@ from PIL import Image
 
 from dotocr.config import Settings
 from dotocr.engine import DotOCRInference, Engine, OCRResult, Status
-from dotocr.tray.notification import get_notifier
+from dotocr.desktop.notification import get_notifier
 
 
 def tiny_settings(model: Path, **changes: Any) -> Settings:

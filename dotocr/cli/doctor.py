@@ -387,7 +387,7 @@ def check_settings(ctx: Context) -> Check:
 
 def check_hotkey(ctx: Context) -> Check:
     try:
-        from dotocr.tray.hotkey import get_hotkey_backend, parse_hotkey
+        from dotocr.desktop.hotkey import get_hotkey_backend, parse_hotkey
     except Exception as exc:  # the tray's optional parts may be missing on a server-only install
         return Check("hotkey", "Hotkey", WARN, f"hotkey support cannot be imported ({one_line(exc)})")
     details: dict[str, Any] = {"hotkey": ctx.settings.hotkey}
@@ -406,7 +406,7 @@ def check_hotkey(ctx: Context) -> Check:
 
 def check_clipboard(ctx: Context) -> Check:
     try:
-        from dotocr.tray.clipboard import get_clipboard
+        from dotocr.desktop.clipboard import get_clipboard
     except Exception as exc:
         return Check("clipboard", "Clipboard", WARN,
                      f"clipboard support cannot be imported ({one_line(exc)})")

@@ -1,5 +1,5 @@
-"""The tray app and the small platform pieces it stands on.
+"""The tray app: the icon and menu, the capture flow, the warm engine, history and the single instance.
 
-Kept import-free on purpose: `dotocr doctor` and the CLI import single submodules
-(`dotocr.tray.clipboard`, `dotocr.tray.hotkey`) without pulling in pystray, Tk or the engine.
+The platform services it stands on (clipboard, hotkey, notification, autostart) live in `dotocr.desktop`,
+which `dotocr doctor` uses too.
 """

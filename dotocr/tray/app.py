@@ -85,7 +85,7 @@ class TrayApp:
         from dotocr.tray.history import History
         from dotocr.tray.icon import draw_icon
         from dotocr.tray.menu import build_menu
-        from dotocr.tray.notification import get_notifier
+        from dotocr.desktop.notification import get_notifier
         from dotocr.tray.services import Services
         from dotocr.tray.status_words import tooltip
 
@@ -235,7 +235,7 @@ def icon_title(icon: Any, text: str) -> str:
 
 
 def _hotkey_backend() -> tuple[Any | None, str]:
-    from dotocr.tray.hotkey import HotkeyError, get_hotkey_backend
+    from dotocr.desktop.hotkey import HotkeyError, get_hotkey_backend
 
     try:
         return get_hotkey_backend(), ""
@@ -281,13 +281,13 @@ class _NoClipboard:
         self.reason = reason
 
     def copy(self, text: str) -> bool:
-        from dotocr.tray.clipboard import ClipboardError
+        from dotocr.desktop.clipboard import ClipboardError
 
         raise ClipboardError(self.reason)
 
 
 def _clipboard_backend() -> Any:
-    from dotocr.tray.clipboard import ClipboardError, get_clipboard
+    from dotocr.desktop.clipboard import ClipboardError, get_clipboard
 
     try:
         return get_clipboard()
@@ -298,7 +298,7 @@ def _clipboard_backend() -> Any:
 
 def _autostart_backend() -> Any | None:
     try:
-        from dotocr.tray.autostart import get_autostart
+        from dotocr.desktop.autostart import get_autostart
 
         return get_autostart()
     except Exception as exc:
@@ -384,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(arguments)
     if args.hotkey is not None:
-        from dotocr.tray.hotkey import parse_hotkey
+        from dotocr.desktop.hotkey import parse_hotkey
 
         try:
             parse_hotkey(args.hotkey)

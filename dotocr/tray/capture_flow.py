@@ -22,7 +22,7 @@ from PIL import Image
 from dotocr.config import Settings
 from dotocr.errors import DotOCRError
 from dotocr.storage import write_atomic
-from dotocr.tray.notification.text import error_sentence, summarize_result
+from dotocr.tray.messages import error_sentence, summarize_result
 from dotocr.tray.services import Services
 
 if TYPE_CHECKING:

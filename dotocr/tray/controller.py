@@ -36,7 +36,7 @@ from dotocr.tray.choices import (
 )
 from dotocr.tray.engine_host import EngineFactory, EngineHost
 from dotocr.tray.hotkey_binding import HotkeyBinding
-from dotocr.tray.notification.text import error_sentence, preview
+from dotocr.tray.messages import error_sentence, preview
 from dotocr.tray.services import Services, open_with_os
 from dotocr.tray.status_words import status_line
 from dotocr.tray.tray_settings import TraySettings
@@ -314,7 +314,7 @@ class Controller:
             if backend.is_enabled():
                 backend.disable()
             else:
-                from dotocr.tray.autostart import default_tray_command
+                from dotocr.desktop.autostart import default_tray_command
 
                 backend.enable(default_tray_command(self.tray_settings.launch_flags))
         except Exception as exc:

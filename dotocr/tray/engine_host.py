@@ -21,7 +21,7 @@ from dotocr.config import Settings
 from dotocr.engine import EngineState, Status
 from dotocr.errors import DotOCRError, ModelUnavailableError
 from dotocr.tray.choices import CudaFacts
-from dotocr.tray.notification.text import error_sentence
+from dotocr.tray.messages import error_sentence
 
 if TYPE_CHECKING:
     from dotocr.engine import Engine

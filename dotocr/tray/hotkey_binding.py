@@ -28,7 +28,7 @@ class HotkeyBinding:
                 f"The hotkey {combo} cannot work on this desktop; capture from the tray menu instead.")
             self._notify("No global hotkey", self.error)
             return False
-        from dotocr.tray.hotkey import HotkeyError, parse_hotkey
+        from dotocr.desktop.hotkey import HotkeyError, parse_hotkey
 
         try:
             self._backend.register(parse_hotkey(combo), on_press)

@@ -8,20 +8,11 @@ from .base import Notifier
 from .logging_backend import LoggingNotifier
 from .notify_send import NotifySendNotifier
 from .pystray_backend import PystrayNotifier
-from .text import (
-    PREVIEW_CHARS,
-    WINDOWS_TEXT_MAX,
-    WINDOWS_TITLE_MAX,
-    error_sentence,
-    fit_notification,
-    preview,
-    summarize_result,
-)
+from .text import WINDOWS_TEXT_MAX, WINDOWS_TITLE_MAX, fit_notification
 
 BACKENDS: tuple[type, ...] = (PystrayNotifier, NotifySendNotifier, LoggingNotifier)
 
-__all__ = ["BACKENDS", "PREVIEW_CHARS", "WINDOWS_TEXT_MAX", "WINDOWS_TITLE_MAX", "Notifier",
-           "error_sentence", "fit_notification", "get_notifier", "preview", "summarize_result"]
+__all__ = ["BACKENDS", "WINDOWS_TEXT_MAX", "WINDOWS_TITLE_MAX", "Notifier", "fit_notification", "get_notifier"]
 
 
 def get_notifier(icon: Any = None) -> Notifier:
