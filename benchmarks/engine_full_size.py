@@ -97,7 +97,7 @@ def child(args: argparse.Namespace) -> dict:
 
     from dotocr.config import Settings
     from dotocr.engine.loading import LoadPlan, load_checkpoint, plan_load
-    from dotocr.engine.prompts import encode_prompt, instruction_for
+    from dotocr.engine.inputs.prompts import encode_prompt, instruction_for
 
     cuda = args.device == "cuda"
     if cuda and args.memory_fraction_gib:

@@ -52,7 +52,7 @@ def main() -> None:
 
     from dotocr.config import Settings
     from dotocr.engine import DotOCRInference
-    from dotocr.engine.prompts import encode_prompt, instruction_for
+    from dotocr.engine.inputs.prompts import encode_prompt, instruction_for
 
     settings = Settings(model=args.model, device="cpu", precision="fp32", decoder="torch",
                         max_new_tokens=args.new_tokens)

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import machine, write_json  # noqa: E402
 
-from dotocr.engine.loop_guard import LoopGuard  # noqa: E402
+from dotocr.engine.decoders.loop_guard import LoopGuard  # noqa: E402
 
 LENGTH = 16000
 
@@ -67,7 +67,7 @@ def stopping_criteria_call(steps: int = 2000) -> float:
     import torch
 
     from dotocr.engine.decoders.torch_decoder import _PerToken
-    from dotocr.engine.generation import TokenPipeline
+    from dotocr.engine.decoders.generation import TokenPipeline
 
     tokens = streams()["mixed"][:steps]
     prompt = [7] * 3000

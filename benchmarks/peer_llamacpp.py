@@ -47,8 +47,8 @@ def child(args: argparse.Namespace) -> dict:
 
     from dotocr.engine.decoders.base import DecodeRequest
     from dotocr.engine.decoders.llamacpp import load_llamacpp_decoder
-    from dotocr.engine.preprocessing import ImagePreparer
-    from dotocr.engine.prompts import encode_prompt, instruction_for
+    from dotocr.engine.inputs.preprocessing import ImagePreparer
+    from dotocr.engine.inputs.prompts import encode_prompt, instruction_for
 
     torch.set_num_threads(THREADS)
     folder = Path(args.checkpoint)
@@ -101,8 +101,8 @@ def own_child(args: argparse.Namespace) -> dict:
     import numpy as np
 
     from dotocr.engine.decoders.llamacpp import cpu_has_amx
-    from dotocr.engine.preprocessing import ImagePreparer
-    from dotocr.engine.prompts import ASSISTANT, END_USER, USER, instruction_for
+    from dotocr.engine.inputs.preprocessing import ImagePreparer
+    from dotocr.engine.inputs.prompts import ASSISTANT, END_USER, USER, instruction_for
 
     folder = Path(args.checkpoint)
     started = time.perf_counter()
@@ -238,8 +238,8 @@ def main() -> None:
 
     os.environ.setdefault("DOTOCR_DATA_DIR", tempfile.mkdtemp(prefix="dotocr-bench-"))
     folder = write_checkpoint(Path(args.checkpoint))
-    from dotocr.engine.gguf_export import ensure_gguf
-    from dotocr.engine.mmproj_export import ensure_mmproj
+    from dotocr.engine.gguf.decoder import ensure_gguf
+    from dotocr.engine.gguf.mmproj import ensure_mmproj
 
     # Converted before any timing, once; the F16 file is kept so both quantisations start from it.
     for gguf_type in ["f16", *args.types]:
@@ -257,7 +257,7 @@ def main() -> None:
 
 
 def run_rounds(args: argparse.Namespace, folder: Path, mmproj: Path | None, busy: list) -> None:
-    from dotocr.engine.gguf_export import ensure_gguf
+    from dotocr.engine.gguf.decoder import ensure_gguf
 
     report = {"machine": machine(), "checkpoint": str(folder), "busy_processes": len(busy), "cases": []}
     print(f"# {report['machine']}", flush=True)

@@ -194,8 +194,8 @@ def patch_conv_case() -> dict:
 
 def footprint() -> dict:
     """Weight bytes of the whole model under the current choice, to put the savings in proportion."""
-    from dotocr.engine.configuration_dots import DotsOCRConfig
-    from dotocr.engine.modeling_dots_ocr import DotsOCRForCausalLM
+    from dotocr.engine.model.configuration_dots import DotsOCRConfig
+    from dotocr.engine.model.modeling_dots_ocr import DotsOCRForCausalLM
 
     with torch.device("meta"):
         model = DotsOCRForCausalLM(DotsOCRConfig())

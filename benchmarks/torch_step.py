@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_full_size import write_checkpoint  # noqa: E402
 from measure import machine, median, write_json  # noqa: E402
 
-from dotocr.engine.vector_linear import VectorLinear  # noqa: E402
+from dotocr.engine.model.vector_linear import VectorLinear  # noqa: E402
 
 SHAPES = {"q_proj / o_proj": (1536, 1536), "k_proj / v_proj": (256, 1536), "gate_proj / up_proj": (8960, 1536),
           "down_proj": (1536, 8960), "lm_head": (151936, 1536)}

@@ -52,7 +52,7 @@ PATCH = 14
 def dense_attention(self, hidden_states: torch.Tensor, cu_seqlens: list[int],
                     rotary: torch.Tensor) -> torch.Tensor:
     """The official non-flash fallback: one S x S additive mask over all patches of all images."""
-    from dotocr.engine.modeling_dots_ocr import apply_vision_rotary
+    from dotocr.engine.model.modeling_dots_ocr import apply_vision_rotary
 
     seq = hidden_states.shape[0]
     q, k, v = self.qkv(hidden_states).view(seq, 3, self.num_heads, self.head_dim).unbind(1)
@@ -72,7 +72,7 @@ def dense_attention(self, hidden_states: torch.Tensor, cu_seqlens: list[int],
 def sdpa_3d_attention(self, hidden_states: torch.Tensor, cu_seqlens: list[int],
                       rotary: torch.Tensor) -> torch.Tensor:
     """Like ours, but SDPA sees (heads, seq, dim): the layout the CPU flash kernel does not accept."""
-    from dotocr.engine.modeling_dots_ocr import apply_vision_rotary
+    from dotocr.engine.model.modeling_dots_ocr import apply_vision_rotary
 
     seq = hidden_states.shape[0]
     q, k, v = self.qkv(hidden_states).view(seq, 3, self.num_heads, self.head_dim).unbind(1)
@@ -86,8 +86,8 @@ def sdpa_3d_attention(self, hidden_states: torch.Tensor, cu_seqlens: list[int],
 
 
 def build_block(variant: str, dtype: torch.dtype, config=None):
-    from dotocr.engine.configuration_dots import DotsVisionConfig
-    from dotocr.engine.modeling_dots_ocr import DotsVisionBlock
+    from dotocr.engine.model.configuration_dots import DotsVisionConfig
+    from dotocr.engine.model.modeling_dots_ocr import DotsVisionBlock
 
     config = config or DotsVisionConfig()
     torch.manual_seed(0)
@@ -101,8 +101,8 @@ def build_block(variant: str, dtype: torch.dtype, config=None):
 
 def rotary_for(grids: list[tuple[int, int, int]], config=None) -> torch.Tensor:
     """The tower's own 2D rotary angles for these grids (a tower with no blocks computes them)."""
-    from dotocr.engine.configuration_dots import DotsVisionConfig
-    from dotocr.engine.modeling_dots_ocr import DotsVisionTransformer
+    from dotocr.engine.model.configuration_dots import DotsVisionConfig
+    from dotocr.engine.model.modeling_dots_ocr import DotsVisionTransformer
 
     config = config or DotsVisionConfig()
     with torch.device("meta"):
@@ -122,7 +122,7 @@ def quadratic_estimate(variant: str, patches: int, dtype: torch.dtype, heads: in
 
 def agreement_check() -> dict[str, float]:
     """Two images of different sizes at small width in fp32: the variants must give the same output."""
-    from dotocr.engine.configuration_dots import DotsVisionConfig
+    from dotocr.engine.model.configuration_dots import DotsVisionConfig
 
     config = DotsVisionConfig(embed_dim=192, hidden_size=192, intermediate_size=256, num_attention_heads=12)
     grids = [(1, 8, 12), (1, 10, 6)]

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from server_helpers import RecordingEngine, png_bytes, running_server, tiny_settings
 
 from dotocr.engine import DocumentError, PdfDocument, is_pdf, parse_page_ranges
-from dotocr.engine.documents import MAX_PAGE_PIXELS, fitting_dpi
+from dotocr.engine.inputs.documents import MAX_PAGE_PIXELS, fitting_dpi
 from tests.cli_helpers import TINY_FLAGS, in_process_cli
 
 pytestmark = pytest.mark.timeout(240)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dotocr.engine.decoders.torch_decoder import _PerToken
-from dotocr.engine.generation import TextDeltas, TokenPipeline
+from dotocr.engine.decoders.generation import TextDeltas, TokenPipeline
 
 pytestmark = pytest.mark.timeout(120)
 

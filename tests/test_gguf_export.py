@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 gguf = pytest.importorskip("gguf", reason="the GGUF writer needs the gguf package (pip install 'dotocr[llamacpp]')")
 
-from dotocr.engine.gguf_export import (  # noqa: E402
+from dotocr.engine.gguf.decoder import (  # noqa: E402
     QWEN2_SPLIT_REGEX,
     GGUFExportError,
     _pre_tokenizer,

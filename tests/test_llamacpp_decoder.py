@@ -24,7 +24,7 @@ from dotocr.engine.decoders.llamacpp import (  # noqa: E402
     LlamaCppDecoder,
     load_llamacpp_decoder,
 )
-from dotocr.engine.gguf_export import ensure_gguf  # noqa: E402
+from dotocr.engine.gguf.decoder import ensure_gguf  # noqa: E402
 from dotocr.engine.llamacpp_runtime import load_bindings  # noqa: E402
 
 EOS = (978, 1008)

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from loop_corpus import LEGITIMATE, QWEN2_SPLIT, training_text
 
-from dotocr.engine import loop_guard
-from dotocr.engine.loop_guard import LoopGuard, find_loop
+from dotocr.engine.decoders import loop_guard
+from dotocr.engine.decoders.loop_guard import LoopGuard, find_loop
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -22,9 +22,9 @@ from safetensors.torch import load_file, save_file
 
 gguf = pytest.importorskip("gguf", reason="the mmproj writer needs the gguf package (pip install 'dotocr[llamacpp]')")
 
-from dotocr.engine.gguf_export import GGUFExportError, ensure_gguf  # noqa: E402
+from dotocr.engine.gguf.decoder import GGUFExportError, ensure_gguf  # noqa: E402
 from dotocr.engine.llamacpp_runtime import llamacpp_installed  # noqa: E402
-from dotocr.engine.mmproj_export import ensure_mmproj, mmproj_path, write_mmproj_gguf  # noqa: E402
+from dotocr.engine.gguf.mmproj import ensure_mmproj, mmproj_path, write_mmproj_gguf  # noqa: E402
 
 needs_llamacpp = pytest.mark.skipif(not llamacpp_installed(), reason="needs llama-cpp-python 0.3.36 "
                                     "(pip install 'dotocr[llamacpp]'); CI installs it")
@@ -62,7 +62,7 @@ def images() -> list[np.ndarray]:
 def ours(folder: Path, rgb: np.ndarray):
     """Our engine's preprocessing and vision tower, float32."""
     from dotocr.engine import DotsOCRForCausalLM
-    from dotocr.engine.preprocessing import ImagePreparer
+    from dotocr.engine.inputs.preprocessing import ImagePreparer
 
     prepared = ImagePreparer.from_pretrained(folder).prepare(Image.fromarray(rgb), 0)
     assert prepared.image.size == (rgb.shape[1], rgb.shape[0])  # neither side resizes
@@ -102,7 +102,7 @@ def test_llama_cpp_own_path_gives_our_prompt_and_our_greedy_tokens(files, bf16_k
     """llama-server's path end to end (mtmd tokenize, encode, image decode, decode) against our torch engine."""
     from transformers import AutoTokenizer
 
-    from dotocr.engine.prompts import ASSISTANT, END_USER, USER, encode_prompt
+    from dotocr.engine.inputs.prompts import ASSISTANT, END_USER, USER, encode_prompt
     from tests.mtmd_helpers import mtmd_session
 
     text_gguf, mmproj = files(bf16_kernel, "f32")

@@ -12,9 +12,9 @@ from safetensors.torch import load_file, save_file
 from tiny_models import tiny_config, tiny_model
 from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
 
-import dotocr.engine.modeling_dots_ocr  # noqa: F401  (registers dots_ocr)
+import dotocr.engine.model.modeling_dots_ocr  # noqa: F401  (registers dots_ocr)
 from dotocr.engine import DotsOCRConfig, DotsOCRForCausalLM
-from dotocr.engine.modeling_dots_ocr import apply_vision_rotary
+from dotocr.engine.model.modeling_dots_ocr import apply_vision_rotary
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +219,7 @@ def test_loading_never_asks_about_remote_code(dots_tiny):
     import subprocess
     import sys
 
-    code = ("import dotocr.engine.modeling_dots_ocr\n"
+    code = ("import dotocr.engine.model.modeling_dots_ocr\n"
             "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
             f"AutoModelForCausalLM.from_pretrained({str(dots_tiny)!r})\n"
             f"AutoTokenizer.from_pretrained({str(dots_tiny)!r})\n"

@@ -21,9 +21,9 @@ import pytest
 from PIL import Image, ImageDraw
 from server_helpers import RecordingEngine, running_server, tiny_settings
 
-from dotocr.engine.layout import map_cells_to_original
-from dotocr.engine.preprocessing import ImagePreparer
-from dotocr.engine.prompts import PROMPT_LAYOUT_ALL_EN, PROMPT_OCR
+from dotocr.engine.answers.layout import map_cells_to_original
+from dotocr.engine.inputs.preprocessing import ImagePreparer
+from dotocr.engine.inputs.prompts import PROMPT_LAYOUT_ALL_EN, PROMPT_OCR
 from dotocr.server import ServerLimits
 from dotocr.server.pacing import Pacing
 
@@ -97,7 +97,7 @@ def client(url: str) -> openai.OpenAI:
 def tokenizer(dots_tiny: Path):
     from transformers import AutoTokenizer
 
-    import dotocr.engine.modeling_dots_ocr  # noqa: F401 - registers dots_ocr with the Auto classes
+    import dotocr.engine.model.modeling_dots_ocr  # noqa: F401 - registers dots_ocr with the Auto classes
 
     return AutoTokenizer.from_pretrained(dots_tiny)
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from dotocr.engine.images import MAX_INPUT_PIXELS, load_image
-from dotocr.engine.preprocessing import MAX_ASPECT_RATIO, ImagePreparer, PreparedImage, smart_resize
+from dotocr.engine.inputs.images import MAX_INPUT_PIXELS, load_image
+from dotocr.engine.inputs.preprocessing import MAX_ASPECT_RATIO, ImagePreparer, PreparedImage, smart_resize
 from dotocr.errors import ImageError, ModelUnavailableError
 
 pytestmark = pytest.mark.timeout(120)

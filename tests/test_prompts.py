@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import dotocr.engine.modeling_dots_ocr  # noqa: F401 - registers dots_ocr, so AutoTokenizer never asks about remote code
-from dotocr.engine.prompts import (
+import dotocr.engine.model.modeling_dots_ocr  # noqa: F401 - registers dots_ocr, so AutoTokenizer never asks about remote code
+from dotocr.engine.inputs.prompts import (
     PROMPT_GROUNDING_OCR,
     PROMPT_LAYOUT_ALL_EN,
     PROMPT_MODES,

@@ -19,7 +19,7 @@ import pytest
 from engine_contract import sample_image
 from server_helpers import tiny_settings
 
-from dotocr.engine.prompts import IMAGE_PLACEHOLDER, instruction_for
+from dotocr.engine.inputs.prompts import IMAGE_PLACEHOLDER, instruction_for
 from dotocr.engine.remote import RemoteEngine
 from dotocr.errors import RemoteEngineError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dotocr.engine.sampling import pick_token, run_token_loop
+from dotocr.engine.decoders.sampling import pick_token, run_token_loop
 
 
 def test_greedy_takes_the_first_highest_logit():

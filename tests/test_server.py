@@ -31,7 +31,7 @@ from server_helpers import (
 )
 
 from dotocr.engine import DotOCRInference, OCRResult
-from dotocr.engine.prompts import instruction_for
+from dotocr.engine.inputs.prompts import instruction_for
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -22,8 +22,8 @@ import dotocr
 from tests.cli_helpers import REPO, TINY, free_port, text_image, warm_server
 
 HEAVY = ("torch", "transformers")
-MODEL_CODE = {"dotocr.engine.modeling_dots_ocr", "dotocr.engine.configuration_dots",
-              "dotocr.engine.decoders.torch_decoder", "dotocr.engine.vector_linear"}
+MODEL_CODE = {"dotocr.engine.model.modeling_dots_ocr", "dotocr.engine.model.configuration_dots",
+              "dotocr.engine.decoders.torch_decoder", "dotocr.engine.model.vector_linear"}
 """The local model code: the only modules allowed to import torch or transformers when imported."""
 MODEL_CODE_PREFIXES = ("dotocr.engine.decoders.llamacpp", "dotocr.engine.decoders.gguf", "dotocr.engine.gguf")
 """The llama.cpp decoder and the GGUF writer: they wrap model libraries of their own (llama.cpp, gguf)."""
@@ -160,7 +160,7 @@ def test_the_import_reader_sees_module_level_imports_only():
     imports = dict(top_level_imports("dotocr.engine.loading"))
     assert "dotocr.config" in imports and "dotocr.errors" in imports  # `from ..config import ...`
     assert "torch" not in imports  # imported inside functions only
-    assert "torch" in dict(top_level_imports("dotocr.engine.modeling_dots_ocr"))
+    assert "torch" in dict(top_level_imports("dotocr.engine.model.modeling_dots_ocr"))
     assert "dotocr.engine.status" in dotocr_targets("dotocr.engine")
 
 

@@ -28,7 +28,7 @@ xvfb = xvfb_fixture(640, 480)
 GUARD = r'''
 import runpy, sys, threading
 HEAVY = ("torch", "transformers", "fastapi", "uvicorn", "starlette", "dotocr.server",
-         "dotocr.engine.modeling_dots_ocr")
+         "dotocr.engine.model.modeling_dots_ocr")
 ALLOWED_THREADS = ("dotocr-load", "dotocr-api")
 
 def guard(event, args):

@@ -11,7 +11,7 @@ from torch.profiler import ProfilerActivity, profile
 from dotocr.engine import DotsOCRForCausalLM
 from dotocr.engine.decoders.base import DecodeRequest
 from dotocr.engine.decoders.torch_decoder import TorchDecoder
-from dotocr.engine.vector_linear import MAX_SAME_RESULT_IN_FEATURES, VectorLinear, use_vector_linear
+from dotocr.engine.model.vector_linear import MAX_SAME_RESULT_IN_FEATURES, VectorLinear, use_vector_linear
 
 
 def _vector(linear: nn.Linear) -> VectorLinear:

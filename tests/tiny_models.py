@@ -63,8 +63,8 @@ def save_own_checkpoint(folder: Path, seed: int = 0) -> Path:
     """A complete checkpoint made entirely here: random weights, our own tokenizer, official processor config."""
     import json
 
-    from dotocr.engine.preprocessing import DOTS_PREPROCESSOR_CONFIG
-    from dotocr.engine.prompts import PROMPT_GROUNDING_OCR, PROMPT_LAYOUT_ALL_EN, PROMPT_OCR
+    from dotocr.engine.inputs.preprocessing import DOTS_PREPROCESSOR_CONFIG
+    from dotocr.engine.inputs.prompts import PROMPT_GROUNDING_OCR, PROMPT_LAYOUT_ALL_EN, PROMPT_OCR
 
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer(folder, [PROMPT_OCR, PROMPT_LAYOUT_ALL_EN, PROMPT_GROUNDING_OCR,

@@ -15,10 +15,9 @@ from typing import Any
 
 from ..config import Settings
 from ..errors import DotOCRError
-from .addresses import is_loopback_url
 from .base import Engine
-from .boxes import Box, check_box, parse_box
-from .documents import (
+from .inputs.boxes import Box, check_box, parse_box
+from .inputs.documents import (
     DEFAULT_DPI,
     MAX_PAGE_PIXELS,
     DocumentError,
@@ -28,9 +27,9 @@ from .documents import (
     is_pdf,
     parse_page_ranges,
 )
-from .gguf_export import GGUF_TYPES, convert_gguf
-from .images import MAX_INPUT_PIXELS, ImageInput, declared_png_size, load_image
-from .layout import FURNITURE, PICTURE_MODES, cells_to_markdown, picture_markdown
+from .gguf.decoder import GGUF_TYPES, convert_gguf
+from .inputs.images import MAX_INPUT_PIXELS, ImageInput, declared_png_size, load_image
+from .answers.layout import FURNITURE, PICTURE_MODES, cells_to_markdown, picture_markdown
 from .llamacpp_runtime import INSTALL_HINT as LLAMACPP_INSTALL_HINT
 from .llamacpp_runtime import describe_llamacpp
 from .loading import (
@@ -42,7 +41,7 @@ from .loading import (
     describe_cuda,
     plan_load,
 )
-from .prompts import IMAGE_PLACEHOLDER, PROMPT_MODES, instruction_for, resolve_prompt, strip_image_placeholder
+from .inputs.prompts import IMAGE_PLACEHOLDER, PROMPT_MODES, instruction_for, resolve_prompt, strip_image_placeholder
 from .results import OCRResult
 from .status import LOADING_STATUSES, EngineState, Status
 
@@ -81,6 +80,6 @@ __all__ = ["DEFAULT_DPI", "FURNITURE", "GGUF_TYPES", "IMAGE_PLACEHOLDER", "LLAMA
            "DotOCRInference", "DotsOCRConfig", "DotsOCRForCausalLM", "DotsVisionConfig", "Engine", "EngineState",
            "ImageInput", "LoadPlan", "OCRResult", "Page", "PdfDocument", "PrecisionError", "RemoteEngine", "Status",
            "cells_to_markdown", "check_box", "check_dpi", "convert_gguf", "cpu_prefers_bf16", "declared_png_size",
-           "describe_checkpoint", "describe_cuda", "describe_llamacpp", "instruction_for", "is_loopback_url", "is_pdf",
+           "describe_checkpoint", "describe_cuda", "describe_llamacpp", "instruction_for", "is_pdf",
            "load_image", "make_engine", "parse_box", "parse_page_ranges", "picture_markdown", "plan_load",
            "resolve_prompt", "strip_image_placeholder"]

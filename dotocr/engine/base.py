@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import Settings
-from .prompts import resolve_prompt
+from .inputs.prompts import resolve_prompt
 from .results import OCRResult
 from .status import EngineState, Status
 

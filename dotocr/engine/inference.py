@@ -24,11 +24,11 @@ from ..errors import DotOCRError, ModelUnavailableError, OutOfMemoryError, Promp
 from ..vision_grid import IMAGE_FACTOR
 from .base import Engine
 from .decoders.base import DecodeRequest
-from .generation import TokenPipeline
-from .images import ImageInput, load_image
-from .layout import format_answer
+from .decoders.generation import TokenPipeline
+from .inputs.images import ImageInput, load_image
+from .answers.layout import format_answer
 from .loading import LoadedModel, load_checkpoint, plan_load, resolve_checkpoint
-from .prompts import encode_prompt, instruction_for
+from .inputs.prompts import encode_prompt, instruction_for
 from .results import OCRResult
 from .status import EngineState, Status
 

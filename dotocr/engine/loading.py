@@ -298,9 +298,9 @@ def load_checkpoint(folder: Path, plan: LoadPlan,
     from transformers import AutoTokenizer, BitsAndBytesConfig, GenerationConfig
     from transformers.utils import logging as transformers_logging
 
-    from .configuration_dots import DotsOCRConfig
-    from .modeling_dots_ocr import DotsOCRForCausalLM
-    from .preprocessing import ImagePreparer
+    from .model.configuration_dots import DotsOCRConfig
+    from .model.modeling_dots_ocr import DotsOCRForCausalLM
+    from .inputs.preprocessing import ImagePreparer
 
     try:
         config = DotsOCRConfig.from_pretrained(folder)
@@ -363,7 +363,7 @@ def _unquantizable(config, device: str) -> list[str]:
         return []
     import torch
 
-    from .modeling_dots_ocr import DotsOCRForCausalLM
+    from .model.modeling_dots_ocr import DotsOCRForCausalLM
 
     with torch.device("meta"):
         skeleton = DotsOCRForCausalLM(config)

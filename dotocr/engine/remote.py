@@ -30,13 +30,13 @@ import httpx
 
 from ..config import Settings
 from ..errors import DotOCRError, RemoteEngineError
-from .addresses import is_loopback_url
+from ..loopback import is_loopback_url
 from .base import Engine
-from .images import ImageInput, load_image
-from .layout import format_answer
-from .loop_guard import LoopGuard
-from .preprocessing import ImagePreparer, PreparedImage
-from .prompts import IMAGE_PLACEHOLDER, instruction_for
+from .inputs.images import ImageInput, load_image
+from .answers.layout import format_answer
+from .decoders.loop_guard import LoopGuard
+from .inputs.preprocessing import ImagePreparer, PreparedImage
+from .inputs.prompts import IMAGE_PLACEHOLDER, instruction_for
 from .results import OCRResult
 from .status import EngineState, Status
 

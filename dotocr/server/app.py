@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Header, Request
 
 from dotocr import __version__
+from dotocr.loopback import is_loopback_host
 from dotocr.local_secret import CHALLENGE_HEADER, MAX_CHALLENGE, load_or_create_secret, proof
 
 from .auth import BearerTokenMiddleware
@@ -39,7 +40,6 @@ def create_app(engine: Any, *, api_token: str | None = None, limits: ServerLimit
     answers only to loopback names). `docs` serves the interactive API page at /docs, whose scripts come
     from a CDN; /openapi.json is always there.
     """
-    from .serving import is_loopback
 
     state = ServerState(engine, limits, load_on_start=load_on_start)
     try:
@@ -77,5 +77,5 @@ def create_app(engine: Any, *, api_token: str | None = None, limits: ServerLimit
     app.add_middleware(BodyGuardMiddleware, limits=limits, precheck=state.precheck)
     if api_token:
         app.add_middleware(BearerTokenMiddleware, token=api_token)  # no body read without it
-    app.add_middleware(BrowserGuardMiddleware, loopback=is_loopback(host), bound_host=host)  # outermost
+    app.add_middleware(BrowserGuardMiddleware, loopback=is_loopback_host(host), bound_host=host)  # outermost
     return app

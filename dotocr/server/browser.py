@@ -13,10 +13,8 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..loopback import is_loopback_host
 from .errors import error_body, send_json
-
-LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
-
 
 def _host_name(value: str) -> str:
     """The name in a Host header or an origin's netloc, without the port, lower case."""
@@ -24,10 +22,6 @@ def _host_name(value: str) -> str:
     if value.startswith("["):
         return value[: value.find("]") + 1] if "]" in value else value
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
-
-
-def _is_loopback_name(name: str) -> bool:
-    return name in LOOPBACK_NAMES or name.endswith(".localhost") or name.startswith("127.")
 
 
 class BrowserGuardMiddleware:
@@ -46,7 +40,7 @@ class BrowserGuardMiddleware:
         host_header = headers.get(b"host", b"").decode("latin-1").strip().lower()
         host = _host_name(host_header)
         problem = None
-        if self.loopback and host and not (_is_loopback_name(host) or host == self.bound_host):
+        if self.loopback and host and not (is_loopback_host(host) or host == self.bound_host):
             problem = (f"This server answers only to its loopback address, not to the name {host!r}; "
                        "use http://127.0.0.1.")
         origin = headers.get(b"origin")

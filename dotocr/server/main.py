@@ -14,6 +14,7 @@ import os
 import sys
 
 from dotocr.config import SettingsFile, add_engine_arguments, port_number, settings_from_args
+from dotocr.loopback import is_loopback_host
 from dotocr.version import VersionAction
 
 TOKEN_ENV = "DOTOCR_API_TOKEN"
@@ -70,10 +71,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from .app import create_app
     from .limits import ServerLimits
-    from .serving import ServerStartError, bind_socket, is_loopback, make_server, serve
+    from .serving import ServerStartError, bind_socket, make_server, serve
 
     _show_engine_log(args.log_level)
-    if not is_loopback(args.host) and not args.api_token:
+    if not is_loopback_host(args.host) and not args.api_token:
         parser.error(f"--host {args.host} makes the model reachable from the network; give --api-token TOKEN "
                      f"(or set {TOKEN_ENV}) so only clients with the token can use it.")
     if min(args.max_upload_mb, args.request_timeout, args.max_connections, args.header_timeout,
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(make_engine(settings), api_token=args.api_token, limits=limits, host=args.host,
                      docs=args.docs)
     where = f"http://{args.host}:{sock.getsockname()[1]}"
-    if is_loopback(args.host):
+    if is_loopback_host(args.host):
         print(f"dotocr-serve: serving {settings.model} on {where} (this machine only); the model loads "
               "in the background.", file=sys.stderr)
     else:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 import sys
@@ -18,6 +17,7 @@ from typing import Any
 
 import uvicorn
 
+from ..loopback import is_loopback_host
 from .app import create_app
 from .connections import AcceptErrorLog, ConnectionTable, protocol_class
 from .limits import ServerLimits
@@ -25,15 +25,6 @@ from .limits import ServerLimits
 
 class ServerStartError(RuntimeError):
     """The server could not start; the message says why and what to do."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -120,7 +111,7 @@ def start_background_server(engine: Any, port: int, *, host: str = "127.0.0.1", 
 
     Raises ServerStartError with one sentence when the port is taken or the server does not come up.
     """
-    if not is_loopback(host) and not api_token:
+    if not is_loopback_host(host) and not api_token:
         raise ServerStartError(f"Listening on {host} would expose the model to the network; "
                                "give an API token.")
     sock = bind_socket(host, port)

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from ...errors import DotOCRError
-from ..gguf_export import ensure_gguf
+from ..gguf.decoder import ensure_gguf
 from ..llamacpp_runtime import load_bindings, recent_llama_errors
-from ..sampling import run_token_loop
+from .sampling import run_token_loop
 from .base import DecodeRequest, OnToken
 from .thread_tuner import ThreadTuner
 
@@ -293,8 +293,8 @@ def load_vision_tower(folder: Path, *, dtype: Any, device: str = "cpu") -> Any:
     import torch
     from safetensors import safe_open
 
-    from ..configuration_dots import DotsOCRConfig, DotsVisionConfig
-    from ..modeling_dots_ocr import CHECKPOINT_KEY_ALIASES, DotsVisionTransformer
+    from ..model.configuration_dots import DotsOCRConfig, DotsVisionConfig
+    from ..model.modeling_dots_ocr import CHECKPOINT_KEY_ALIASES, DotsVisionTransformer
 
     config = DotsOCRConfig.from_pretrained(folder)
     vision_config = config.vision_config

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from ..vector_linear import use_vector_linear
+from ..model.vector_linear import use_vector_linear
 from .base import DecodeRequest, OnToken
 
 MIN_SAMPLING_TEMPERATURE = 1e-3

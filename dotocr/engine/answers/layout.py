@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from PIL import Image
 
-    from dotocr.engine.preprocessing import PreparedImage
+    from dotocr.engine.inputs.preprocessing import PreparedImage
 
 _DECODER = json.JSONDecoder(strict=False)  # tolerate raw newlines and tabs inside strings
 _FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)

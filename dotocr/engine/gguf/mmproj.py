@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .gguf_export import (
+from .decoder import (
     GGUFExportError,
     SourceTensor,
     cache_dir,

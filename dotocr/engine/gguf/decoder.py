@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import GGUF_TYPES, data_dir
-from ..errors import DotOCRError
+from ...config import GGUF_TYPES, data_dir
+from ...errors import DotOCRError
 
 log = logging.getLogger("dotocr.engine")
 
@@ -141,7 +141,7 @@ def _make_gguf(folder: Path, gguf_type: str, target: Path, directory: Path | Non
         with staged_output(target) as tmp:
             write_decoder_gguf(folder, tmp, gguf_type, progress=progress, on_progress=on_progress)
         return target
-    from .llamacpp_runtime import load_bindings
+    from ..llamacpp_runtime import load_bindings
 
     load_bindings()  # a missing llama.cpp is said before minutes of writing, not after
     # Quantise from an already cached F16/F32 file if there is one, else from a temporary one deleted afterwards.
@@ -169,8 +169,8 @@ def convert_gguf(model: str, gguf_type: str = "q8_0", *, mmproj_type: str | None
     cache; with `output` they are also copied there: into it if it is a folder, else the decoder to that name and
     the mmproj beside it as "mmproj-NAME". Returns where the files are, decoder first.
     """
-    from .loading import resolve_checkpoint
-    from .mmproj_export import check_mmproj_type, ensure_mmproj
+    from ..loading import resolve_checkpoint
+    from .mmproj import check_mmproj_type, ensure_mmproj
 
     _check_type(gguf_type)
     if mmproj_type is not None:
@@ -497,7 +497,7 @@ def _add_metadata(writer, folder: Path, config: dict[str, Any], vocab: Vocab, gg
 
 def quantize_gguf(source: Path, out: Path, gguf_type: str, *, n_threads: int | None = None) -> None:
     """llama.cpp's own quantiser (`llama_model_quantize`), called through llama-cpp-python's bindings."""
-    from .llamacpp_runtime import load_bindings, recent_llama_errors
+    from ..llamacpp_runtime import load_bindings, recent_llama_errors
 
     if gguf_type not in LLAMA_FTYPES or gguf_type in WRITTEN_TYPES:
         raise GGUFExportError(f"{gguf_type} is not a quantised type; choose q8_0 or q4_k_m.")
