@@ -96,8 +96,9 @@ def child(args: argparse.Namespace) -> dict:
     import torch
 
     from dotocr.config import Settings
-    from dotocr.engine.loading import LoadPlan, load_checkpoint, plan_load
     from dotocr.engine.inputs.prompts import encode_prompt, instruction_for
+    from dotocr.engine.loading import load_checkpoint
+    from dotocr.engine.plan import LoadPlan, plan_load
 
     cuda = args.device == "cuda"
     if cuda and args.memory_fraction_gib:
@@ -216,7 +217,7 @@ def main() -> None:
     probe = None
     if args.device == "cpu":  # what plan_load's own probe picks on this machine, for the record
         from dotocr.config import data_dir
-        from dotocr.engine.loading import cpu_prefers_bf16
+        from dotocr.engine.plan import cpu_prefers_bf16
 
         picked = "bf16" if cpu_prefers_bf16() else "fp32"
         probe = json.loads((data_dir() / "cpu_precision.json").read_text())

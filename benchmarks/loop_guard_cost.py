@@ -66,8 +66,8 @@ def per_token(tokens: list[int], first: slice, last: slice) -> tuple[float, floa
 def stopping_criteria_call(steps: int = 2000) -> float:
     import torch
 
-    from dotocr.engine.decoders.torch_decoder import _PerToken
     from dotocr.engine.decoders.generation import TokenPipeline
+    from dotocr.engine.decoders.torch_decoder import _PerToken
 
     tokens = streams()["mixed"][:steps]
     prompt = [7] * 3000

@@ -49,13 +49,15 @@ def child(args: argparse.Namespace) -> dict:
     from dotocr.engine.decoders.llamacpp import load_llamacpp_decoder
     from dotocr.engine.inputs.preprocessing import ImagePreparer
     from dotocr.engine.inputs.prompts import encode_prompt, instruction_for
+    from dotocr.engine.plan import LoadPlan
 
     torch.set_num_threads(THREADS)
     folder = Path(args.checkpoint)
     started = time.perf_counter()
-    decoder = load_llamacpp_decoder(folder, precision="fp16" if args.device == "cuda" else "bf16",
-                                    gguf_type=args.gguf_type, n_threads=THREADS, device=args.device,
-                                    gguf_dir=Path(args.gguf_dir), tune_threads=not args.fixed_threads)
+    plan = LoadPlan(args.device, "fp16" if args.device == "cuda" else "bf16", "benchmark", decoder="llamacpp",
+                    gguf_type=args.gguf_type)
+    decoder = load_llamacpp_decoder(folder, plan, n_threads=THREADS, gguf_dir=Path(args.gguf_dir),
+                                    tune_threads=not args.fixed_threads)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     preparer = ImagePreparer.from_pretrained(folder)
     # llama.cpp memory-maps the GGUF: page every weight in with a short text prompt first, as the torch child
@@ -238,8 +240,7 @@ def main() -> None:
 
     os.environ.setdefault("DOTOCR_DATA_DIR", tempfile.mkdtemp(prefix="dotocr-bench-"))
     folder = write_checkpoint(Path(args.checkpoint))
-    from dotocr.engine.gguf.decoder import ensure_gguf
-    from dotocr.engine.gguf.mmproj import ensure_mmproj
+    from dotocr.engine.gguf.convert import ensure_gguf, ensure_mmproj
 
     # Converted before any timing, once; the F16 file is kept so both quantisations start from it.
     for gguf_type in ["f16", *args.types]:
@@ -257,7 +258,7 @@ def main() -> None:
 
 
 def run_rounds(args: argparse.Namespace, folder: Path, mmproj: Path | None, busy: list) -> None:
-    from dotocr.engine.gguf.decoder import ensure_gguf
+    from dotocr.engine.gguf.convert import ensure_gguf
 
     report = {"machine": machine(), "checkpoint": str(folder), "busy_processes": len(busy), "cases": []}
     print(f"# {report['machine']}", flush=True)

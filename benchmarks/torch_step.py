@@ -260,7 +260,8 @@ def main() -> None:
         report["kernels"] = kernels(args.rounds)
         write_json(args.json, report)
 
-    from dotocr.engine.loading import LoadPlan, load_checkpoint
+    from dotocr.engine.loading import load_checkpoint
+    from dotocr.engine.plan import LoadPlan
 
     loaded = load_checkpoint(write_checkpoint(Path(args.checkpoint)), LoadPlan("cpu", "bf16", "benchmark"))
     model = loaded.decoder.model

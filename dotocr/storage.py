@@ -59,37 +59,56 @@ def write_atomic(path: Path | str, data: bytes | str, *, mode: int | None = PRIV
                  encoding: str = "utf-8") -> Path:
     """Replace `path` with `data` in one step; a reader sees the old content or the new, never a mix.
 
-    The temporary file has a unique name in the same folder (tempfile.mkstemp: O_CREAT|O_EXCL, and on
-    POSIX O_NOFOLLOW), so a planted file or symlink is never written through. A symlink at `path` itself
-    is replaced, not followed. With `overwrite=False` an existing `path` is left alone and
-    FileExistsError raised (atomically where the file system has hard links or, on Windows, by rename).
+    A symlink at `path` itself is replaced, not followed. With `overwrite=False` an existing `path` is left
+    alone and FileExistsError raised (atomically where the file system has hard links or, on Windows, by
+    rename). `mode=NORMAL_FILE` for files that are not private.
+    """
+    payload = data.encode(encoding) if isinstance(data, str) else bytes(data)
+    with atomic_path(path, mode=mode, overwrite=overwrite) as tmp, open(tmp, "wb") as handle:
+        handle.write(payload)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str, *, mode: int | None = PRIVATE_FILE, overwrite: bool = True,
+                keep: bool = True) -> Iterator[Path]:
+    """A fresh temporary file beside `path`, for writers that need a file name (the GGUF writer, llama.cpp's
+    quantiser, an image encoder). When the block ends without an error, the file is flushed to disk, given
+    `mode` and renamed onto `path` (if `keep`); otherwise it is removed. `overwrite` as for `write_atomic`.
+
+    The temporary file has a unique name (tempfile.mkstemp: O_CREAT|O_EXCL, and on POSIX O_NOFOLLOW), so a
+    planted file or symlink is never written through; missing folders are created 0700.
     """
     path = Path(path)
-    payload = data.encode(encoding) if isinstance(data, str) else bytes(data)
-    if mode is None:
-        mode = 0o666 & ~_umask()
     folder = make_private_folder(path.parent)
     fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            if hasattr(os, "fchmod"):
-                os.fchmod(handle.fileno(), mode)
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if not hasattr(os, "fchmod"):
-            os.chmod(tmp, mode)
-        if overwrite:
-            _replace(tmp, path)
-        else:
-            _place_new(tmp, path)
-    except BaseException:
+        yield tmp
+        if keep:
+            _settle(tmp, 0o666 & ~_umask() if mode is None else mode)
+            if overwrite:
+                _replace(tmp, path)
+            else:
+                _place_new(tmp, path)
+            _sync_folder(folder)
+    finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise
-    _sync_folder(folder)
-    return path
+
+
+def _settle(tmp: Path, mode: int) -> None:
+    """The finished temporary file's mode set and its bytes on disk before it takes the target's name."""
+    fd = os.open(tmp, os.O_RDWR | _NOFOLLOW | _BINARY)
+    try:
+        if hasattr(os, "fchmod"):
+            os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if not hasattr(os, "fchmod"):
+        os.chmod(tmp, mode)
 
 
 def _umask() -> int:

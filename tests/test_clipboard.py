@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from dotocr.errors import DotOCRError
 from dotocr.desktop.clipboard import ClipboardError, get_clipboard
+from dotocr.errors import DotOCRError
 from tests.xvfb import needs_xvfb, xvfb_fixture
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.x11, needs_xvfb,

@@ -17,7 +17,8 @@ from tiny_models import save_tiny_checkpoint
 
 from dotocr.config import Settings
 from dotocr.engine import DotOCRInference, make_engine
-from dotocr.engine.loading import PrecisionError, plan_load, resolve_checkpoint
+from dotocr.engine.checkpoint import resolve_checkpoint
+from dotocr.engine.plan import PrecisionError, plan_load
 from dotocr.errors import DotOCRError, ModelUnavailableError, OutOfMemoryError
 
 
@@ -326,7 +327,7 @@ def test_uncached_repo_offline_names_the_repo(tmp_path, monkeypatch):
 
 def test_unreachable_endpoint_is_named(tmp_path):
     """A fresh interpreter with the hub online but pointed at a closed loopback port."""
-    code = ("from dotocr.engine.loading import resolve_checkpoint\n"
+    code = ("from dotocr.engine.checkpoint import resolve_checkpoint\n"
             "from dotocr.errors import DotOCRError\n"
             "try:\n    resolve_checkpoint('rednote-hilab/dots.ocr')\n"
             "except DotOCRError as e:\n    print(e)\n")

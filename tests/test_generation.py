@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dotocr.engine.decoders.torch_decoder import _PerToken
 from dotocr.engine.decoders.generation import TextDeltas, TokenPipeline
+from dotocr.engine.decoders.torch_decoder import _PerToken
 
 pytestmark = pytest.mark.timeout(120)
 

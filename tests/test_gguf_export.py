@@ -16,15 +16,8 @@ from safetensors.torch import load_file
 
 gguf = pytest.importorskip("gguf", reason="the GGUF writer needs the gguf package (pip install 'dotocr[llamacpp]')")
 
-from dotocr.engine.gguf.decoder import (  # noqa: E402
-    QWEN2_SPLIT_REGEX,
-    GGUFExportError,
-    _pre_tokenizer,
-    ensure_gguf,
-    gguf_path,
-    read_vocab,
-    write_decoder_gguf,
-)
+from dotocr.engine.gguf.convert import GGUFExportError, ensure_gguf, gguf_path  # noqa: E402
+from dotocr.engine.gguf.decoder import QWEN2_SPLIT_REGEX, _pre_tokenizer, read_vocab, write_decoder_gguf  # noqa: E402
 from tests.tiny_models import save_tiny_checkpoint  # noqa: E402
 
 

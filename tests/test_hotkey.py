@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from dotocr.errors import DotOCRError
 from dotocr.desktop.hotkey import HotkeyError, X11Hotkeys, get_hotkey_backend, parse_hotkey
 from dotocr.desktop.hotkey import windows as win
+from dotocr.errors import DotOCRError
 from tests.xvfb import needs_xdotool, needs_xvfb, xdotool, xvfb_fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -290,7 +290,8 @@ def test_importing_needs_no_display_and_loads_no_platform_library():
     code = (
         "import sys, types; import dotocr; engine = types.ModuleType('dotocr.engine'); "
         "engine.__path__ = [dotocr.__path__[0] + '/engine']; sys.modules['dotocr.engine'] = engine; "
-        "import dotocr.desktop.hotkey, dotocr.desktop.clipboard, dotocr.desktop.notification, dotocr.desktop.autostart; "
+        "import dotocr.desktop.hotkey, dotocr.desktop.clipboard, dotocr.desktop.notification; "
+        "import dotocr.desktop.autostart; "
         "import dotocr.tray.single_instance, dotocr.tray.history; "
         "print(sorted(m for m in ('pynput', 'pystray', 'Xlib', 'pyperclip', 'winreg', 'torch') "
         "if m in sys.modules))"

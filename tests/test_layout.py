@@ -8,7 +8,9 @@ import time
 import pytest
 from PIL import Image
 
-from dotocr.engine.answers.layout import cells_to_markdown, html_table_to_markdown, map_cells_to_original, parse_cells
+from dotocr.engine.answers.cells import map_cells_to_original, parse_cells
+from dotocr.engine.answers.markdown import cells_to_markdown
+from dotocr.engine.answers.tables import html_table_to_markdown
 from dotocr.engine.inputs.preprocessing import ImagePreparer
 
 pytestmark = pytest.mark.timeout(60)
@@ -184,7 +186,7 @@ def test_pictures_can_be_embedded_as_png_data_urls():
     import io
     import re
 
-    from dotocr.engine.answers.layout import picture_markdown
+    from dotocr.engine.answers.markdown import picture_markdown
 
     cells = [{"category": "Text", "text": "Before"}, {"bbox": [100, 50, 300, 150], "category": "Picture"},
              {"bbox": [0, 0, 0, 0], "category": "Picture"}, {"category": "Text", "text": "After"}]
@@ -198,7 +200,7 @@ def test_pictures_can_be_embedded_as_png_data_urls():
 
 
 def test_pictures_can_be_linked_as_files(tmp_path):
-    from dotocr.engine.answers.layout import picture_markdown
+    from dotocr.engine.answers.markdown import picture_markdown
 
     def save(crop: Image.Image, number: int) -> str:
         name = f"page-fig{number}.png"

@@ -30,8 +30,7 @@ from tiny_models import save_bf16_kernel_checkpoint, save_scripted_checkpoint
 
 from dotocr.engine import DotOCRInference
 from dotocr.engine.decoders.llamacpp import cpu_has_amx
-from dotocr.engine.gguf.decoder import ensure_gguf
-from dotocr.engine.gguf.mmproj import ensure_mmproj
+from dotocr.engine.gguf.convert import ensure_gguf, ensure_mmproj
 from dotocr.engine.remote import RemoteEngine
 from dotocr.errors import RemoteEngineError
 from tests.cli_helpers import REPO, free_port, in_process_cli, text_image

@@ -24,8 +24,9 @@ from dotocr.engine.decoders.llamacpp import (  # noqa: E402
     LlamaCppDecoder,
     load_llamacpp_decoder,
 )
-from dotocr.engine.gguf.decoder import ensure_gguf  # noqa: E402
+from dotocr.engine.gguf.convert import ensure_gguf  # noqa: E402
 from dotocr.engine.llamacpp_runtime import load_bindings  # noqa: E402
+from tests.tiny_models import llamacpp_plan  # noqa: E402
 
 EOS = (978, 1008)
 # Measured on the golden fixture (max |logit difference| over all 23 positions x 1024 logits, llama-cpp-python
@@ -52,7 +53,7 @@ def decoders(dots_tiny, gguf_dir):
 
     def get(gguf_type: str) -> LlamaCppDecoder:
         if gguf_type not in made:
-            made[gguf_type] = load_llamacpp_decoder(dots_tiny, precision="fp32", gguf_type=gguf_type, n_threads=1,
+            made[gguf_type] = load_llamacpp_decoder(dots_tiny, llamacpp_plan(gguf_type), n_threads=1,
                                                     gguf_dir=gguf_dir)
         return made[gguf_type]
 
@@ -174,7 +175,7 @@ def test_too_long_request_is_refused_before_decoding(decoders, golden):
 
 
 def test_closed_decoder_refuses_politely(dots_tiny, gguf_dir):
-    decoder = load_llamacpp_decoder(dots_tiny, precision="fp32", n_threads=1, gguf_dir=gguf_dir)
+    decoder = load_llamacpp_decoder(dots_tiny, llamacpp_plan("f32"), n_threads=1, gguf_dir=gguf_dir)
     decoder.close()
     decoder.close()  # twice is fine
     with pytest.raises(LlamaCppDecodeError, match="closed"):
@@ -228,6 +229,6 @@ def test_bf16_checkpoint_quantises_through_a_temporary_f16_file(tmp_path, dots_t
     ids = [1005, 40, 41, 300, 17, 1006, 1007]
     with torch.inference_mode():
         want = model.float()(input_ids=torch.tensor([ids])).logits[0].numpy()
-    with load_llamacpp_decoder(folder, precision="fp32", gguf_type="q8_0", n_threads=1, gguf_dir=cache) as decoder:
+    with load_llamacpp_decoder(folder, llamacpp_plan("q8_0"), n_threads=1, gguf_dir=cache) as decoder:
         got = decoder.prompt_logits(DecodeRequest(ids, None, None, 1000, 0))
     assert np.abs(got - want).max() < Q8_0_TOLERANCE

@@ -22,9 +22,9 @@ from safetensors.torch import load_file, save_file
 
 gguf = pytest.importorskip("gguf", reason="the mmproj writer needs the gguf package (pip install 'dotocr[llamacpp]')")
 
-from dotocr.engine.gguf.decoder import GGUFExportError, ensure_gguf  # noqa: E402
+from dotocr.engine.gguf.convert import GGUFExportError, ensure_gguf, ensure_mmproj, mmproj_path  # noqa: E402
+from dotocr.engine.gguf.mmproj import write_mmproj_gguf  # noqa: E402
 from dotocr.engine.llamacpp_runtime import llamacpp_installed  # noqa: E402
-from dotocr.engine.gguf.mmproj import ensure_mmproj, mmproj_path, write_mmproj_gguf  # noqa: E402
 
 needs_llamacpp = pytest.mark.skipif(not llamacpp_installed(), reason="needs llama-cpp-python 0.3.36 "
                                     "(pip install 'dotocr[llamacpp]'); CI installs it")

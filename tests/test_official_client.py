@@ -21,7 +21,7 @@ import pytest
 from PIL import Image, ImageDraw
 from server_helpers import RecordingEngine, running_server, tiny_settings
 
-from dotocr.engine.answers.layout import map_cells_to_original
+from dotocr.engine.answers.cells import map_cells_to_original
 from dotocr.engine.inputs.preprocessing import ImagePreparer
 from dotocr.engine.inputs.prompts import PROMPT_LAYOUT_ALL_EN, PROMPT_OCR
 from dotocr.server import ServerLimits

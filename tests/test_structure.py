@@ -65,21 +65,28 @@ def _is_type_checking(test: ast.expr) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def top_level_imports(module: str) -> list[tuple[str, list[str]]]:
-    """(imported module, names taken from it) for each import run when `module` is imported: module level,
-    including inside module-level `if` and `try`, but not under `if TYPE_CHECKING` nor inside functions."""
+def imports_of(module: str, *, at_import_time: bool) -> list[tuple[str, list[str]]]:
+    """(imported module, names taken from it) for each import statement in `module`.
+
+    `at_import_time`: only those that run when `module` is imported (module level, including inside module-level
+    `if`, `try`, `with` and loops, but not under `if TYPE_CHECKING` nor inside functions). Otherwise every import
+    anywhere, functions and `TYPE_CHECKING` blocks included: a lazy import is still an arrow between modules.
+    """
     path = MODULES[module]
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     is_package = path.name == "__init__.py"
     found: list[tuple[str, list[str]]] = []
 
+    def take(node: ast.stmt) -> None:
+        if isinstance(node, ast.Import):
+            found.extend((alias.name, []) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found.append((_absolute(module, node, is_package), [alias.name for alias in node.names]))
+
     def visit(statements: list[ast.stmt]) -> None:
         for node in statements:
-            if isinstance(node, ast.Import):
-                found.extend((alias.name, []) for alias in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                found.append((_absolute(module, node, is_package), [alias.name for alias in node.names]))
-            elif isinstance(node, ast.If):
+            take(node)
+            if isinstance(node, ast.If):
                 if not _is_type_checking(node.test):
                     visit(node.body)
                 visit(node.orelse)
@@ -89,14 +96,22 @@ def top_level_imports(module: str) -> list[tuple[str, list[str]]]:
             elif isinstance(node, (ast.With, ast.For, ast.While)):
                 visit(node.body)
 
-    visit(tree.body)
+    if at_import_time:
+        visit(tree.body)
+    else:
+        for node in ast.walk(tree):
+            take(node)
     return found
 
 
-def dotocr_targets(module: str) -> set[str]:
-    """The dotocr modules that importing `module` imports directly (a package's `__init__` included)."""
+def top_level_imports(module: str) -> list[tuple[str, list[str]]]:
+    return imports_of(module, at_import_time=True)
+
+
+def dotocr_targets(module: str, *, at_import_time: bool = True) -> set[str]:
+    """The dotocr modules that `module` imports directly (a package's `__init__` included)."""
     targets: set[str] = set()
-    for imported, names in top_level_imports(module):
+    for imported, names in imports_of(module, at_import_time=at_import_time):
         if imported != "dotocr" and not imported.startswith("dotocr."):
             continue
         # The module itself; its parent packages are imported first too, but a submodule importing its own
@@ -110,8 +125,8 @@ def dotocr_targets(module: str) -> set[str]:
     return targets
 
 
-def import_graph() -> dict[str, set[str]]:
-    return {module: dotocr_targets(module) for module in MODULES}
+def import_graph(*, at_import_time: bool = True) -> dict[str, set[str]]:
+    return {module: dotocr_targets(module, at_import_time=at_import_time) for module in MODULES}
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -156,12 +171,23 @@ def test_the_cycle_finder_finds_cycles_and_only_cycles():
     assert find_cycle({"a": set(), "b": {"b2"}, "b2": {"b"}}) == ["b", "b2", "b"]
 
 
-def test_the_import_reader_sees_module_level_imports_only():
-    imports = dict(top_level_imports("dotocr.engine.loading"))
+def test_the_import_reader_sees_module_level_imports_at_import_time_and_every_import_otherwise():
+    imports = dict(top_level_imports("dotocr.engine.plan"))
     assert "dotocr.config" in imports and "dotocr.errors" in imports  # `from ..config import ...`
     assert "torch" not in imports  # imported inside functions only
+    assert "torch" in dict(imports_of("dotocr.engine.plan", at_import_time=False))
     assert "torch" in dict(top_level_imports("dotocr.engine.model.modeling_dots_ocr"))
     assert "dotocr.engine.status" in dotocr_targets("dotocr.engine")
+    # the local engine is imported lazily by the face, so only the full reading sees that arrow
+    assert "dotocr.engine.inference" not in dotocr_targets("dotocr.engine")
+    assert "dotocr.engine.inference" in dotocr_targets("dotocr.engine", at_import_time=False)
+
+
+def test_the_layer_checker_finds_arrows_back_up():
+    layers = (("a.",), ("b",), ("c.",))
+    assert upward_arrows({"a.x": {"a.y"}, "a.y": set(), "b": {"a.y"}, "c.z": {"a.x", "b"}}, layers) == []
+    assert upward_arrows({"a.x": {"c.z"}, "b": set(), "c.z": set()}, layers) == ["a.x -> c.z"]
+    assert upward_arrows({"d": set()}, layers) == ["d has no layer"]
 
 
 # -- (b) torch and transformers only in the local model code -----------------------------------------------
@@ -215,10 +241,56 @@ def test_every_other_module_imports_with_torch_and_transformers_unimportable():
     assert done.stdout.strip() == ""
 
 
-# -- (c) no import cycles -----------------------------------------------------------------------------------
+# -- (c) no import cycles and no arrow back up, imports inside functions included --------------------------
+
+LAYERS = (
+    ("dotocr", "dotocr.errors", "dotocr.version", "dotocr.vision_grid", "dotocr.loopback", "dotocr.storage"),
+    ("dotocr.config", "dotocr.local_secret"),
+    ("dotocr.engine.model.spellings", "dotocr.engine.status", "dotocr.engine.results",
+     "dotocr.engine.llamacpp_runtime"),
+    ("dotocr.engine.inputs.", "dotocr.engine.model."),
+    ("dotocr.engine.answers.",),
+    ("dotocr.engine.decoders.", "dotocr.engine.gguf.", "dotocr.engine.plan", "dotocr.engine.checkpoint"),
+    ("dotocr.engine.loading", "dotocr.engine.base"),
+    ("dotocr.engine.inference", "dotocr.engine.remote"),
+    ("dotocr.engine",),
+    ("dotocr.desktop.", "dotocr.capture."),
+    ("dotocr.cli.", "dotocr.server."),
+    ("dotocr.tray.",),
+    ("dotocr.__main__",),
+)
+"""The package from the bottom up: settings -> engine (its wings, then the two engines, then its face) -> desktop
+services and capture -> front ends. A name ending in "." is a package and everything in it; a module may import
+its own layer and the ones below, never one above."""
+
+
+def layer_of(module: str, layers: tuple[tuple[str, ...], ...]) -> int | None:
+    best: tuple[int, int] | None = None  # (length of the matching name, layer)
+    for index, names in enumerate(layers):
+        for name in names:
+            if module == name.rstrip(".") or (name.endswith(".") and module.startswith(name)):
+                if best is None or len(name) > best[0]:
+                    best = (len(name), index)
+    return None if best is None else best[1]
+
+
+def upward_arrows(graph: dict[str, set[str]], layers: tuple[tuple[str, ...], ...]) -> list[str]:
+    found = []
+    for module in sorted(graph):
+        here = layer_of(module, layers)
+        if here is None:
+            found.append(f"{module} has no layer")
+            continue
+        found += [f"{module} -> {t}" for t in sorted(graph[module]) if (layer_of(t, layers) or 0) > here]
+    return found
+
 
 def test_no_import_cycles():
-    assert find_cycle(import_graph()) is None
+    assert find_cycle(import_graph(at_import_time=False)) is None
+
+
+def test_no_import_goes_back_up_a_layer():
+    assert upward_arrows(import_graph(at_import_time=False), LAYERS) == []
 
 
 # -- (d) front ends see the engine's public face only -------------------------------------------------------

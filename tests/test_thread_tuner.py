@@ -75,16 +75,17 @@ def test_llama_cpp_follows_the_tuner_and_the_tokens_do_not_change(dots_tiny, tmp
 
     from dotocr.engine.decoders.base import DecodeRequest
     from dotocr.engine.decoders.llamacpp import load_llamacpp_decoder
+    from tests.tiny_models import llamacpp_plan
 
     inputs = load_file(dots_tiny / "inputs.safetensors")
     request = DecodeRequest(prompt_ids=inputs["input_ids"][0].tolist(), pixel_values=inputs["pixel_values"],
                             grid_thw=inputs["image_grid_thw"], image_token_id=1000, max_new_tokens=40,
                             eos_token_ids=[])
-    with load_llamacpp_decoder(dots_tiny, precision="fp32", gguf_type="f32", n_threads=1,
+    with load_llamacpp_decoder(dots_tiny, llamacpp_plan("f32"), n_threads=1,
                                gguf_dir=tmp_path) as fixed:
         expected = fixed.generate(request, lambda token: False)
     monkeypatch.setattr(thread_tuner, "REPROBE_AFTER_S", 0.0)  # measure again after every token
-    with load_llamacpp_decoder(dots_tiny, precision="fp32", gguf_type="f32", n_threads=2,
+    with load_llamacpp_decoder(dots_tiny, llamacpp_plan("f32"), n_threads=2,
                                gguf_dir=tmp_path) as tuned:
         llama, seen = tuned._llama, []
         wanted = []

@@ -18,11 +18,11 @@ from PIL import Image
 from dotocr.capture import Monitor, Region, grab_all, grab_rect
 from dotocr.config import Settings, SettingsFile
 from dotocr.desktop.autostart import get_autostart
-from dotocr.tray.choices import CudaFacts
 from dotocr.desktop.clipboard import get_clipboard
+from dotocr.desktop.hotkey import get_hotkey_backend
+from dotocr.tray.choices import CudaFacts
 from dotocr.tray.controller import Controller, Services
 from dotocr.tray.history import History
-from dotocr.desktop.hotkey import get_hotkey_backend
 from dotocr.tray.services import open_with_os
 from tests.capture_helpers import pattern_image
 from tests.tray_helpers import (

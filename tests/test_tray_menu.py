@@ -13,9 +13,9 @@ import pytest
 import tomli_w
 
 from dotocr.config import SettingsFile
+from dotocr.desktop.hotkey import get_hotkey_backend
 from dotocr.engine import EngineState, Status
 from dotocr.tray.engine_host import api_available
-from dotocr.desktop.hotkey import get_hotkey_backend
 from dotocr.tray.icon import draw_icon
 from dotocr.tray.menu import build_menu, fill_tk_menu
 from dotocr.tray.status_words import TOOLTIP_MAX, tooltip

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from dotocr.engine import DotsOCRConfig, DotsOCRForCausalLM
+from dotocr.engine.plan import LoadPlan
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "preprocessor_config.json", "generation_config.json")
@@ -123,3 +124,8 @@ def save_bf16_kernel_checkpoint(folder: Path, source: Path) -> Path:
     weights[PATCH_KERNEL] = weights[PATCH_KERNEL].to(torch.bfloat16)
     save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
     return folder
+
+
+def llamacpp_plan(gguf_type: str, precision: str = "fp32", device: str = "cpu") -> LoadPlan:
+    """The plan `plan_load` would make for the llama.cpp decoder with this GGUF type (tests pick the type)."""
+    return LoadPlan(device, precision, "test", decoder="llamacpp", gguf_type=gguf_type)

@@ -14,8 +14,8 @@ from typing import Any
 from PIL import Image
 
 from dotocr.config import Settings
-from dotocr.engine import DotOCRInference, Engine, OCRResult, Status
 from dotocr.desktop.notification import get_notifier
+from dotocr.engine import DotOCRInference, Engine, OCRResult, Status
 
 
 def tiny_settings(model: Path, **changes: Any) -> Settings:

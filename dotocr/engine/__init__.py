@@ -13,9 +13,12 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from ..config import Settings
+from ..config import GGUF_TYPES, Settings
 from ..errors import DotOCRError
+from .answers.markdown import FURNITURE, PICTURE_MODES, cells_to_markdown, picture_markdown
 from .base import Engine
+from .checkpoint import CheckpointInfo, describe_checkpoint
+from .gguf.convert import convert_gguf
 from .inputs.boxes import Box, check_box, parse_box
 from .inputs.documents import (
     DEFAULT_DPI,
@@ -27,29 +30,19 @@ from .inputs.documents import (
     is_pdf,
     parse_page_ranges,
 )
-from .gguf.decoder import GGUF_TYPES, convert_gguf
 from .inputs.images import MAX_INPUT_PIXELS, ImageInput, declared_png_size, load_image
-from .answers.layout import FURNITURE, PICTURE_MODES, cells_to_markdown, picture_markdown
+from .inputs.prompts import IMAGE_PLACEHOLDER, PROMPT_MODES, instruction_for, resolve_prompt, strip_image_placeholder
 from .llamacpp_runtime import INSTALL_HINT as LLAMACPP_INSTALL_HINT
 from .llamacpp_runtime import describe_llamacpp
-from .loading import (
-    CheckpointInfo,
-    LoadPlan,
-    PrecisionError,
-    cpu_prefers_bf16,
-    describe_checkpoint,
-    describe_cuda,
-    plan_load,
-)
-from .inputs.prompts import IMAGE_PLACEHOLDER, PROMPT_MODES, instruction_for, resolve_prompt, strip_image_placeholder
+from .plan import LoadPlan, PrecisionError, cpu_prefers_bf16, describe_cuda, plan_load
 from .results import OCRResult
 from .status import LOADING_STATUSES, EngineState, Status
 
 _LAZY = {
     "DotOCRInference": ".inference",  # not needed by a front end that talks to a server: `dotocr ocr` when warm
-    "DotsOCRConfig": ".configuration_dots",
-    "DotsVisionConfig": ".configuration_dots",
-    "DotsOCRForCausalLM": ".modeling_dots_ocr",
+    "DotsOCRConfig": ".model.configuration_dots",
+    "DotsVisionConfig": ".model.configuration_dots",
+    "DotsOCRForCausalLM": ".model.modeling_dots_ocr",
     "RemoteEngine": ".remote",
 }
 
@@ -69,7 +62,7 @@ def make_engine(settings: Settings, *, on_state: Callable[[EngineState], None] |
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         if name.startswith("Dots"):  # the model module registers the config classes with the Auto classes
-            importlib.import_module(".modeling_dots_ocr", __name__)
+            importlib.import_module(".model.modeling_dots_ocr", __name__)
         return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

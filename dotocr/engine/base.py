@@ -1,26 +1,88 @@
-"""What every engine shares, local or remote: settings, the state front ends show, and the prompt rules.
+"""What every engine shares, local or remote: settings, the state front ends show, and the one request path.
 
 Front ends program against this surface only: `load`, `unload`, `reconfigure`, `ocr`, `state`, `device`,
-`precision`. Waiting room and deadlines belong to the caller (the server has its own gate); an engine runs one
-generation at a time and callers simply wait on its lock.
+`precision`. `ocr` is a template: the image is loaded and the call resolved here (`Call`), each engine
+generates in its own `_generate`, and the answer is formatted and timed here, so both engines take the same
+arguments and return the same `OCRResult`. Waiting rooms and deadlines belong to the caller (the server has
+its own gate); an engine runs one generation at a time and callers simply wait on its lock.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..config import Settings
-from .inputs.prompts import resolve_prompt
+from .answers.formatting import format_answer
+from .inputs.images import ImageInput, load_image
+from .inputs.prompts import instruction_for, resolve_prompt
 from .results import OCRResult
 from .status import EngineState, Status
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from .inputs.preprocessing import PreparedImage
 
 log = logging.getLogger("dotocr.engine")
 
 
+@dataclass(frozen=True)
+class Call:
+    """One OCR call, resolved: the prompt mode chosen, the settings' defaults filled in."""
+
+    prompt: str
+    """The prompt mode: text, layout, layout-json or grounding."""
+    bbox: tuple[float, float, float, float] | None
+    """For grounding: the box in input pixels."""
+    instruction: str | None
+    """The caller's own instruction, or None for the prompt mode's official one."""
+    system: str | None
+    max_new_tokens: int
+    max_image_size: int
+    """0: no cap, dots.ocr's own sizing alone."""
+    temperature: float
+    top_p: float
+    max_prompt_tokens: int | None
+    on_text: Callable[[str], None] | None
+    should_stop: Callable[[], bool] | None
+
+    def instruction_for(self, prepared: PreparedImage) -> str:
+        """The instruction the model reads: the caller's, or the official one with the box in model pixels."""
+        if self.instruction is not None:
+            return self.instruction
+        return instruction_for(self.prompt, prepared.box_to_model(self.bbox) if self.bbox is not None else None)
+
+
+@dataclass
+class Generated:
+    """What an engine's `_generate` hands back: the model's text and the facts of the run."""
+
+    prepared: PreparedImage
+    raw: str
+    """Everything generated."""
+    kept: str
+    """What the answer keeps: the text before a loop, plus one copy of its block."""
+    stop_reason: str
+    prompt_tokens: int
+    generated_tokens: int
+    prepared_at: float
+    """time.perf_counter() when the image was sized (and, locally, cut into patches)."""
+    first_token_at: float
+    finished_at: float
+    device: str
+    precision: str
+    decoder: str
+    gguf_type: str | None = None
+    loop_start: int | None = None
+    peak_gpu_mb: float | None = None
+
+
 class Engine:
-    """Subclasses implement `load`, `unload`, `reconfigure` and `ocr`; they report through `_set_state`."""
+    """Subclasses implement `load`, `unload`, `reconfigure` and `_generate`; they report through `_set_state`."""
 
     def __init__(self, settings: Settings, *, on_state: Callable[[EngineState], None] | None = None) -> None:
         self._settings = settings
@@ -52,13 +114,47 @@ class Engine:
     def reconfigure(self, settings: Settings) -> None:
         raise NotImplementedError
 
-    def ocr(self, image: Any, **kwargs: Any) -> OCRResult:
-        raise NotImplementedError
+    def ocr(self, image: ImageInput, *, prompt: str | None = None, output_format: str | None = None,
+            bbox: tuple[float, float, float, float] | None = None, max_new_tokens: int | None = None,
+            temperature: float = 0.0, top_p: float = 1.0, instruction: str | None = None,
+            on_text: Callable[[str], None] | None = None, file: str | None = None,
+            should_stop: Callable[[], bool] | None = None, max_prompt_tokens: int | None = None,
+            max_image_size: int | None = None, system: str | None = None) -> OCRResult:
+        """Read one image. `output_format="markdown"` without a prompt picks the layout prompt (tables, formulas).
 
-    def _resolve_prompt(self, prompt: str | None, output_format: str | None, bbox: Any,
-                        instruction: str | None) -> str:
-        return resolve_prompt(prompt, output_format=output_format, bbox=bbox, instruction=instruction,
-                              default=self._settings.prompt)
+        `on_text` gets the answer as it is written. `should_stop` is asked after every token (or streamed piece);
+        when it answers True the generation ends with stop_reason "cancelled" (a client that left, a deadline).
+        `max_prompt_tokens` caps the prompt's text tokens, the image's not counted (a remote server counts with
+        its own tokenizer). `max_image_size` overrides the setting for this call (0: no cap). `system` is a
+        system turn rendered before the user turn, as the checkpoint's chat template does.
+        """
+        started = time.perf_counter()
+        picture = load_image(image)  # before any lock or network: a bad file fails at once
+        call = Call(
+            prompt=resolve_prompt(prompt, output_format=output_format, bbox=bbox, instruction=instruction,
+                                  default=self._settings.prompt),
+            bbox=bbox, instruction=instruction, system=system,
+            max_new_tokens=max_new_tokens or self._settings.max_new_tokens,
+            max_image_size=self._settings.max_image_size if max_image_size is None else max_image_size,
+            temperature=temperature, top_p=top_p, max_prompt_tokens=max_prompt_tokens, on_text=on_text,
+            should_stop=should_stop)
+        run = self._generate(picture, call)
+        text, cells = format_answer(call.prompt, run.kept, run.prepared)
+        width, height = run.prepared.original_size
+        return OCRResult(
+            text=text, raw=run.raw, prompt=call.prompt, stop_reason=run.stop_reason, width=width, height=height,
+            image_tokens=run.prepared.image_tokens, prompt_tokens=run.prompt_tokens,
+            generated_tokens=run.generated_tokens, device=run.device, precision=run.precision,
+            decoder=run.decoder, gguf_type=run.gguf_type,
+            timings={"preprocess": round(run.prepared_at - started, 4),
+                     "prefill": round(run.first_token_at - run.prepared_at, 4),
+                     "decode": round(run.finished_at - run.first_token_at, 4),
+                     "total": round(time.perf_counter() - started, 4)},
+            peak_gpu_mb=run.peak_gpu_mb, loop_start=run.loop_start, cells=cells, file=file)
+
+    def _generate(self, picture: Image.Image, call: Call) -> Generated:
+        """Size `picture`, run the model on it as `call` says, and report what came back."""
+        raise NotImplementedError
 
     def _set_state(self, status: Status, detail: str = "", progress: float | None = None, *,
                    device: str | None = None, precision: str | None = None, decoder: str | None = None,
@@ -69,3 +165,6 @@ class Engine:
                 self._on_state(self._state)
             except Exception:  # a front end's display problem must never break inference
                 log.exception("state callback failed")
+
+
+__all__ = ["Call", "Engine", "Generated"]

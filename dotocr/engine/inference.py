@@ -17,20 +17,22 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..config import Settings
 from ..errors import DotOCRError, ModelUnavailableError, OutOfMemoryError, PromptTooLongError, one_line
 from ..vision_grid import IMAGE_FACTOR
-from .base import Engine
+from .base import Call, Engine, Generated
+from .checkpoint import resolve_checkpoint
 from .decoders.base import DecodeRequest
 from .decoders.generation import TokenPipeline
-from .inputs.images import ImageInput, load_image
-from .answers.layout import format_answer
-from .loading import LoadedModel, load_checkpoint, plan_load, resolve_checkpoint
-from .inputs.prompts import encode_prompt, instruction_for
-from .results import OCRResult
+from .inputs.prompts import encode_prompt
+from .loading import LoadedModel, load_checkpoint
+from .plan import plan_load
 from .status import EngineState, Status
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger("dotocr.engine")
 
@@ -46,6 +48,7 @@ class DotOCRInference(Engine):
         self._model_lock = threading.RLock()
         self._idle_timer: threading.Timer | None = None
         self._callers = 0  # inside `ocr`, waiting or running: the idle unload leaves them alone
+        self._callers_lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -135,25 +138,9 @@ class DotOCRInference(Engine):
 
     # -- OCR --------------------------------------------------------------------------------------------
 
-    def ocr(self, image: ImageInput, *, prompt: str | None = None, output_format: str | None = None,
-            bbox: tuple[float, float, float, float] | None = None, max_new_tokens: int | None = None,
-            temperature: float = 0.0, top_p: float = 1.0, instruction: str | None = None,
-            on_text: Callable[[str], None] | None = None, file: str | None = None,
-            should_stop: Callable[[], bool] | None = None, max_prompt_tokens: int | None = None,
-            max_image_size: int | None = None, system: str | None = None) -> OCRResult:
-        """Read one image. `output_format="markdown"` without a prompt picks the layout prompt (tables, formulas).
-
-        `should_stop` is asked after every token; when it answers True the generation ends with
-        stop_reason "cancelled" (a client that left, a deadline that passed). The prefill before the first
-        token cannot be interrupted. `max_prompt_tokens` caps the prompt's text tokens (the image's not
-        counted): a longer one raises PromptTooLongError before any prefill. `max_image_size` overrides the
-        setting for this call (0: no cap, dots.ocr's own sizing alone). `system` is a system turn rendered
-        before the user turn, as the checkpoint's chat template does.
-        """
-        started = time.perf_counter()
-        picture = load_image(image)  # before the lock: a bad file fails at once, before any model loads
-        prompt = self._resolve_prompt(prompt, output_format, bbox, instruction)
-        self._callers += 1
+    def _generate(self, picture: Image.Image, call: Call) -> Generated:
+        with self._callers_lock:
+            self._callers += 1
         try:
             with self._model_lock:
                 self._cancel_idle_timer()
@@ -161,55 +148,78 @@ class DotOCRInference(Engine):
                 self._set_state(Status.BUSY, "reading", device=loaded.device, precision=loaded.precision,
                                 decoder=loaded.decoder.name, gguf_type=loaded.gguf_type)
                 try:
-                    return self._ocr_with_retry(
-                        loaded, picture, started,
-                        self._settings.max_image_size if max_image_size is None else max_image_size,
-                        prompt=prompt, bbox=bbox, system=system,
-                        max_new_tokens=max_new_tokens or self._settings.max_new_tokens, temperature=temperature,
-                        top_p=top_p, instruction=instruction, on_text=on_text, file=file, should_stop=should_stop,
-                        max_prompt_tokens=max_prompt_tokens)
+                    return self._generate_with_retry(loaded, picture, call)
                 finally:
                     if self._loaded is not None:
                         self._set_ready()
                     self._schedule_idle_unload()
         finally:
-            self._callers -= 1
+            with self._callers_lock:
+                self._callers -= 1
 
-    def _ocr_with_retry(self, loaded: LoadedModel, picture, started: float, max_size: int,
-                        **kwargs: Any) -> OCRResult:
-        pipelines: list[TokenPipeline] = []
+    def _generate_with_retry(self, loaded: LoadedModel, picture: Image.Image, call: Call) -> Generated:
+        """One try at the call's size; after a CUDA out-of-memory error, one more at 70 % of the longest side,
+        unless a listener already has part of the answer."""
+        streamed: list[bool] = []
         try:
-            return self._run(loaded, picture, started, max_size, pipelines, **kwargs)
+            return self._run(loaded, picture, call, call.max_image_size, streamed)
         except Exception as exc:
             if not _is_cuda_oom(exc):
                 raise
             _free_memory()
-            if pipelines and pipelines[-1].streamed:  # a listener already has part of the answer
+            if any(streamed):
                 raise OutOfMemoryError(
-                    f"The GPU ran out of memory while reading; lower --max-image-size (now {_cap_text(max_size)}) or "
-                    "switch to 4-bit or the CPU.") from None
-        longest = max(loaded.preparer.plan(picture.width, picture.height, max_size).size)
+                    f"The GPU ran out of memory while reading; lower --max-image-size (now "
+                    f"{_cap_text(call.max_image_size)}) or switch to 4-bit or the CPU.") from None
+        longest = max(loaded.preparer.plan(picture.width, picture.height, call.max_image_size).size)
         smaller = max(IMAGE_FACTOR, int(longest * OOM_RETRY_SCALE))
         log.warning("CUDA out of memory; retrying once at %d px", smaller)
         try:
-            return self._run(loaded, picture, started, smaller, pipelines, **kwargs)
+            return self._run(loaded, picture, call, smaller, streamed)
         except Exception as exc:
             if not _is_cuda_oom(exc):
                 raise
             _free_memory()
             raise OutOfMemoryError(
                 f"The GPU ran out of memory even at {smaller} px; lower --max-image-size "
-                f"(now {_cap_text(max_size)}) or switch to 4-bit or the CPU.") from None
+                f"(now {_cap_text(call.max_image_size)}) or switch to 4-bit or the CPU.") from None
 
-    def _run(self, loaded: LoadedModel, picture, started: float, max_size: int, pipelines: list[TokenPipeline],
-             *, prompt: str, bbox, max_new_tokens: int, temperature: float, top_p: float,
-             instruction: str | None, system: str | None, on_text, file: str | None, should_stop,
-             max_prompt_tokens: int | None) -> OCRResult:
+    def _run(self, loaded: LoadedModel, picture: Image.Image, call: Call, max_size: int,
+             streamed: list[bool]) -> Generated:
         prepared = loaded.preparer.prepare(picture, max_size)
-        if instruction is None:
-            instruction = instruction_for(prompt, prepared.box_to_model(bbox) if bbox is not None else None)
-        ids = encode_prompt(loaded.tokenizer, instruction, prepared.image_tokens, system=system)
-        text_tokens = len(ids) - prepared.image_tokens
+        ids = encode_prompt(loaded.tokenizer, call.instruction_for(prepared), prepared.image_tokens,
+                            system=call.system)
+        self._check_prompt_length(loaded, ids, prepared.image_tokens, call.max_prompt_tokens)
+        max_new_tokens = min(call.max_new_tokens, loaded.decoder.max_positions - len(ids))  # the model's context
+        pipeline = TokenPipeline(tokenizer=loaded.tokenizer, eos_token_ids=loaded.eos_token_ids,
+                                 max_new_tokens=max_new_tokens, on_text=call.on_text, should_stop=call.should_stop)
+        request = DecodeRequest(prompt_ids=ids, pixel_values=prepared.pixel_values, grid_thw=prepared.grid_thw,
+                                image_token_id=loaded.image_token_id, max_new_tokens=max_new_tokens,
+                                temperature=call.temperature, top_p=call.top_p,
+                                eos_token_ids=tuple(loaded.eos_token_ids))
+        if loaded.memory is not None:
+            loaded.memory.reset()
+        prepared_at = time.perf_counter()
+        try:
+            loaded.decoder.generate(request, pipeline)
+        finally:
+            streamed.append(pipeline.streamed)
+        finished = time.perf_counter()
+        stop_reason, kept = pipeline.finish()
+        decode = loaded.tokenizer.decode
+        return Generated(
+            prepared=prepared, raw=decode(pipeline.tokens, skip_special_tokens=True),
+            kept=decode(kept, skip_special_tokens=True), stop_reason=stop_reason, prompt_tokens=len(ids),
+            generated_tokens=len(pipeline.tokens), prepared_at=prepared_at,
+            first_token_at=pipeline.first_token_time or finished, finished_at=finished, device=loaded.device,
+            precision=loaded.precision, decoder=loaded.decoder.name, gguf_type=loaded.gguf_type,
+            loop_start=pipeline.guard.loop_start,
+            peak_gpu_mb=loaded.memory.peak_mb() if loaded.memory is not None else None)
+
+    @staticmethod
+    def _check_prompt_length(loaded: LoadedModel, ids: list[int], image_tokens: int,
+                             max_prompt_tokens: int | None) -> None:
+        text_tokens = len(ids) - image_tokens
         if max_prompt_tokens is not None and text_tokens > max_prompt_tokens:
             raise PromptTooLongError(f"The prompt's text is {text_tokens} tokens, more than the {max_prompt_tokens} "
                                      "allowed; shorten the instruction.")
@@ -217,36 +227,6 @@ class DotOCRInference(Engine):
         if len(ids) >= positions:
             raise PromptTooLongError(f"The prompt is {len(ids)} tokens (image included), as many as the model's "
                                      f"{positions} positions; use a smaller image (--max-image-size).")
-        max_new_tokens = min(max_new_tokens, positions - len(ids))  # both decoders end at the model's context
-        pipeline = TokenPipeline(tokenizer=loaded.tokenizer, eos_token_ids=loaded.eos_token_ids,
-                                 max_new_tokens=max_new_tokens, on_text=on_text, should_stop=should_stop)
-        pipelines.append(pipeline)
-        request = DecodeRequest(prompt_ids=ids, pixel_values=prepared.pixel_values, grid_thw=prepared.grid_thw,
-                                image_token_id=loaded.image_token_id, max_new_tokens=max_new_tokens,
-                                temperature=temperature, top_p=top_p,
-                                eos_token_ids=tuple(loaded.eos_token_ids))
-        memory = loaded.memory
-        if memory is not None:
-            memory.reset()
-        prepared_at = time.perf_counter()
-        loaded.decoder.generate(request, pipeline)
-        finished = time.perf_counter()
-        stop_reason, kept = pipeline.finish()
-        new_tokens = pipeline.tokens
-        tokenizer = loaded.tokenizer
-        raw = tokenizer.decode(new_tokens, skip_special_tokens=True)
-        text, cells = format_answer(prompt, tokenizer.decode(kept, skip_special_tokens=True), prepared)
-        first = pipeline.first_token_time or finished
-        return OCRResult(
-            text=text, raw=raw, prompt=prompt, stop_reason=stop_reason,
-            width=prepared.original_size[0], height=prepared.original_size[1],
-            image_tokens=prepared.image_tokens, prompt_tokens=len(ids), generated_tokens=len(new_tokens),
-            device=loaded.device, precision=loaded.precision, decoder=loaded.decoder.name,
-            gguf_type=loaded.gguf_type,
-            timings={"preprocess": round(prepared_at - started, 4), "prefill": round(first - prepared_at, 4),
-                     "decode": round(finished - first, 4), "total": round(finished - started, 4)},
-            peak_gpu_mb=memory.peak_mb() if memory is not None else None,
-            loop_start=pipeline.guard.loop_start, cells=cells, file=file)
 
     # -- housekeeping ------------------------------------------------------------------------------------
 
@@ -262,7 +242,9 @@ class DotOCRInference(Engine):
     def _idle_unload(self) -> None:
         if self._model_lock.acquire(blocking=False):
             try:
-                if self._callers == 0:
+                with self._callers_lock:
+                    idle = self._callers == 0
+                if idle:
                     log.info("Unloading the model after %d idle minutes", self._settings.idle_minutes)
                     self.unload()
             finally:

@@ -24,21 +24,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from ..config import Settings
 from ..errors import DotOCRError, RemoteEngineError
 from ..loopback import is_loopback_url
-from .base import Engine
-from .inputs.images import ImageInput, load_image
-from .answers.layout import format_answer
+from .base import Call, Engine, Generated
 from .decoders.loop_guard import LoopGuard
 from .inputs.preprocessing import ImagePreparer, PreparedImage
-from .inputs.prompts import IMAGE_PLACEHOLDER, instruction_for
-from .results import OCRResult
+from .inputs.prompts import IMAGE_PLACEHOLDER
+from .model.spellings import END_OF_ANSWER
 from .status import EngineState, Status
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 log = logging.getLogger("dotocr.engine.remote")
 
@@ -58,7 +59,6 @@ SERVER_KINDS = (DOTOCR, VLLM, LLAMA_CPP, OLLAMA, OPENAI)
 OpenAI server, taken to be vLLM-like) read the image placeholder in the text; llama.cpp and Ollama place
 the image themselves."""
 PLACES_IMAGE_ITSELF = (LLAMA_CPP, OLLAMA)
-END_OF_ANSWER = "<|endofassistant|>"
 NO_VISION = ("image input is not supported",  # llama-server started without --mmproj (its server-common.cpp)
              "missing data required for image input")  # Ollama, a model imported without its vision part
 
@@ -224,33 +224,21 @@ class RemoteEngine(Engine):
 
     # -- OCR ----------------------------------------------------------------------------------------
 
-    def ocr(self, image: ImageInput, *, prompt: str | None = None, output_format: str | None = None,
-            bbox: tuple[float, float, float, float] | None = None, max_new_tokens: int | None = None,
-            temperature: float = 0.0, top_p: float = 1.0, instruction: str | None = None,
-            on_text: Callable[[str], None] | None = None, file: str | None = None,
-            should_stop: Callable[[], bool] | None = None, max_prompt_tokens: int | None = None,
-            max_image_size: int | None = None, system: str | None = None) -> OCRResult:
-        """Same arguments and result as `DotOCRInference.ocr`; the generation happens on the server.
-
-        `should_stop` is asked after every streamed piece (closing the stream stops a dotocr server's
-        generation); `max_prompt_tokens` is left to the server, which counts with its own tokenizer.
-        """
-        started = time.perf_counter()
-        picture = load_image(image)
-        prompt = self._resolve_prompt(prompt, output_format, bbox, instruction)
-        cap = self._settings.max_image_size if max_image_size is None else max_image_size
-        prepared = self._preparer.prepare(picture, cap, patches=False)
-        if instruction is None:
-            instruction = instruction_for(prompt, prepared.box_to_model(bbox) if bbox is not None else None)
+    def _generate(self, picture: Image.Image, call: Call) -> Generated:
+        """The generation happens on the server. `call.should_stop` is asked after every streamed piece (closing
+        the stream stops a dotocr server's generation); `max_prompt_tokens` is left to the server, which counts
+        with its own tokenizer."""
+        prepared = self._preparer.prepare(picture, call.max_image_size, patches=False)
+        instruction = call.instruction_for(prepared)
         with self._lock:
             client = self._ensure_connected()
-            body = self._request_body(prepared, instruction, max_new_tokens or self._settings.max_new_tokens,
-                                      temperature, top_p, system)
+            body = self._request_body(prepared, instruction, call.max_new_tokens, call.temperature, call.top_p,
+                                      call.system)
             self._in_flight += 1
             self._set_state(Status.BUSY, "reading", device=self._remote_device or "remote",
                             precision=self._precision or "unknown", decoder="remote")
         try:
-            answer = self._complete(client, body, on_text, time.perf_counter(), should_stop)
+            answer = self._complete(client, body, call.on_text, time.perf_counter(), call.should_stop)
         except RemoteEngineError as exc:
             with self._lock:
                 self._in_flight -= 1
@@ -260,21 +248,13 @@ class RemoteEngine(Engine):
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._set_ready(f"remote {self.url}")
-        text, cells = format_answer(prompt, answer.kept_text, prepared)
-        finished = time.perf_counter()
-        return OCRResult(
-            text=text, raw=answer.text, prompt=prompt,
+        return Generated(
+            prepared=prepared, raw=answer.text, kept=answer.kept_text,
             stop_reason=_stop_reason(answer.finish_reason),
-            width=prepared.original_size[0], height=prepared.original_size[1],
-            image_tokens=prepared.image_tokens,
             prompt_tokens=_first_int(answer.prompt_tokens, prepared.image_tokens),
-            generated_tokens=_first_int(answer.completion_tokens, answer.pieces),
-            device=self._remote_device or "remote", precision=self._precision or "unknown", decoder="remote",
-            timings={"preprocess": round(answer.sent_at - started, 4),
-                     "prefill": round(answer.first_at - answer.sent_at, 4),
-                     "decode": round(answer.done_at - answer.first_at, 4),
-                     "total": round(finished - started, 4)},
-            peak_gpu_mb=None, loop_start=answer.loop_start, cells=cells, file=file)
+            generated_tokens=_first_int(answer.completion_tokens, answer.pieces), prepared_at=answer.sent_at,
+            first_token_at=answer.first_at, finished_at=answer.done_at, device=self._remote_device or "remote",
+            precision=self._precision or "unknown", decoder="remote", loop_start=answer.loop_start)
 
     # -- the HTTP exchange --------------------------------------------------------------------------
 

@@ -15,8 +15,8 @@ from typing import Any
 from fastapi import FastAPI, Header, Request
 
 from dotocr import __version__
-from dotocr.loopback import is_loopback_host
 from dotocr.local_secret import CHALLENGE_HEADER, MAX_CHALLENGE, load_or_create_secret, proof
+from dotocr.loopback import is_loopback_host
 
 from .auth import BearerTokenMiddleware
 from .browser import BrowserGuardMiddleware

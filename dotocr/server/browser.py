@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..loopback import is_loopback_host
 from .errors import error_body, send_json
 
+
 def _host_name(value: str) -> str:
     """The name in a Host header or an origin's netloc, without the port, lower case."""
     value = value.strip().lower()

@@ -80,12 +80,12 @@ class TrayApp:
         import pystray
 
         from dotocr.capture import RegionSelector, enable_dpi_awareness
+        from dotocr.desktop.notification import get_notifier
         from dotocr.tray.controller import Controller
         from dotocr.tray.engine_host import STARTING
         from dotocr.tray.history import History
         from dotocr.tray.icon import draw_icon
         from dotocr.tray.menu import build_menu
-        from dotocr.desktop.notification import get_notifier
         from dotocr.tray.services import Services
         from dotocr.tray.status_words import tooltip
 

@@ -6,7 +6,6 @@ hold: an emoji outside the Basic Multilingual Plane takes two of them.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 
 ELLIPSIS = "\u2026"

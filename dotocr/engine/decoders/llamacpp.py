@@ -19,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -29,10 +28,12 @@ from typing import Any
 import numpy as np
 
 from ...errors import DotOCRError
-from ..gguf.decoder import ensure_gguf
+from ..gguf.convert import ensure_gguf
 from ..llamacpp_runtime import load_bindings, recent_llama_errors
-from .sampling import run_token_loop
+from ..model.vision_tower import load_vision_tower
+from ..plan import LoadPlan
 from .base import DecodeRequest, OnToken
+from .sampling import run_token_loop
 from .thread_tuner import ThreadTuner
 
 log = logging.getLogger("dotocr.engine.llamacpp")
@@ -288,72 +289,20 @@ def cpu_has_amx() -> bool:
 
 # -- loading ---------------------------------------------------------------------------------------------------
 
-def load_vision_tower(folder: Path, *, dtype: Any, device: str = "cpu") -> Any:
-    """Our `DotsVisionTransformer` with only the checkpoint's `vision_tower.*` weights read."""
-    import torch
-    from safetensors import safe_open
-
-    from ..model.configuration_dots import DotsOCRConfig, DotsVisionConfig
-    from ..model.modeling_dots_ocr import CHECKPOINT_KEY_ALIASES, DotsVisionTransformer
-
-    config = DotsOCRConfig.from_pretrained(folder)
-    vision_config = config.vision_config
-    if isinstance(vision_config, dict):
-        vision_config = DotsVisionConfig(**vision_config)
-    with torch.device("meta"):
-        tower = DotsVisionTransformer(vision_config)
-    state: dict[str, torch.Tensor] = {}
-    for file in sorted(Path(folder).glob("*.safetensors")):
-        with safe_open(file, framework="pt", device="cpu") as handle:
-            for name in handle.keys():  # noqa: SIM118 (safe_open handles are not mappings)
-                if name.startswith("vision_tower."):
-                    key = name[len("vision_tower."):]
-                    for pattern, replacement in CHECKPOINT_KEY_ALIASES.items():
-                        key = re.sub(pattern, replacement, key)
-                    state[key] = handle.get_tensor(name).to(device=device, dtype=dtype)
-    if not state:
-        raise LlamaCppDecodeError(f"The checkpoint in {folder} holds no vision_tower weights.")
-    tower.load_state_dict(state, strict=True, assign=True)
-    return tower.eval()
-
-
-def _vision_dtype(precision: str, device: str):
+def load_llamacpp_decoder(folder: Path, plan: LoadPlan, *, n_threads: int | None = None,
+                          gguf_dir: Path | None = None, on_progress: Callable[[float], None] | None = None,
+                          tune_threads: bool = True) -> LlamaCppDecoder:
+    """The loader's entry point: the plan's GGUF, written once if needed, and the vision tower in its dtype."""
+    if plan.decoder != "llamacpp" or plan.gguf_type is None:
+        raise LlamaCppDecodeError(f"The load plan runs the {plan.decoder} decoder, not llama.cpp with a GGUF type.")
     import torch
 
-    if precision == "fp32":
-        return torch.float32
-    if device == "cuda":
-        return torch.bfloat16 if precision == "bf16" else torch.float16
-    if precision == "bf16":
-        return torch.bfloat16
-    from ..loading import cpu_prefers_bf16  # measured once per CPU, as for the torch decoder
-
-    return torch.bfloat16 if cpu_prefers_bf16() else torch.float32
-
-
-def load_llamacpp_decoder(folder: Path, *, precision: str, gguf_type: str | None = None,
-                          n_threads: int | None = None, device: str = "cpu", gguf_dir: Path | None = None,
-                          on_progress: Callable[[float], None] | None = None, tune_threads: bool = True
-                          ) -> LlamaCppDecoder:
-    """The engine's entry point: the GGUF for `precision` (or `gguf_type`), written once if needed, and the tower.
-
-    precision: fp32 -> F32 GGUF (exact against the torch decoder), fp16/bf16 -> F16, auto -> Q8_0,
-    4bit -> Q4_K_M. The vision tower runs in the matching torch dtype (bf16 or fp32 on a CPU as measured).
-    """
     folder = Path(folder)
-    if gguf_type is None:
-        from ..loading import GGUF_FOR_PRECISION  # the one table; loading.plan_load normally passes the type
-
-        if precision not in GGUF_FOR_PRECISION:
-            raise LlamaCppDecodeError(f"Unknown precision {precision!r} for the llama.cpp decoder; choose one of "
-                                      f"{', '.join(GGUF_FOR_PRECISION)}.")
-        gguf_type = GGUF_FOR_PRECISION[precision]
     load_bindings()  # fail with the install hint before spending minutes on a conversion
-    gguf = ensure_gguf(folder, gguf_type, directory=gguf_dir, n_threads=n_threads, on_progress=on_progress)
-    tower = load_vision_tower(folder, dtype=_vision_dtype(precision, device), device=device)
-    return LlamaCppDecoder(gguf, tower, gguf_type=gguf_type, n_threads=n_threads, device=device,
+    gguf = ensure_gguf(folder, plan.gguf_type, directory=gguf_dir, n_threads=n_threads, on_progress=on_progress)
+    tower = load_vision_tower(folder, dtype=getattr(torch, plan.torch_dtype), device=plan.device)
+    return LlamaCppDecoder(gguf, tower, gguf_type=plan.gguf_type, n_threads=n_threads, device=plan.device,
                            tune_threads=tune_threads)
 
 
-__all__ = ["LlamaCppDecodeError", "LlamaCppDecoder", "load_llamacpp_decoder",
-           "load_vision_tower"]
+__all__ = ["LlamaCppDecodeError", "LlamaCppDecoder", "load_llamacpp_decoder"]

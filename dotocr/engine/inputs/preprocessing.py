@@ -163,6 +163,8 @@ class ImagePreparer:
         self.merge_size = int(merged["merge_size"])
         self.min_pixels = int(merged["min_pixels"])
         self.max_pixels = int(merged["max_pixels"])
+        self.image_mean = [float(v) for v in merged["image_mean"]]
+        self.image_std = [float(v) for v in merged["image_std"]]
         self.factor = self.patch_size * self.merge_size
 
     @property

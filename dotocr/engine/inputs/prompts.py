@@ -18,6 +18,7 @@ from typing import Any
 from dotocr.config import PROMPT_MODES
 from dotocr.errors import DotOCRError, ModelUnavailableError
 
+from ..model.spellings import ASSISTANT, END_SYSTEM, END_USER, IMAGE_END, IMAGE_PAD, IMAGE_START, SYSTEM, USER
 from .boxes import four_numbers
 
 __all__ = ["PROMPT_MODES", "build_prompt", "encode_prompt", "instruction_for", "resolve_prompt",
@@ -48,9 +49,6 @@ PROMPT_GROUNDING_OCR = (
     "Extract text from the given bounding box on the image (format: [x1, y1, x2, y2]).\nBounding Box:\n"
 )
 
-USER, END_USER, ASSISTANT = "<|user|>", "<|endofuser|>", "<|assistant|>"
-SYSTEM, END_SYSTEM = "<|system|>", "<|endofsystem|>"
-IMAGE_START, IMAGE_PAD, IMAGE_END = "<|img|>", "<|imgpad|>", "<|endofimg|>"
 IMAGE_PLACEHOLDER = IMAGE_START + IMAGE_PAD + IMAGE_END
 """What OpenAI-style clients put before the instruction to mark where the image goes."""
 

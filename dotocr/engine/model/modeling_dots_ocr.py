@@ -24,14 +24,10 @@ from transformers import Qwen2ForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_dots import DotsOCRConfig, DotsVisionConfig
+from .spellings import WEIGHT_ALIASES
 
 VISION_ROPE_THETA = 10000.0
 
-# Later dots checkpoints may spell the vision attention projections differently; mapped at load.
-CHECKPOINT_KEY_ALIASES = {
-    r"\.attn\.qkv_proj\.": ".attn.qkv.",
-    r"\.attn\.out_proj\.": ".attn.proj.",
-}
 
 
 class DotsRMSNorm(nn.Module):
@@ -225,7 +221,7 @@ class DotsOCRForCausalLM(Qwen2ForCausalLM):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        kwargs.setdefault("key_mapping", CHECKPOINT_KEY_ALIASES)
+        kwargs.setdefault("key_mapping", WEIGHT_ALIASES)
         kwargs["trust_remote_code"] = False
         return super().from_pretrained(*args, **kwargs)
 
