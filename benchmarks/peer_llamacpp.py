@@ -62,7 +62,7 @@ def child(args: argparse.Namespace) -> dict:
     preparer = ImagePreparer.from_pretrained(folder)
     # llama.cpp memory-maps the GGUF: page every weight in with a short text prompt first, as the torch child
     # touches its weights, so neither the timings nor the resident size mix loading with inference.
-    decoder.generate(DecodeRequest([1, 2, 3, 4], None, None, 1000, 2), lambda token: False)
+    decoder.generate(DecodeRequest([1, 2, 3, 4], None, None, 1000, 2), lambda token, probability: False)
     load_s = time.perf_counter() - started
     rss_loaded = rss_bytes()
 
@@ -75,7 +75,7 @@ def child(args: argparse.Namespace) -> dict:
     tower.register_forward_hook(lambda *_: marks.__setitem__("vision_end", time.perf_counter()))
     times: list[float] = []
 
-    def on_token(token: int) -> bool:
+    def on_token(token: int, probability: float) -> bool:
         times.append(time.perf_counter())
         return False
 

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from ..model.vision_tower import load_vision_tower
 from ..plan import LoadPlan
 from .base import DecodeRequest, OnToken
 from .sampling import run_token_loop
+from .speculation import BatchCosts
 from .thread_tuner import ThreadTuner
 
 log = logging.getLogger("dotocr.engine.llamacpp")
@@ -64,6 +65,7 @@ class LlamaCppDecoder:
         # kept across requests: it follows the machine's load (tune_threads=False: always n_threads, for benchmarks)
         self._tuner = ThreadTuner(self._n_threads, adaptive=tune_threads)
         self._decode_threads = self._n_threads
+        self.batch_costs = BatchCosts()
         llama = self._llama
         offload = device == "cuda" and bool(llama.llama_supports_gpu_offload())
         if device == "cuda" and not offload:
@@ -98,7 +100,11 @@ class LlamaCppDecoder:
 
     def generate(self, request: DecodeRequest, on_token: OnToken, *, rng: np.random.Generator | None = None
                  ) -> list[int]:
-        """New tokens after the prompt, eos included if produced; `on_token` sees each as soon as it is picked."""
+        """New tokens after the prompt, eos included if produced; `on_token` sees each as soon as it is picked.
+
+        With `request.drafter` the drafted tokens are checked in one batch with logits at every row, and the
+        rejected ones are removed from the KV cache (`llama_memory_seq_rm`) before the next batch.
+        """
         with self._lock:
             self._start(len(request.prompt_ids) + request.max_new_tokens)
             if request.max_new_tokens <= 0:
@@ -106,15 +112,21 @@ class LlamaCppDecoder:
             first = self._prefill(request, all_logits=False)[-1]
             position = len(request.prompt_ids)
 
-            def advance(token: int) -> np.ndarray:
+            def feed(tokens: Sequence[int]) -> np.ndarray:
                 nonlocal position
-                logits = self._decode_next(token, position)
-                position += 1
+                logits = self._decode_next(list(tokens), position)
+                position += len(tokens)
                 return logits
 
-            return run_token_loop(first, advance, max_new_tokens=request.max_new_tokens, on_token=on_token,
+            def rewind(count: int) -> None:
+                nonlocal position
+                position -= count
+                self._forget_from(position)
+
+            return run_token_loop(first, feed, max_new_tokens=request.max_new_tokens, on_token=on_token,
                                   eos_token_ids=request.eos_token_ids, temperature=request.temperature,
-                                  top_p=request.top_p, rng=rng)
+                                  top_p=request.top_p, rng=rng, rewind=rewind, drafter=request.drafter,
+                                  plain_step=lambda: self._tuner.probing)
 
     def prompt_logits(self, request: DecodeRequest) -> np.ndarray:
         """Logits at every prompt position (prompt length x vocab): what parity is checked on."""
@@ -228,17 +240,24 @@ class LlamaCppDecoder:
                 "merged patch.")
         return rows
 
-    def _decode_next(self, token: int, position: int) -> np.ndarray:
-        """One generated token's logits, decoded at the thread count the tuner picks, and timed for it."""
+    def _decode_next(self, tokens: list[int], position: int) -> np.ndarray:
+        """Generated tokens' logits (one row per token), decoded at the thread count the tuner picks, and timed
+        for it (the tuner compares single tokens; a verification batch only counts towards its clock)."""
         threads = self._tuner.threads()
         if threads != self._decode_threads:
             self._llama.llama_set_n_threads(self._ctx, threads, self._n_threads)
             self._decode_threads = threads
             log.debug("llama.cpp decodes with %d thread(s) now", threads)
         started = time.perf_counter()
-        logits = self._decode_tokens([token], position, want=[True])[-1]
-        self._tuner.record(threads, time.perf_counter() - started)
+        logits = self._decode_tokens(tokens, position, want=[True] * len(tokens))
+        self._tuner.record(threads, time.perf_counter() - started, tokens=len(tokens))
         return logits
+
+    def _forget_from(self, position: int) -> None:
+        """Remove every position from `position` on from the KV cache (a rejected draft leaves no trace)."""
+        llama = self._llama
+        if not llama.llama_memory_seq_rm(llama.llama_get_memory(self._ctx), 0, position, -1):
+            raise LlamaCppDecodeError(f"llama.cpp could not remove positions from {position} on from its cache.")
 
     def _decode_tokens(self, ids: list[int], position: int, want: list[bool]) -> np.ndarray:
         batch = self._tokens
