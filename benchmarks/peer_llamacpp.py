@@ -102,7 +102,7 @@ def own_child(args: argparse.Namespace) -> dict:
     import llama_cpp.mtmd_cpp as mtmd
     import numpy as np
 
-    from dotocr.engine.decoders.llamacpp import cpu_has_amx
+    from dotocr.engine.decoders.amx import extra_buffers_allowed
     from dotocr.engine.inputs.preprocessing import ImagePreparer
     from dotocr.engine.inputs.prompts import ASSISTANT, END_USER, USER, instruction_for
 
@@ -111,8 +111,7 @@ def own_child(args: argparse.Namespace) -> dict:
     llama.llama_backend_init()
     model_params = llama.llama_model_default_params()
     model_params.n_gpu_layers = -1 if args.device == "cuda" else 0
-    if cpu_has_amx():
-        model_params.use_extra_bufts = False  # as in our decoder: llama.cpp's AMX kernels crash on such CPUs
+    model_params.use_extra_bufts = extra_buffers_allowed()  # as in our decoder: AMX only with the permission
     model = llama.llama_model_load_from_file(os.fsencode(args.text_gguf), model_params)
     params = llama.llama_context_default_params()
     params.n_ctx = 8192

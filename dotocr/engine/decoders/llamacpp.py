@@ -32,6 +32,7 @@ from ..gguf.convert import ensure_gguf
 from ..llamacpp_runtime import load_bindings, recent_llama_errors
 from ..model.vision_tower import load_vision_tower
 from ..plan import LoadPlan
+from .amx import extra_buffers_allowed
 from .base import DecodeRequest, OnToken
 from .sampling import run_token_loop
 from .speculation import BatchCosts
@@ -73,10 +74,10 @@ class LlamaCppDecoder:
         self.device = "cuda" if offload else "cpu"
         params = llama.llama_model_default_params()
         params.n_gpu_layers = -1 if offload else 0
-        if cpu_has_amx():
-            # llama.cpp 0.3.36 puts Q8_0/Q4 weights in its AMX buffer on such CPUs, whose kernel dies with an
-            # illegal instruction (tilezero) on our Xeon test machine; the plain AVX-512 kernels run fine.
-            params.use_extra_bufts = False
+        # On an AMX CPU llama.cpp puts Q8_0/Q4 weights in its AMX buffer, which needs Linux's per-process AMX
+        # permission: asked for here, before llama.cpp loads anything; without it the buffers stay off (amx.py).
+        self.extra_buffers = extra_buffers_allowed()
+        params.use_extra_bufts = self.extra_buffers
         self._model = llama.llama_model_load_from_file(os.fsencode(gguf), params)
         if not self._model:
             raise LlamaCppDecodeError(f"llama.cpp could not load {gguf}. {recent_llama_errors()}".rstrip())
@@ -295,15 +296,6 @@ class LlamaCppDecoder:
                     raise LlamaCppDecodeError(f"llama.cpp returned no logits for row {i} of a batch.")
                 rows.append(np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy())
         return np.stack(rows) if rows else np.empty((0, self.n_vocab), dtype=np.float32)
-
-
-def cpu_has_amx() -> bool:
-    """Whether the CPU reports Intel AMX (Linux only; the desktop CPUs we target have none)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            return any(line.startswith("flags") and " amx_tile" in line for line in info)
-    except OSError:
-        return False
 
 
 # -- loading ---------------------------------------------------------------------------------------------------
