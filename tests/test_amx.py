@@ -37,6 +37,7 @@ def test_extra_buffers_stay_on_without_amx_and_follow_the_permission_with_it(mon
 
 
 CHILD = textwrap.dedent("""
+    import logging
     import sys
     from pathlib import Path
     from dotocr.engine.decoders.base import DecodeRequest
@@ -45,6 +46,7 @@ CHILD = textwrap.dedent("""
     from dotocr.engine.decoders.amx import amx_permitted
     from tests.tiny_models import llamacpp_plan
 
+    logging.basicConfig(level=logging.DEBUG)  # llama.cpp's load log, which names the buffer types it used
     decoder = load_llamacpp_decoder(Path(sys.argv[1]), llamacpp_plan("q8_0"), n_threads=2, gguf_dir=Path(sys.argv[2]))
     assert decoder.extra_buffers and amx_permitted()
     prompt = [1005] + list(range(40, 100)) + [1006, 1007]
@@ -62,4 +64,4 @@ def test_llama_cpp_decodes_on_amx_tiles_in_a_fresh_process(dots_tiny, tmp_path):
                           text=True, cwd=root, env={**os.environ, "PYTHONPATH": root}, timeout=240)
     assert done.returncode == 0, f"exit {done.returncode} (-4 is SIGILL): {done.stderr[-2000:]}"
     assert "decoded 48" in done.stdout
-    assert "AMX" in done.stderr  # llama.cpp reported weights in its AMX buffer
+    assert "AMX" in done.stderr  # llama.cpp's load log put weights in its AMX buffer: the tiles really ran
