@@ -34,6 +34,8 @@ DEFAULT_MODEL = "rednote-hilab/dots.ocr"
 DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "4bit", "fp16", "bf16", "fp32")
 DECODERS = ("auto", "torch", "llamacpp")
+VISION_PRECISIONS = ("auto", "int8")
+"""auto: the vision tower in the precision's dtype; int8: its Linear layers in dynamic int8 (CPU only)."""
 SPECULATE = ("auto", "off")
 """Speculative decoding: auto drafts where it pays (the tokens never change), off never drafts."""
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_k_m")
@@ -82,6 +84,9 @@ class Settings:
     gguf_type: str = setting("", "GGUF weight type for the llama.cpp decoder", choices=GGUF_TYPES,
                              special=("",), special_means="chosen by the precision", flag="--gguf-type",
                              default_text="chosen by the precision")
+    vision_precision: str = setting("auto", "vision tower: auto follows --precision; int8 runs its Linear layers in "
+                                    "int8 (CPU only, measured faster but not the default)",
+                                    choices=VISION_PRECISIONS, flag="--vision-precision")
     speculate: str = setting("auto", "speculative decoding: auto checks guessed tokens in batches where that "
                              "pays (same tokens, faster structured answers); off decodes one token at a time",
                              choices=SPECULATE, flag="--speculate")
@@ -328,8 +333,8 @@ class _Unreadable(Exception):
 
 # -- command-line flags shared by `dotocr`, `dotocr-tray` and `dotocr-serve` -------------------------
 
-ENGINE_FLAGS = ("model", "device", "precision", "decoder", "gguf_type", "speculate", "max_image_size",
-                "max_new_tokens", "remote_url", "remote_model")
+ENGINE_FLAGS = ("model", "device", "precision", "decoder", "gguf_type", "vision_precision", "speculate",
+                "max_image_size", "max_new_tokens", "remote_url", "remote_model")
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:

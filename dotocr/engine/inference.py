@@ -79,7 +79,7 @@ class DotOCRInference(Engine):
             old, self._settings = self._settings, settings
             if self._loaded is None:
                 return
-            if old.model != settings.model:
+            if old.model != settings.model or old.vision_precision != settings.vision_precision:
                 self.unload()
                 return
             try:

@@ -30,7 +30,7 @@ import numpy as np
 from ...errors import DotOCRError
 from ..gguf.convert import ensure_gguf
 from ..llamacpp_runtime import load_bindings, recent_llama_errors
-from ..model.vision_tower import load_vision_tower
+from ..model.vision_tower import int8_vision_tower, load_vision_tower
 from ..plan import LoadPlan
 from .amx import extra_buffers_allowed
 from .base import DecodeRequest, OnToken
@@ -231,7 +231,7 @@ class LlamaCppDecoder:
 
         tower = self._vision
         with torch.inference_mode():
-            pixels = request.pixel_values.to(device=tower.merger.mlp[0].weight.device)
+            pixels = request.pixel_values.to(device=tower.patch_embed.patchifier.proj.weight.device)
             embeds = tower(pixels, request.grid_thw.to(pixels.device))
         rows = np.ascontiguousarray(embeds.float().cpu().numpy(), dtype=np.float32)
         if rows.shape != (n_image, self.n_embd):
@@ -311,7 +311,10 @@ def load_llamacpp_decoder(folder: Path, plan: LoadPlan, *, n_threads: int | None
     folder = Path(folder)
     load_bindings()  # fail with the install hint before spending minutes on a conversion
     gguf = ensure_gguf(folder, plan.gguf_type, directory=gguf_dir, n_threads=n_threads, on_progress=on_progress)
-    tower = load_vision_tower(folder, dtype=getattr(torch, plan.torch_dtype), device=plan.device)
+    if plan.vision_precision == "int8":
+        tower = int8_vision_tower(load_vision_tower(folder, dtype=torch.float32, device=plan.device))
+    else:
+        tower = load_vision_tower(folder, dtype=getattr(torch, plan.torch_dtype), device=plan.device)
     return LlamaCppDecoder(gguf, tower, gguf_type=plan.gguf_type, n_threads=n_threads, device=plan.device,
                            tune_threads=tune_threads)
 
