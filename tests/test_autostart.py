@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from dotocr.desktop import autostart as autostart_pkg
 from dotocr.desktop.autostart import AutostartError, default_tray_command, get_autostart
 from dotocr.desktop.autostart.windows import APPROVED_KEY, RUN_KEY, WindowsAutostart, run_command_line
 from dotocr.desktop.autostart.xdg import XdgAutostart, exec_line
-from dotocr.desktop import autostart as autostart_pkg
 from dotocr.tray.app import launch_flags_from
 
 pytestmark = pytest.mark.timeout(30)

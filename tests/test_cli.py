@@ -76,8 +76,8 @@ def test_parse_bbox_accepts_four_numbers_and_rejects_the_rest():
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("argv, message", [
     (["ocr", "x.png", "--bbox", "1,2,3"], "four numbers"),
-    (["ocr", "x.png", "--prompt", "grounding"], "needs --bbox"),
-    (["ocr", "x.png", "--prompt", "text", "--bbox", "1,2,30,40"], "needs --prompt grounding"),
+    (["ocr", "x.png", "--prompt", "grounding"], "needs a bounding box"),
+    (["ocr", "x.png", "--prompt", "text", "--bbox", "1,2,30,40"], "only applies to the grounding prompt"),
     (["ocr", "x.png", "--format", "pdf"], "invalid choice"),
     (["ocr", "x.png", "--max-image-size", "10"], "--max-image-size: 10 must be from 28 to 8192, or 0"),
     (["ocr", "x.png", "--decoder", "vllm"], "invalid choice"),
@@ -168,6 +168,29 @@ def test_folder_writer_leaves_existing_files_alone_unless_told(tmp_path):
     replacing.prepare(image)
     replacing.write(image, {"text": "result"})
     assert mine.read_text() == "result\n"
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="creating symlinks needs a privilege on Windows")
+def test_linked_pictures_never_go_through_a_planted_symlink_nor_over_a_file(tmp_path):
+    """--pictures link: the crops are written like results (issue 18, item 4)."""
+    from PIL import Image
+
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a-p2-picture1.png").symlink_to(victim)
+    page = InputImage(str(tmp_path / "a.pdf"), tmp_path / "a.pdf")
+    writer = FolderWriter(out, "markdown", [page])
+    crop = Image.new("RGB", (4, 3), "red")
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
+        writer.save_picture(page, 2, 1, crop)
+    assert victim.read_bytes() == b"precious"
+    assert writer.save_picture(page, 2, 2, crop) == "a-p2-picture2.png"
+    assert Image.open(out / "a-p2-picture2.png").size == (4, 3)
+    replacing = FolderWriter(out, "markdown", [page], overwrite=True)
+    replacing.save_picture(page, 2, 1, crop)  # --overwrite replaces the link itself, never its target
+    assert victim.read_bytes() == b"precious" and not (out / "a-p2-picture1.png").is_symlink()
 
 
 def test_names_with_line_breaks_cannot_forge_batch_headers():

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dotocr.config import Settings, SettingsError, SettingsFile, data_dir, settings_from_args
+from dotocr.config import Settings, SettingsError, SettingsFile, data_dir, setting_sources, settings_from_args
 from dotocr.engine import (
     LLAMACPP_INSTALL_HINT,
     LoadPlan,
@@ -374,15 +374,19 @@ def _check_model_folder(model: str, folder: Path, details: dict[str, Any]) -> Ch
 
 def check_settings(ctx: Context) -> Check:
     settings_file = ctx.settings_file
+    sources = setting_sources(ctx.args, settings_file)
     details = {"path": str(settings_file.path), "exists": settings_file.path.exists(),
                "problems": list(settings_file.problems), "broken": settings_file.broken,
-               "data_dir": str(data_dir()), "settings": ctx.settings.to_dict()}
+               "data_dir": str(data_dir()), "settings": ctx.settings.to_dict(), "sources": sources}
     if settings_file.problems:
         summary = f"{settings_file.path}: " + " ".join(settings_file.problems)
         return Check("settings", "Settings", WARN, summary,
-                     "Fix the file by hand; dotocr never overwrites a file it could not read.", details)
+                     "Fix the file (or the variable) by hand; dotocr never overwrites a file it could not read.",
+                     details)
     where = "" if details["exists"] else " (not created yet: defaults apply)"
-    return Check("settings", "Settings", OK, f"{settings_file.path}{where}", details=details)
+    this_run = [f"{key} from the {source}" for key, source in sources.items() if source.startswith(("flag", "env"))]
+    return Check("settings", "Settings", OK, f"{settings_file.path}{where}"
+                 + (f"; {', '.join(this_run)}" if this_run else ""), details=details)
 
 
 def check_hotkey(ctx: Context) -> Check:
@@ -573,7 +577,7 @@ def run_doctor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     settings_file = SettingsFile()
     base = settings_file.load()
     try:
-        settings = settings_from_args(args, base)
+        settings = settings_from_args(args, base, settings_file.problems)
     except SettingsError as exc:
         parser.error(str(exc))
     if getattr(args, "verbose", False):

@@ -8,15 +8,19 @@ page is done.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dotocr.cli.inputs import STDIN_NAME, InputImage
 from dotocr.storage import NORMAL_FILE, write_atomic
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 SUFFIXES = {"text": ".txt", "markdown": ".md", "json": ".json"}
 PAGE_BREAKS = {"text": "\f", "markdown": "\n---\n"}
@@ -93,7 +97,8 @@ class FolderWriter:
         self.output_format = output_format
         self.suffix = SUFFIXES[output_format]
         self.overwrite = overwrite
-        self._taken = {_key(p) for p in (i.path for i in inputs) if p is not None}
+        self._inputs = {_key(p) for p in (i.path for i in inputs) if p is not None}
+        self._taken = set(self._inputs)
         self._targets: dict[int, Path] = {}
         self._pages: dict[int, list[dict[str, Any]]] = {}
         self.written: list[Path] = []
@@ -137,6 +142,21 @@ class FolderWriter:
             return None
         return self._store(self.target_for(image), self._content(pages, document=True))
 
+    def save_picture(self, image: InputImage, page: int | None, number: int, crop: Image.Image) -> str:
+        """Store a picture cut from a page beside its result (`--pictures link`) and return the name the Markdown
+        links to: written like a result (never through a planted file, never over an existing one without
+        --overwrite, never over an input)."""
+        target = self.target_for(image)
+        name = f"{target.stem}{f'-p{page}' if page is not None else ''}-picture{number}.png"
+        path = target.with_name(name)
+        if _key(path) in self._inputs:
+            raise OutputExistsError(f"{shown_name(str(path))} is one of this batch's inputs; choose another --out "
+                                    "folder.")
+        png = io.BytesIO()
+        crop.save(png, format="PNG")
+        self._store(path, png.getvalue())
+        return name
+
     def _content(self, results: list[dict[str, Any]], *, document: bool) -> str:
         if self.output_format == "json":
             value: Any = results if document else results[0]
@@ -144,9 +164,10 @@ class FolderWriter:
         texts = [str(r.get("text", "")).rstrip("\n") for r in results]
         return ("\n" + PAGE_BREAKS[self.output_format] + "\n").join(texts) + "\n"
 
-    def _store(self, target: Path, content: str) -> Path:
+    def _store(self, target: Path, content: str | bytes) -> Path:
+        data = content.encode("utf-8", "replace") if isinstance(content, str) else content
         try:
-            write_atomic(target, content.encode("utf-8", "replace"), mode=NORMAL_FILE, overwrite=self.overwrite)
+            write_atomic(target, data, mode=NORMAL_FILE, overwrite=self.overwrite)
         except FileExistsError:
             raise self._exists(target) from None
         self.written.append(target)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dotocr.local_secret import CHALLENGE_HEADER, new_challenge, proves, read_secret
+from dotocr.loopback import LOOPBACK_ADDRESS
 
 PROBE_TIMEOUT_S = 0.3
 
@@ -41,7 +42,7 @@ class RunningServer:
         return f"{self.base_url}{where}"
 
 
-def probe_server(port: int, host: str = "127.0.0.1",
+def probe_server(port: int, host: str = LOOPBACK_ADDRESS,
                  timeout: float = PROBE_TIMEOUT_S) -> RunningServer | None:
     """The dotocr server answering on `host:port`, or None when nothing (or something else) answers."""
     base_url = f"http://{host}:{port}"

@@ -109,9 +109,9 @@ class TrayApp:
             autostart=_autostart_backend(),
             hotkey=hotkey,
             hotkey_unavailable=hotkey_unavailable,
-            select_region=self._select_region,
+            select_region=self.selector.select,
             cancel_selection=self.selector.close,
-            grab_region=self._grab_region,
+            grab_region=lambda region: region.grab(),
         )
         self.controller = Controller(
             settings=settings,
@@ -189,17 +189,6 @@ class TrayApp:
         self.root.destroy()
 
     # -- Tk-thread helpers -----------------------------------------------------------------------
-
-    def _select_region(self, on_done: Callable[[Any, Any], None]) -> None:
-        from dotocr.capture import grab_all
-
-        self.selector.open(grab_all(), on_done)
-
-    @staticmethod
-    def _grab_region(region: Any) -> Any:
-        from dotocr.capture import grab_rect
-
-        return grab_rect(region.left, region.top, region.width, region.height)
 
     def show_tk_menu(self) -> Any:
         from dotocr.tray.menu import popup_tk_menu
@@ -404,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     settings_file = SettingsFile()
     file_settings = settings_file.load()
-    overrides = overrides_from_args(args)
+    overrides = overrides_from_args(args, settings_file.problems)
     settings = file_settings.replace(**overrides)
     try:
         return run(settings, settings_file=settings_file, file_settings=file_settings,

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from dotocr.config import Settings
 from dotocr.errors import DotOCRError
 from dotocr.storage import write_atomic
 from dotocr.tray.messages import error_sentence, summarize_result
@@ -32,13 +31,13 @@ log = logging.getLogger(__name__)
 
 
 class CaptureFlow:
-    def __init__(self, services: Services, *, engine: Callable[[], Engine], settings: Callable[[], Settings],
-                 changed: Callable[[], None], notify: Callable[[str, str], None],
+    def __init__(self, services: Services, *, engine: Callable[[], Engine], changed: Callable[[], None],
+                 notify: Callable[[str, str], None],
                  quitting: Callable[[], bool], last_region_path: Path | None = None) -> None:
         self._services = services
         self._engine = engine
-        """The engine for a read; may wait for it to be created, raises a DotOCRError when it cannot be."""
-        self._settings = settings
+        """The engine for a read, holding the tray's current settings; may wait for it to be created or to take
+        new settings, raises a DotOCRError when it cannot be."""
         self._changed = changed
         self._notify = notify
         self._quitting = quitting
@@ -160,8 +159,7 @@ class CaptureFlow:
     def _read(self, image: Image.Image) -> None:
         started = time.monotonic()
         try:
-            settings = self._settings()
-            result = self._engine().ocr(image, prompt=settings.prompt, output_format=settings.output_format)
+            result = self._engine().ocr(image)  # the engine holds the tray's settings: prompt, output format
             self._deliver(result.text, time.monotonic() - started, result.prompt)
         except Exception as exc:
             log.error("OCR failed: %s", exc, exc_info=not isinstance(exc, DotOCRError))

@@ -74,8 +74,8 @@ class Controller:
                                           launch_flags=launch_flags)
         self.host = EngineHost(engine_factory, settings=lambda: self.tray_settings.current, changed=self._changed,
                                notify=self.notify, cuda_probe=services.cuda_probe)
-        self.flow = CaptureFlow(services, engine=self.host.engine_for_ocr, settings=lambda: self.tray_settings.current,
-                                changed=self._changed, notify=self.notify, quitting=lambda: self._quitting,
+        self.flow = CaptureFlow(services, engine=self.host.engine_for_ocr, changed=self._changed,
+                                notify=self.notify, quitting=lambda: self._quitting,
                                 last_region_path=last_region_path)
         self.hotkeys = HotkeyBinding(services.hotkey, unavailable=services.hotkey_unavailable, notify=self.notify)
 
@@ -239,8 +239,10 @@ class Controller:
         self.change_settings(prompt=prompt, output_format=output_format)
 
     def change_settings(self, **changes: Any) -> bool:
-        """Apply a menu change for this run and save it; command-line values of other items stay out of the file."""
+        """Apply a menu change for this run and save it; command-line values of other items stay out of the file.
+        The engine gets the new settings (a freed model stays freed); the next read waits until it has them."""
         saved = self.tray_settings.change(**changes)
+        self.host.load(keep_freed=True)
         self._changed()
         return saved
 

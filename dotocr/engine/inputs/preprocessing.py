@@ -126,8 +126,9 @@ class SizePlan:
         return self.size[0] / padded_w, self.size[1] / padded_h
 
 
-def smart_resize(height: float, width: float, factor: int = 28, min_pixels: int = 3136,
-                 max_pixels: int = 11289600) -> tuple[int, int]:
+def smart_resize(height: float, width: float, factor: int = PATCH_SIZE * MERGE_SIZE,
+                 min_pixels: int = DOTS_PREPROCESSOR_CONFIG["min_pixels"],
+                 max_pixels: int = DOTS_PREPROCESSOR_CONFIG["max_pixels"]) -> tuple[int, int]:
     """(height, width) as Qwen2-VL's processor sizes an image, step for step (vLLM uses that processor).
 
     Raises ValueError past MAX_ASPECT_RATIO, as the original does; `ImagePreparer.plan` pads before that.
