@@ -40,7 +40,10 @@ measured 0.0-0.25 per extra token up to 9 tokens)."""
 COST_SAMPLES = 9
 """Timings kept per batch size; their median is the size's cost."""
 MIN_COST_SAMPLES = 3
-"""A batch size's measured cost replaces the prior from this many timings on."""
+"""Plain steps timed before any batch is compared with them."""
+MIN_BATCH_SAMPLES = 2
+"""A batch size's measured cost replaces the prior from this many timings on: few, since until then drafts are
+kept to one token (see `known`), and on a CPU where batches are slow each of those timings costs a step."""
 MARGIN = 1.03
 """A draft must promise this much over a plain step: a marginal guess is not worth the risk of a slow step."""
 EXPLORE_EVERY = 16
@@ -107,6 +110,13 @@ class BatchCosts:
     def record(self, batch: int, seconds: float) -> None:
         self._seconds.setdefault(batch, deque(maxlen=COST_SAMPLES)).append(seconds)
 
+    def known(self) -> bool:
+        """Whether a 2-token batch has been timed against plain steps: until then drafts stay at one token, so a
+        decoder whose batches are slow (llama.cpp on some CPUs: 2-3 plain steps for two tokens) pays little
+        to find out."""
+        plain, pair = self._seconds.get(1), self._seconds.get(2)
+        return bool(plain and pair and len(plain) >= MIN_COST_SAMPLES and len(pair) >= MIN_BATCH_SAMPLES)
+
     def cost(self, batch: int) -> float:
         """What verifying `batch` tokens costs in plain one-token steps: measured once timed often enough, else
         extrapolated from the largest measured smaller batch (costs grow slower than linearly, so this is
@@ -117,7 +127,7 @@ class BatchCosts:
             return 1.0 + PRIOR_COST_PER_TOKEN * (batch - 1)
         for size in range(batch, 1, -1):
             times = self._seconds.get(size)
-            if times and len(times) >= MIN_COST_SAMPLES:
+            if times and len(times) >= MIN_BATCH_SAMPLES:
                 measured = max(median(times) / one, 1e-3)
                 return measured if size == batch else 1.0 + (measured - 1.0) * (batch - 1) / (size - 1)
         return 1.0 + PRIOR_COST_PER_TOKEN * (batch - 1)
@@ -158,7 +168,7 @@ class Drafter:
         if not match:
             return []
         bucket = _bucket(match)
-        size = self._worth(bucket, len(continuation))
+        size = self._worth(bucket, len(continuation) if self.costs.known() else 1)
         if size == 0:
             self._idle[bucket] += 1
             if self._idle[bucket] < EXPLORE_EVERY or 2.0 / self.costs.cost(2) <= MARGIN:
