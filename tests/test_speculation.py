@@ -47,6 +47,9 @@ class FixedCosts(BatchCosts):
     def record(self, batch: int, seconds: float) -> None:
         pass
 
+    def known(self) -> bool:
+        return True
+
     def cost(self, batch: int) -> float:
         return 1.0 + self.per_token * (batch - 1)
 
@@ -132,6 +135,7 @@ def test_measured_costs_replace_the_prior_and_extrapolate():
         costs.record(2, 0.3)
     assert costs.cost(2) == pytest.approx(3.0)
     assert costs.cost(5) == pytest.approx(9.0)  # linear from the largest measured smaller batch
+    assert costs.known()
     drafter = Drafter(costs=costs)
     replay([1, 2, 3, 4] * 10 * EXPLORE_EVERY, drafter)
     assert drafter.draft_tokens == 0  # not even the periodic probe, since a sure 1-token draft loses
