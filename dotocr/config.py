@@ -90,7 +90,7 @@ class Settings:
                              special=("",), special_means="chosen by the precision", flag="--gguf-type",
                              default_text="chosen by the precision")
     vision_precision: str = setting("auto", "vision tower: auto follows --precision; int8 runs its Linear layers in "
-                                    "int8 (CPU only, measured faster but not the default)",
+                                    "int8 (CPU only; faster than fp32, not than bf16: not the default)",
                                     choices=VISION_PRECISIONS, flag="--vision-precision")
     speculate: str = setting("auto", "speculative decoding: auto checks guessed tokens in batches where that "
                              "pays (same tokens, faster structured answers); off decodes one token at a time",
