@@ -102,6 +102,11 @@ class ResultDisplay:
     def window_for(self, reading: Reading) -> ResultView | None:
         return self._windows.get(reading)
 
+    @property
+    def open_windows(self) -> list[ResultView]:
+        """The windows on screen, reading or finished, oldest first."""
+        return [w for w in [*self._finished, *self._windows.values()] if w.is_open]
+
     def close_all(self) -> None:
         """Quit: every window goes, a finished one being edited too (its text is in the history)."""
         for window in [*self._windows.values(), *self._finished]:

@@ -71,7 +71,7 @@ class TkTextArea:
                             background="white", foreground="#111111", insertbackground="#111111",
                             selectbackground="#bfdbfe", selectforeground="#111111", inactiveselectbackground="#dbeafe")
         self.scrollbar = ttk.Scrollbar(self.frame, orient="vertical", command=self.text.yview)
-        self.text.configure(yscrollcommand=self.scrollbar.set)
+        self.text.configure(yscrollcommand=self._scrolled)
         self.text.grid(row=0, column=0, sticky="nsew")
         self.scrollbar.grid(row=0, column=1, sticky="ns")
         self.frame.rowconfigure(0, weight=1)
@@ -125,6 +125,14 @@ class TkTextArea:
         ranges = self.text.tag_ranges(LOW_CONFIDENCE)
         return [(len(self.text.get("1.0", str(start))), len(self.text.get("1.0", str(end))))
                 for start, end in zip(ranges[::2], ranges[1::2], strict=True)]
+
+    def _scrolled(self, first: str, last: str) -> None:
+        """The scrollbar shows only when there is something to scroll."""
+        if float(first) <= 0.0 and float(last) >= 1.0:
+            self.scrollbar.grid_remove()
+        else:
+            self.scrollbar.grid()
+        self.scrollbar.set(first, last)
 
     def _writable(self) -> _Writable:
         return _Writable(self)
