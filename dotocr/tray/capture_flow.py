@@ -25,7 +25,7 @@ from PIL import Image
 from dotocr.errors import DotOCRError
 from dotocr.storage import write_atomic
 from dotocr.tray.messages import error_sentence
-from dotocr.tray.picture_sources import Pictures, clipboard_pictures, file_pictures
+from dotocr.tray.picture_sources import PictureError, Pictures, clipboard_pictures, file_pictures
 from dotocr.tray.reading import Outcome, Reading
 from dotocr.tray.services import Services
 
@@ -255,7 +255,8 @@ class CaptureFlow:
                 log.info("A cancelled read ended with %s", type(exc).__name__)
                 return
             log.error("OCR failed: %s", exc, exc_info=not isinstance(exc, DotOCRError))
-            outcome = Outcome("failed", time.monotonic() - started, sentence=error_sentence(exc), results=results)
+            outcome = Outcome("failed", time.monotonic() - started, sentence=error_sentence(exc), results=results,
+                              title="No picture to read" if isinstance(exc, PictureError) else "")
         finally:
             with self._lock:
                 if self._reading is reading:

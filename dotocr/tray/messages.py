@@ -55,7 +55,7 @@ def outcome_toast(outcome: Outcome) -> tuple[str, str]:
         reason = outcome.sentence.rstrip(".")
         where = "; the text is in History, click it there to copy it again." if outcome.in_history else "."
         return "Could not copy the text", reason + where
-    return "OCR failed", outcome.sentence
+    return outcome.title or "OCR failed", outcome.sentence
 
 
 def outcome_line(outcome: Outcome) -> str:

@@ -104,6 +104,8 @@ class Outcome:
     """The answer (copied, or kept in the history when copying failed)."""
     sentence: str = ""
     """For failures: what went wrong, in one sentence."""
+    title: str = ""
+    """For failures: the toast's title, when "OCR failed" is not what happened (no picture on the clipboard)."""
     in_history: bool = True
     results: list[OCRResult] = field(default_factory=list)
     """The engine's results (one per PDF page); the rich copy forms and low-confidence spans come from here."""
