@@ -25,7 +25,7 @@ from dotocr.capture import BASE_DPI, Monitor, Rect, list_monitors, monitor_at, m
 from dotocr.tray.messages import progress_line
 from dotocr.tray.reading import Reading
 from dotocr.tray.result_display import CopyChoice, CopyError, Span
-from dotocr.tray.text_area import TextArea, TkTextArea
+from dotocr.tray.text_area import TextArea, make_text_area
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ def scale_for(root: tk.Misc, monitor: Monitor | None) -> float:
 
 class ResultWindow:
     def __init__(self, root: tk.Misc, reading: Reading, on_cancel: Callable[[], Any], *,
-                 monitors: Callable[[], Sequence[Monitor]] = list_monitors, auto_close_s: float = AUTO_CLOSE_S,
-                 text_area: Callable[..., TextArea] | None = None) -> None:
+                 monitors: Callable[[], Sequence[Monitor]] = list_monitors, auto_close_s: float = AUTO_CLOSE_S
+                 ) -> None:
         self._root = root
         self._reading = reading
         self._on_cancel = on_cancel
@@ -85,8 +85,7 @@ class ResultWindow:
         body.pack(fill="both", expand=True)
         self.status = ttk.Label(body, text="Reading the picture\u2026", style="Dotocr.TLabel", anchor="w")
         self.status.pack(fill="x", pady=(0, round(6 * scale)))
-        make_area = text_area or TkTextArea
-        self.area: TextArea = make_area(body, font=self.text_font, on_key=self._copy_key)
+        self.area: TextArea = make_text_area(body, font=self.text_font, on_key=self._copy_key, on_escape=self._escape)
         self.area.frame.pack(fill="both", expand=True)
         self.buttons = ttk.Frame(body, style="Dotocr.TFrame")
         self.buttons.pack(fill="x", pady=(round(8 * scale), 0))

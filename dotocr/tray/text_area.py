@@ -7,10 +7,14 @@ Windows `native_edit.NativeTextArea` puts a real RichEdit control there instead,
 
 from __future__ import annotations
 
+import logging
+import sys
 import tkinter as tk
 from collections.abc import Callable, Sequence
 from tkinter import ttk
 from typing import Protocol
+
+log = logging.getLogger(__name__)
 
 LOW_CONFIDENCE = "low_confidence"
 UNDERLINE_COLOUR = "#d97706"
@@ -41,6 +45,20 @@ class TextArea(Protocol):
     def underlined(self) -> list[tuple[int, int]]:
         """The underlined spans as character offsets (for tests and the screen reader's description)."""
         ...
+
+
+def make_text_area(master: tk.Misc, *, font: object, on_key: Callable[[object], str | None] | None = None,
+                   on_escape: Callable[[], None] | None = None) -> TextArea:
+    """The native RichEdit control on Windows (screen readers read it), else, or when it cannot be made, Tk's."""
+    if sys.platform == "win32":
+        try:
+            from dotocr.tray.native_edit import NativeTextArea
+
+            return NativeTextArea(master, font=font, on_key=on_key, on_escape=on_escape)
+        except Exception as exc:  # no Msftedit.dll, a failed CreateWindowExW: Tk's Text still works
+            log.warning("The native text control could not be made (%s); the result window uses Tk's Text, which "
+                        "screen readers cannot read", exc)
+    return TkTextArea(master, font=font, on_key=on_key)
 
 
 def segments(text: str, spans: Sequence[tuple[int, int]]) -> list[tuple[str, bool]]:
