@@ -17,6 +17,7 @@ from PIL import Image
 
 from dotocr.config import Settings
 from dotocr.engine import OCRResult
+from dotocr.tray.capture_flow import CLEAR_MS
 from dotocr.tray.choices import CudaFacts
 from dotocr.tray.controller import Controller, Services
 from dotocr.tray.history import History
@@ -64,6 +65,7 @@ class FakeWindow:
         self.reading, self.on_cancel = reading, on_cancel
         self.finished: tuple[str | None, dict[str, Any]] | None = None
         self.closed = False
+        self.edited = False
 
     @property
     def is_open(self) -> bool:
@@ -286,3 +288,23 @@ def test_an_image_file_and_a_pdf_page_by_page(tmp_path):
     harness.finish()
     assert len(harness.engine.inputs) == 3
 
+
+
+def test_a_new_capture_closes_finished_windows_but_not_one_being_edited(tmp_path):
+    harness = Harness(tmp_path, "always", words=SHORT)
+    harness.read()
+    harness.finish()
+    harness.read()
+    harness.finish()
+    first, second = harness.windows
+    second.edited = True
+    harness.controller.capture()
+    assert first.closed and not second.closed
+    assert harness.selected == []  # the overlay waits for the desktop to repaint under the closed window...
+    [(delay, grab)] = harness.scheduled
+    assert delay == CLEAR_MS
+    grab()
+    assert len(harness.selected) == 1  # ...then opens
+    harness.selected[0](None, None)  # the overlay reports a cancel
+    harness.controller.capture()  # nothing left to close: at once
+    assert len(harness.selected) == 2

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+CLEAR_MS = 100
+"""After finished result windows close for a new capture, the time the desktop gets to repaint what they covered
+before the screen is grabbed (only then; a capture with no window open grabs at once)."""
 PAGE_SEPARATOR = "\n\n"
 """Between the pages of a PDF read in the tray: a blank line, which every paste target keeps."""
 
@@ -47,6 +50,10 @@ class ReadListener(Protocol):
     def finished(self, reading: Reading, outcome: Outcome) -> None: ...
 
     def cancelled(self, reading: Reading) -> None: ...
+
+    def clear_for_capture(self) -> bool:
+        """Tk thread: close the finished result windows nobody is editing; True when one closed."""
+        ...
 
 
 class CaptureFlow:
@@ -109,11 +116,25 @@ class CaptureFlow:
             self._notify("Capture is not available", "No screen overlay could be opened on this desktop.")
             return
         self._selecting = True
+        self._after_clearing(lambda: self._open_overlay(select))
+
+    def _open_overlay(self, select: Callable[[Callable[..., None]], None]) -> None:
+        if not self._selecting or self._quitting():
+            return  # dismissed while the last result window was closing
         try:
             select(self._on_region_selected)
         except Exception as exc:
             self._selecting = False
             self._capture_failed("Opening the overlay failed", exc, "The screen could not be captured")
+
+    def _after_clearing(self, grab: Callable[[], None]) -> None:
+        """Run `grab` once the finished result windows are off the screen: a new capture means the person has
+        moved on, and the frozen screen must not show the last result (one being edited stays)."""
+        schedule = self._services.schedule
+        if self._listener.clear_for_capture() and schedule is not None:
+            schedule(CLEAR_MS, grab)
+        else:
+            grab()
 
     def _on_region_selected(self, region: Any, crop: Image.Image | None) -> None:
         self._selecting = False
@@ -133,11 +154,15 @@ class CaptureFlow:
         if region is None:
             self._notify("No region yet", "Capture a region first; then it can be repeated without dragging.")
             return
-        if self._services.grab_region is None:
+        grab_region = self._services.grab_region
+        if grab_region is None:
             self._notify("Capture is not available", "The screen cannot be grabbed on this desktop.")
             return
+        self._after_clearing(lambda: self._grab_again(grab_region, region))
+
+    def _grab_again(self, grab_region: Callable[[Any], Image.Image], region: Any) -> None:
         try:
-            crop = self._services.grab_region(region)
+            crop = grab_region(region)
         except Exception as exc:
             self._capture_failed("Grabbing the last region failed", exc,
                                  "The last region could not be grabbed again")

@@ -41,6 +41,11 @@ class ResultView(Protocol):
     @property
     def is_open(self) -> bool: ...
 
+    @property
+    def edited(self) -> bool:
+        """A finished window whose text the person changed: it stays until they close it."""
+        ...
+
     def finish(self, text: str | None, *, status: str, problem: bool = False,
                copy_choices: Sequence[CopyChoice] = (), low_confidence: Sequence[Span] = ()) -> None: ...
 
@@ -106,6 +111,17 @@ class ResultDisplay:
     def open_windows(self) -> list[ResultView]:
         """The windows on screen, reading or finished, oldest first."""
         return [w for w in [*self._finished, *self._windows.values()] if w.is_open]
+
+    def clear_for_capture(self) -> bool:
+        """A new capture starts: finished windows nobody edits close, so the frozen screen is the person's, not
+        ours. True when one closed (the screen needs a moment to repaint under it)."""
+        closed = False
+        for window in self._finished:
+            if window.is_open and not window.edited:
+                window.close()
+                closed = True
+        self._finished = [w for w in self._finished if w.is_open]
+        return closed
 
     def close_all(self) -> None:
         """Quit: every window goes, a finished one being edited too (its text is in the history)."""

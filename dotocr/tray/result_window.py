@@ -124,6 +124,10 @@ class ResultWindow:
     def reading(self) -> bool:
         return self._state == "reading"
 
+    @property
+    def edited(self) -> bool:
+        return self._state == "done" and self.area.edited()
+
     def finish(self, text: str | None, *, status: str, problem: bool = False,
                copy_choices: Sequence[CopyChoice] = (), low_confidence: Sequence[Span] = ()) -> None:
         """The read ended: the final text in (None keeps what streamed), the status line, the copy buttons, and
