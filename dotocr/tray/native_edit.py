@@ -111,6 +111,8 @@ class NativeTextArea:
                               height=lines * int(font.metrics("linespace")))
         self.frame.update_idletasks()
         parent = self.frame.winfo_id()
+        if not parent:
+            raise OSError("Tk's frame has no window to hold the control")
         style = WS_CHILD | WS_VISIBLE | WS_VSCROLL | WS_TABSTOP | ES_MULTILINE | ES_AUTOVSCROLL | ES_NOHIDESEL \
             | ES_WANTRETURN
         self.hwnd = user32.CreateWindowExW(0, RICHEDIT_CLASS, "", style, 0, 0, 10, 10, parent, None, None, None)
