@@ -37,6 +37,10 @@ DEFAULT_MODEL = "rednote-hilab/dots.ocr"
 DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "4bit", "fp16", "bf16", "fp32")
 DECODERS = ("auto", "torch", "llamacpp")
+VISION_PRECISIONS = ("auto", "int8")
+"""auto: the vision tower in the precision's dtype; int8: its Linear layers in dynamic int8 (CPU only)."""
+SPECULATE = ("auto", "off")
+"""Speculative decoding: auto drafts where it pays (the tokens never change), off never drafts."""
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_k_m")
 """What the GGUF writer makes: F32 (exact against the torch decoder), F16, and llama.cpp's Q8_0 and Q4_K_M."""
 PROMPT_MODES = ("text", "layout", "layout-json", "grounding")
@@ -87,6 +91,12 @@ class Settings:
     gguf_type: str = setting("", "GGUF weight type for the llama.cpp decoder", choices=GGUF_TYPES,
                              special=("",), special_means="chosen by the precision", flag="--gguf-type",
                              default_text="chosen by the precision")
+    vision_precision: str = setting("auto", "vision tower: auto follows --precision; int8 runs its Linear layers in "
+                                    "int8 (CPU only; faster than fp32, not than bf16: not the default)",
+                                    choices=VISION_PRECISIONS, flag="--vision-precision")
+    speculate: str = setting("auto", "speculative decoding: auto checks guessed tokens in batches where that "
+                             "pays (same tokens, faster structured answers); off decodes one token at a time",
+                             choices=SPECULATE, flag="--speculate")
     max_image_size: int = setting(1024, "cap on the longest image side in pixels", minimum=IMAGE_FACTOR,
                                   maximum=8192, special=(0,), special_means="no cap beyond dots.ocr's own sizing",
                                   flag="--max-image-size", metavar="PX")
@@ -333,8 +343,8 @@ class _Unreadable(Exception):
 
 # -- command-line flags shared by `dotocr`, `dotocr-tray` and `dotocr-serve` -------------------------
 
-ENGINE_FLAGS = ("model", "device", "precision", "decoder", "gguf_type", "max_image_size", "max_new_tokens",
-                "remote_url", "remote_model")
+ENGINE_FLAGS = ("model", "device", "precision", "decoder", "gguf_type", "vision_precision", "speculate",
+                "max_image_size", "max_new_tokens", "remote_url", "remote_model")
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:

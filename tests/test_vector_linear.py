@@ -136,7 +136,7 @@ def test_lm_head_sees_one_position_per_step(dots_tiny):
                             image_token_id=model.config.image_token_id, max_new_tokens=6)
     seen: list[int] = []
     try:
-        tokens = decoder.generate(request, lambda token: seen.append(token) or len(seen) >= 6)
+        tokens = decoder.generate(request, lambda token, probability: seen.append(token) or len(seen) >= 6)
     finally:
         hook.remove()
     assert len(ids) > 1 and len(tokens) == 6

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..config import Settings
@@ -80,6 +80,15 @@ class Generated:
     gguf_type: str | None = None
     loop_start: int | None = None
     peak_gpu_mb: float | None = None
+    tokens: list[int] = field(default_factory=list)
+    """The kept tokens: what `kept` decodes from (empty where the engine does not see tokens: remote)."""
+    token_probabilities: list[float] = field(default_factory=list)
+    """The probability the model gave each of `tokens` when it wrote it (softmax of that step's logits, the
+    verified distribution under speculative decoding), same order: low values mark where it was unsure."""
+    draft_tokens: int | None = None
+    """Speculative decoding: drafted tokens the model checked (None where the engine does not draft: remote)."""
+    accepted_tokens: int | None = None
+    """... and those of them it kept."""
 
 
 class Engine:
@@ -145,15 +154,18 @@ class Engine:
         run = self._generate(picture, call)
         text, cells = format_answer(call.prompt, run.kept, run.prepared, picture, markdown)
         width, height = run.prepared.original_size
+        timings = {"preprocess": round(run.prepared_at - started, 4),
+                   "prefill": round(run.first_token_at - run.prepared_at, 4),
+                   "decode": round(run.finished_at - run.first_token_at, 4),
+                   "total": round(time.perf_counter() - started, 4)}
+        if run.draft_tokens is not None:
+            timings.update(draft_tokens=run.draft_tokens, accepted_tokens=run.accepted_tokens or 0)
         return OCRResult(
             text=text, raw=run.raw, prompt=call.prompt, stop_reason=run.stop_reason, width=width, height=height,
             image_tokens=run.prepared.image_tokens, prompt_tokens=run.prompt_tokens,
             generated_tokens=run.generated_tokens, device=run.device, precision=run.precision,
             decoder=run.decoder, gguf_type=run.gguf_type,
-            timings={"preprocess": round(run.prepared_at - started, 4),
-                     "prefill": round(run.first_token_at - run.prepared_at, 4),
-                     "decode": round(run.finished_at - run.first_token_at, 4),
-                     "total": round(time.perf_counter() - started, 4)},
+            timings=timings,
             peak_gpu_mb=run.peak_gpu_mb, loop_start=run.loop_start, cells=cells, file=file)
 
     def _generate(self, picture: Image.Image, call: Call) -> Generated:

@@ -108,6 +108,10 @@ def load_checkpoint(folder: Path, plan: LoadPlan,
     # Only the stop ids come from the checkpoint's generation_config; its max_length (32768) would just fight
     # max_new_tokens, which the engine sets per call.
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=eos[0], do_sample=False)
+    if plan.vision_precision == "int8":
+        from .model.vision_tower import int8_vision_tower
+
+        model.vision_tower = int8_vision_tower(model.vision_tower)
     return LoadedModel(decoder=TorchDecoder(model, plan.device, plan.precision), tokenizer=tokenizer,
                        preparer=preparer, eos_token_ids=eos, image_token_id=config.image_token_id, folder=folder,
                        device=plan.device, precision=plan.precision, memory=memory)

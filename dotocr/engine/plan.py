@@ -44,6 +44,8 @@ class LoadPlan:
     decoder: str = "torch"
     gguf_type: str | None = None
     """For the llama.cpp decoder: the GGUF weight type (f32, f16, q8_0, q4_k_m)."""
+    vision_precision: str = "auto"
+    """"int8": the vision tower's Linear layers in dynamic int8 (CPU only); "auto": the tower in `torch_dtype`."""
 
     @property
     def torch_dtype(self) -> str:
@@ -59,8 +61,13 @@ def plan_load(settings: Settings, *, cuda: dict[str, Any] | None = None,
               llamacpp: bool | None = None) -> LoadPlan:
     """Decide where and how to run, and which decoder. `cuda` describes the GPU (see `describe_cuda`) and
     `llamacpp` says whether llama.cpp can be used; tests pass their own."""
-    plan = _plan_device(settings, describe_cuda() if cuda is None else cuda)
-    return _plan_decoder(settings, plan, llamacpp)
+    plan = _plan_decoder(settings, _plan_device(settings, describe_cuda() if cuda is None else cuda), llamacpp)
+    if settings.vision_precision == "int8":
+        if plan.device != "cpu" or (plan.decoder == "torch" and plan.precision == "4bit"):
+            raise PrecisionError("--vision-precision int8 runs on the CPU only, and not with the torch decoder in "
+                                 "4-bit; use --device cpu, or --vision-precision auto.")
+        plan = dataclasses.replace(plan, vision_precision="int8", reason=plan.reason + "; vision tower in int8")
+    return plan
 
 
 def _plan_decoder(settings: Settings, plan: LoadPlan, llamacpp: bool | None) -> LoadPlan:

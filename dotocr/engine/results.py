@@ -30,7 +30,8 @@ class OCRResult:
     gguf_type: str | None = None
     """With the llama.cpp decoder: the GGUF weight type (f32, f16, q8_0, q4_k_m)."""
     timings: dict[str, float] = field(default_factory=dict)
-    """Seconds per stage: preprocess, prefill (vision + prompt), decode, total."""
+    """Seconds per stage: preprocess, prefill (vision + prompt), decode, total; from the local engine also
+    draft_tokens and accepted_tokens (speculative decoding: drafted tokens the model checked, and kept)."""
     peak_gpu_mb: float | None = None
     loop_start: int | None = None
     """With stop_reason "repetition": the index among the generated tokens where the loop began (else None)."""
