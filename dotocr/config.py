@@ -39,7 +39,7 @@ PRECISIONS = ("auto", "4bit", "fp16", "bf16", "fp32")
 DECODERS = ("auto", "torch", "llamacpp")
 VISION_PRECISIONS = ("auto", "int8")
 """auto: the vision tower in the precision's dtype; int8: its Linear layers in dynamic int8 (CPU only)."""
-SPECULATE = ("auto", "off")
+SPECULATE = ("auto", "on", "off")
 """Speculative decoding: auto drafts where it pays (the tokens never change), off never drafts."""
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_k_m")
 """What the GGUF writer makes: F32 (exact against the torch decoder), F16, and llama.cpp's Q8_0 and Q4_K_M."""
@@ -94,8 +94,10 @@ class Settings:
     vision_precision: str = setting("auto", "vision tower: auto follows --precision; int8 runs its Linear layers in "
                                     "int8 (CPU only; faster than fp32, not than bf16: not the default)",
                                     choices=VISION_PRECISIONS, flag="--vision-precision")
-    speculate: str = setting("auto", "speculative decoding: auto checks guessed tokens in batches where that "
-                             "pays (same tokens, faster structured answers); off decodes one token at a time",
+    speculate: str = setting("auto", "speculative decoding: auto checks guessed tokens in batches only where a "
+                             "batch computes each token exactly as one at a time (fp32 torch, F32 GGUF on the CPU), "
+                             "so no token can change; on everywhere (faster structured answers where batches are "
+                             "cheap, a token may differ at a near-tie); off one token at a time",
                              choices=SPECULATE, flag="--speculate")
     max_image_size: int = setting(1024, "cap on the longest image side in pixels", minimum=IMAGE_FACTOR,
                                   maximum=8192, special=(0,), special_means="no cap beyond dots.ocr's own sizing",

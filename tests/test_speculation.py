@@ -375,3 +375,15 @@ def test_the_engine_reports_drafts_and_probabilities_and_off_changes_no_token(tm
         assert 0 < len(run.tokens) == len(run.token_probabilities)
         assert all(0.0 < p <= 1.0 for p in run.token_probabilities)
     np.testing.assert_allclose(runs["auto"].token_probabilities, runs["off"].token_probabilities, rtol=1e-4)
+
+
+def test_auto_speculates_only_where_a_batch_cannot_change_a_token():
+    """fp32 torch and an F32 GGUF on the CPU compute a batch's rows as single tokens bit for bit; the default Q8_0
+    and bf16 paths do not (a near tie can flip), so `auto` leaves them alone and `on` is the person's choice."""
+    from dotocr.engine.plan import speculates
+
+    assert speculates("auto", "cpu", "torch", "fp32") and speculates("auto", "cpu", "llamacpp", "f32")
+    for decoder, weights in (("torch", "bf16"), ("torch", "4bit"), ("llamacpp", "q8_0"), ("llamacpp", "f16")):
+        assert not speculates("auto", "cpu", decoder, weights)
+        assert speculates("on", "cpu", decoder, weights) and not speculates("off", "cpu", decoder, weights)
+    assert not speculates("auto", "cuda", "torch", "fp32")  # not measured on a GPU

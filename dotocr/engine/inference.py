@@ -29,7 +29,7 @@ from .decoders.generation import TokenPipeline
 from .decoders.speculation import Drafter, seed_for
 from .inputs.prompts import encode_prompt
 from .loading import LoadedModel, load_checkpoint
-from .plan import plan_load
+from .plan import plan_load, speculates
 from .status import EngineState, Status
 
 if TYPE_CHECKING:
@@ -194,7 +194,9 @@ class DotOCRInference(Engine):
         max_new_tokens = min(call.max_new_tokens, loaded.decoder.max_positions - len(ids))  # the model's context
         pipeline = TokenPipeline(tokenizer=loaded.tokenizer, eos_token_ids=loaded.eos_token_ids,
                                  max_new_tokens=max_new_tokens, on_text=call.on_text, should_stop=call.should_stop)
-        drafter = _drafter(loaded, call.prompt) if self._settings.speculate == "auto" else None
+        weights = loaded.gguf_type if loaded.decoder.name == "llamacpp" else loaded.precision
+        speculate = speculates(self._settings.speculate, loaded.device, loaded.decoder.name, weights)
+        drafter = _drafter(loaded, call.prompt) if speculate else None
         request = DecodeRequest(prompt_ids=ids, pixel_values=prepared.pixel_values, grid_thw=prepared.grid_thw,
                                 image_token_id=loaded.image_token_id, max_new_tokens=max_new_tokens,
                                 temperature=call.temperature, top_p=call.top_p,

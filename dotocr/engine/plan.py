@@ -32,6 +32,11 @@ GGUF_FOR_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "f16", "4bit": "q4_k
 Q4_K_M, and `auto` on a CPU Q8_0 (llama.cpp's fast, near-lossless type)."""
 
 
+EXACT_BATCHES = {("torch", "fp32"), ("llamacpp", "f32")}
+"""Decoders and weights whose batched rows come out bit for bit as single tokens do on a CPU (measured,
+docs/performance.md section 10); elsewhere other kernels round a batch differently and can flip a near tie."""
+
+
 class PrecisionError(DotOCRError):
     """The requested device/precision cannot run on this machine."""
 
@@ -175,3 +180,13 @@ def cpu_prefers_bf16() -> bool:
         write_atomic(cache, json.dumps({"key": key, "bf16": bf16,
                                         "seconds": {str(k): v for k, v in timings.items()}}))
     return bf16
+
+
+def speculates(setting: str, device: str, decoder: str, weights: str | None) -> bool:
+    """Whether drafted tokens are checked in batches for this call: `on` always, `off` never, and `auto` only where
+    that cannot change a greedy token (`EXACT_BATCHES` on the CPU). `weights` is the precision (torch) or the GGUF
+    type (llama.cpp)."""
+    if setting != "auto":
+        return setting == "on"
+    return device == "cpu" and (decoder, weights) in EXACT_BATCHES
+

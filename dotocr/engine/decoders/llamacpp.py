@@ -32,7 +32,7 @@ from ..gguf.convert import ensure_gguf
 from ..llamacpp_runtime import load_bindings, recent_llama_errors
 from ..model.vision_tower import int8_vision_tower, load_vision_tower
 from ..plan import LoadPlan
-from .amx import extra_buffers_allowed
+from .amx import extra_buffers_allowed, request_amx_permission
 from .base import DecodeRequest, OnToken
 from .sampling import run_token_loop
 from .speculation import BatchCosts
@@ -54,7 +54,7 @@ class LlamaCppDecoder:
     name = "llamacpp"
 
     def __init__(self, gguf: Path, vision: Any, *, gguf_type: str, n_threads: int | None = None,
-                 device: str = "cpu", tune_threads: bool = True) -> None:
+                 device: str = "cpu", tune_threads: bool = True, extra_buffers: bool | None = None) -> None:
         import torch
 
         self._llama = load_bindings()
@@ -75,8 +75,8 @@ class LlamaCppDecoder:
         params = llama.llama_model_default_params()
         params.n_gpu_layers = -1 if offload else 0
         # On an AMX CPU llama.cpp puts Q8_0/Q4 weights in its AMX buffer, which needs Linux's per-process AMX
-        # permission: asked for here, before llama.cpp loads anything; without it the buffers stay off (amx.py).
-        self.extra_buffers = extra_buffers_allowed()
+        # permission and kernels that run: both checked before llama.cpp loads anything, else the buffers stay off.
+        self.extra_buffers = extra_buffers_allowed(gguf) if extra_buffers is None else extra_buffers
         params.use_extra_bufts = self.extra_buffers
         self._model = llama.llama_model_load_from_file(os.fsencode(gguf), params)
         if not self._model:
@@ -319,4 +319,15 @@ def load_llamacpp_decoder(folder: Path, plan: LoadPlan, *, n_threads: int | None
                            tune_threads=tune_threads)
 
 
-__all__ = ["LlamaCppDecodeError", "LlamaCppDecoder", "load_llamacpp_decoder"]
+def amx_probe(gguf: str) -> None:
+    """The child process `amx.amx_runs_here` starts on an AMX CPU: the permission, then `gguf` on llama.cpp's extra
+    (AMX) buffers, a prompt batch and a few tokens; "amx ok" when all of it ran. A SIGILL ends only this child."""
+    if not request_amx_permission():
+        raise SystemExit(3)
+    with LlamaCppDecoder(Path(gguf), None, gguf_type="probe", n_threads=2, extra_buffers=True) as decoder:
+        prompt = list(range(1, 33))
+        decoder.generate(DecodeRequest(prompt, None, None, -1, 4), lambda token, probability: False)
+    print("amx ok", flush=True)
+
+
+__all__ = ["LlamaCppDecodeError", "LlamaCppDecoder", "amx_probe", "load_llamacpp_decoder"]
