@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..config import Settings
+from .answers.confidence import Piece, low_confidence_spans
 from .answers.formatting import PLAIN, format_answer
 from .answers.markdown import MarkdownStyle
 from .inputs.images import ImageInput, load_image
@@ -89,6 +90,9 @@ class Generated:
     """Speculative decoding: drafted tokens the model checked (None where the engine does not draft: remote)."""
     accepted_tokens: int | None = None
     """... and those of them it kept."""
+    pieces: list[Piece] | None = None
+    """(text, probability) per kept token, adding up to `kept`; None where the engine cannot tell (a remote server
+    that sends no logprobs)."""
 
 
 class Engine:
@@ -166,7 +170,10 @@ class Engine:
             generated_tokens=run.generated_tokens, device=run.device, precision=run.precision,
             decoder=run.decoder, gguf_type=run.gguf_type,
             timings=timings,
-            peak_gpu_mb=run.peak_gpu_mb, loop_start=run.loop_start, cells=cells, file=file)
+            peak_gpu_mb=run.peak_gpu_mb, loop_start=run.loop_start, cells=cells, file=file,
+            low_confidence=None if run.pieces is None else low_confidence_spans(run.pieces, run.kept, text,
+                                                                              call.prompt),
+            pieces=run.pieces or [])
 
     def _generate(self, picture: Image.Image, call: Call) -> Generated:
         """Size `picture`, run the model on it as `call` says, and report what came back."""

@@ -25,7 +25,7 @@ from ..vision_grid import IMAGE_FACTOR
 from .base import Call, Engine, Generated
 from .checkpoint import resolve_checkpoint
 from .decoders.base import DecodeRequest
-from .decoders.generation import TokenPipeline
+from .decoders.generation import TokenPipeline, token_pieces
 from .decoders.speculation import Drafter, seed_for
 from .inputs.prompts import encode_prompt
 from .loading import LoadedModel, load_checkpoint
@@ -220,6 +220,7 @@ class DotOCRInference(Engine):
             loop_start=pipeline.guard.loop_start,
             peak_gpu_mb=loaded.memory.peak_mb() if loaded.memory is not None else None,
             tokens=kept, token_probabilities=pipeline.probabilities[:len(kept)],
+            pieces=token_pieces(loaded.tokenizer, kept, pipeline.probabilities[:len(kept)]),
             draft_tokens=drafter.draft_tokens if drafter else 0,
             accepted_tokens=drafter.accepted_tokens if drafter else 0)
 

@@ -50,6 +50,8 @@ def _model_of(result: type, name: str, doc: str) -> type[BaseModel]:
     hints = get_type_hints(result)
     spec: dict[str, Any] = {}
     for item in dataclasses.fields(result):
+        if not item.metadata.get("json", True):
+            continue
         if item.default is not dataclasses.MISSING:
             default: Any = item.default
         elif item.default_factory is not dataclasses.MISSING:
