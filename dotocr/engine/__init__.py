@@ -31,6 +31,7 @@ from .inputs.documents import (
     parse_page_ranges,
 )
 from .inputs.images import MAX_INPUT_PIXELS, ImageInput, declared_png_size, load_image
+from .inputs.preprocessing import preparation_bytes
 from .inputs.prompts import IMAGE_PLACEHOLDER, PROMPT_MODES, instruction_for, resolve_prompt, strip_image_placeholder
 from .llamacpp_runtime import INSTALL_HINT as LLAMACPP_INSTALL_HINT
 from .llamacpp_runtime import describe_llamacpp
@@ -74,4 +75,5 @@ __all__ = ["DEFAULT_DPI", "FURNITURE", "GGUF_TYPES", "IMAGE_PLACEHOLDER", "LLAMA
            "MarkdownStyle", "OCRResult", "Page", "PdfDocument", "PrecisionError", "RemoteEngine", "Status",
            "check_box", "check_dpi", "convert_gguf", "cpu_prefers_bf16", "declared_png_size", "describe_checkpoint",
            "describe_cuda", "describe_llamacpp", "instruction_for", "is_pdf", "load_image", "make_engine",
-           "parse_box", "parse_page_ranges", "plan_load", "resolve_prompt", "strip_image_placeholder"]
+           "parse_box", "parse_page_ranges", "plan_load", "preparation_bytes", "resolve_prompt",
+           "strip_image_placeholder"]

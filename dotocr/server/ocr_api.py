@@ -75,7 +75,7 @@ async def ocr(request: Request) -> JSONResponse:
             server.hold(ticket, MAX_PAGE_PIXELS * 12)  # one rendered page at a time: RGBA bitmap and RGB copy
             return JSONResponse(await _read_pdf(server, ticket, request, data, filename[:MAX_FILENAME], what,
                                                 form.fields, options))
-        image = await server.decode(ticket, data, what)
+        image = await server.decode(ticket, data, what, server.engine.settings.max_image_size)
         del form, data  # while it waits in line, the request holds the decoded image only
         result = await server.run_ocr(ticket, request.receive, image, file=filename[:MAX_FILENAME], **options)
     finally:

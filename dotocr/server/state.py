@@ -15,7 +15,7 @@ from PIL import Image
 from starlette.types import Receive
 
 from dotocr import __version__
-from dotocr.engine import OCRResult, Status, load_image
+from dotocr.engine import OCRResult, Status, load_image, preparation_bytes
 from dotocr.errors import DotOCRError
 
 from .errors import ApiError, busy_error, engine_error, loading_error, timeout_error
@@ -30,6 +30,9 @@ T = TypeVar("T")
 
 BYTES_NAME = "The image data"
 """How `load_image` names bytes in its messages."""
+PREPARE_RESERVE_BYTES = 192 * MIB
+"""Memory kept for the one image being prepared for the model (generations run one at a time): resizing any image
+within the 67-megapixel limit, a strip's padding included, takes at most about 186 MiB."""
 
 
 class ServerState:
@@ -38,7 +41,8 @@ class ServerState:
         self.limits = limits
         self.load_on_start = load_on_start
         self.gate = GenerationGate(limits.max_waiting)
-        self.budget = MemoryBudget(limits.max_decoded_bytes)
+        self.budget = MemoryBudget(limits.max_decoded_bytes,
+                                   prepare_room=min(PREPARE_RESERVE_BYTES, limits.max_decoded_bytes // 4))
         self.pacing = Pacing(limits.retry_after_s)
         self.loading = False
         self._loader: threading.Thread | None = None
@@ -125,19 +129,23 @@ class ServerState:
             return exc
         return busy_error(self.pacing.refused(self.gate.admitted)) if self.gate.full else None
 
-    async def decode(self, ticket: Ticket, data: bytes, what: str) -> Image.Image:
+    async def decode(self, ticket: Ticket, data: bytes, what: str, max_image_size: int | None) -> Image.Image:
         """Turn uploaded bytes into an image off the event loop, within the memory budget; 415/400/503.
 
         The header is read first (on a worker thread: even a header can be slow to parse) and the decoded
         size reserved from the budget before any pixel is decoded; the reservation lasts until the ticket
-        is given back, so images waiting in line count too.
+        is given back, so images waiting in line count too. What preparing it for the model will take (at
+        `max_image_size`, a strip's padding included) must fit the room kept for the one generation running.
         """
         size, mode = await to_thread.run_sync(inspect_image_bytes, data, what)
         cost = decoded_cost(size, mode)
-        if cost > self.budget.capacity:
-            raise ApiError(400, f"{what} is {size[0]} x {size[1]} pixels, about {cost // MIB} MiB once decoded, "
-                           f"more than this server holds ({self.budget.capacity // MIB} MiB); scale it down.",
-                           "invalid_image")
+        work = preparation_bytes(*size, max_image_size) if 0 not in size else 0
+        if cost > self.budget.holdable or work > self.budget.prepare_room:
+            need, room = max((cost, self.budget.holdable), (work, self.budget.prepare_room),
+                             key=lambda pair: pair[0] - pair[1])
+            raise ApiError(400, f"{what} is {size[0]} x {size[1]} pixels, about {need // MIB} MiB once decoded "
+                           f"and prepared, more than this server keeps for one image ({room // MIB} MiB); scale "
+                           "it down.", "invalid_image")
         self.hold(ticket, cost)
         try:
             return await to_thread.run_sync(load_image, data)
@@ -273,14 +281,20 @@ async def _watch_disconnect(receive: Receive, ticket: Ticket) -> None:
 
 
 class MemoryBudget:
-    """Bytes of decoded images the requests in flight may hold together (used on the event loop only)."""
+    """Bytes of decoded images the requests in flight may hold together (used on the event loop only), less
+    `prepare_room`, kept for preparing the one image being read (the gate runs one generation at a time)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, prepare_room: int = 0) -> None:
         self.capacity = capacity
+        self.prepare_room = prepare_room
         self.used = 0
 
+    @property
+    def holdable(self) -> int:
+        return self.capacity - self.prepare_room
+
     def reserve(self, amount: int) -> bool:
-        if self.used + amount > self.capacity:
+        if self.used + amount > self.holdable:
             return False
         self.used += amount
         return True
