@@ -29,6 +29,7 @@ from dotocr.engine import (
     MarkdownStyle,
     OCRResult,
     PdfDocument,
+    describe_pages,
     is_pdf,
     load_image,
     resolve_prompt,
@@ -158,7 +159,7 @@ def plan_jobs(images: list[InputImage], pages: list[int] | None,
             failed += 1
             continue
         if missing:
-            report(f"{_display(image)} has {count} pages; page {', '.join(map(str, missing))} "
+            report(f"{_display(image)} has {count} pages; page {describe_pages(missing)} "
                    f"{'does' if len(missing) == 1 else 'do'} not exist.")
             failed += 1
         for index, number in enumerate(present):

@@ -26,7 +26,10 @@ from .inputs.documents import (
     DocumentError,
     Page,
     PdfDocument,
+    RenderLimits,
+    RenderStopped,
     check_dpi,
+    describe_pages,
     is_pdf,
     parse_page_ranges,
 )
@@ -72,8 +75,8 @@ __all__ = ["DEFAULT_DPI", "FURNITURE", "GGUF_TYPES", "IMAGE_PLACEHOLDER", "LLAMA
            "LOADING_STATUSES", "MAX_INPUT_PIXELS", "MAX_PAGE_PIXELS", "PICTURE_MODES", "PROMPT_MODES", "Box",
            "CheckpointInfo", "DocumentError", "DotOCRError", "DotOCRInference", "DotsOCRConfig",
            "DotsOCRForCausalLM", "DotsVisionConfig", "Engine", "EngineState", "ImageInput", "LoadPlan",
-           "MarkdownStyle", "OCRResult", "Page", "PdfDocument", "PrecisionError", "RemoteEngine", "Status",
-           "check_box", "check_dpi", "convert_gguf", "cpu_prefers_bf16", "declared_png_size", "describe_checkpoint",
-           "describe_cuda", "describe_llamacpp", "instruction_for", "is_pdf", "load_image", "make_engine",
-           "parse_box", "parse_page_ranges", "plan_load", "preparation_bytes", "resolve_prompt",
-           "strip_image_placeholder"]
+           "MarkdownStyle", "OCRResult", "Page", "PdfDocument", "PrecisionError", "RemoteEngine", "RenderLimits",
+           "RenderStopped", "Status", "check_box", "check_dpi", "convert_gguf", "cpu_prefers_bf16",
+           "declared_png_size", "describe_checkpoint", "describe_cuda", "describe_llamacpp", "describe_pages",
+           "instruction_for", "is_pdf", "load_image", "make_engine", "parse_box", "parse_page_ranges", "plan_load",
+           "preparation_bytes", "resolve_prompt", "strip_image_placeholder"]

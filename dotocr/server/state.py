@@ -159,7 +159,7 @@ class ServerState:
         """The request's token cap, never above the server's setting (the official parser asks for 16k)."""
         return min(requested or self.max_new_tokens, self.max_new_tokens)
 
-    def _stopped(self, ticket: Ticket) -> ApiError:
+    def stopped(self, ticket: Ticket) -> ApiError:
         if ticket.expired:
             return timeout_error(self.limits.request_timeout_s)
         return ApiError(499, "The client closed the connection; the generation was stopped.", "cancelled")
@@ -181,11 +181,11 @@ class ServerState:
             return self._timed(lambda: self.engine.ocr(image, should_stop=ticket.should_stop, **kwargs))
 
         try:
-            result = await self._unless_gone(ticket, receive, ticket.run(work))
+            result = await self.unless_gone(ticket, receive, ticket.run(work))
         except (GateTimeout, StopGeneration):
-            raise self._stopped(ticket) from None
+            raise self.stopped(ticket) from None
         if result.stop_reason == "cancelled":
-            raise self._stopped(ticket)
+            raise self.stopped(ticket)
         return result
 
     async def stream_ocr(self, ticket: Ticket, receive: Receive, image: Image.Image,
@@ -223,21 +223,21 @@ class ServerState:
             try:
                 result = future.result()
             except StopGeneration:
-                raise self._stopped(ticket) from None
+                raise self.stopped(ticket) from None
             if result.stop_reason == "cancelled":
-                raise self._stopped(ticket)
+                raise self.stopped(ticket)
             return result
 
         async def begin() -> tuple[asyncio.Future[OCRResult], Any]:
             try:
                 started = await ticket.start(work)
             except GateTimeout:
-                raise self._stopped(ticket) from None
+                raise self.stopped(ticket) from None
             started.add_done_callback(lambda _f: pieces.put_nowait(finished))
             return started, await next_piece()
 
         # once the first piece is here, the streaming response listens for the client leaving
-        future, first = await self._unless_gone(ticket, receive, begin())
+        future, first = await self.unless_gone(ticket, receive, begin())
         if first is finished:
             outcome()  # raises the engine's error, if there was one
 
@@ -255,7 +255,7 @@ class ServerState:
         return iterate
 
 
-    async def _unless_gone(self, ticket: Ticket, receive: Receive, work: Awaitable[T]) -> T:
+    async def unless_gone(self, ticket: Ticket, receive: Receive, work: Awaitable[T]) -> T:
         """`await work`, unless the client leaves first: then the work is cancelled (a waiting request leaves
         the line at once, a running one stops at the next token) and the answer is the client-gone error."""
         task = asyncio.ensure_future(work)
@@ -270,7 +270,7 @@ class ServerState:
         if task.cancelled() or not task.done():
             with contextlib.suppress(BaseException):
                 await task
-            raise self._stopped(ticket)
+            raise self.stopped(ticket)
         return task.result()
 
 
