@@ -219,6 +219,28 @@ def test_one_slow_pdf_holds_up_no_other():
     assert not worker.is_alive() and len(failures) == 1
 
 
+def png_quoting_a_pdf() -> bytes:
+    """A real PNG whose text chunk, in its first KiB, says %PDF-."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "%PDF-1.7 is how a PDF begins")
+    buffer = io.BytesIO()
+    page_image(1, (200, 80)).save(buffer, "PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def test_a_pdf_is_known_by_its_structure_not_by_a_substring(tmp_path):
+    """Issue 18: a PNG with %PDF- in its first KiB was refused as a damaged PDF."""
+    quoting = png_quoting_a_pdf()
+    assert b"%PDF-" in quoting[:1024]
+    assert not is_pdf(quoting)
+    (tmp_path / "quote.png").write_bytes(quoting)
+    assert not is_pdf(tmp_path / "quote.png")
+    assert is_pdf(make_pdf(pages=1)) and is_pdf(b"\r\n\x00junk before the header %PDF-1.4\n")
+    assert not is_pdf(b"GIF89a %PDF-1.4") and not is_pdf(b"\x00\x00\x00\x1cftypavif %PDF-1.4")
+
+
 # -- dotocr ocr ------------------------------------------------------------------------------------------
 
 
@@ -307,6 +329,12 @@ def test_pdf_upload_gives_a_result_per_page_in_order(url: str, engine: Recording
     assert [call["image_size"] for call in engine.calls[before:]] == [(1700, 2200)] * 3
     some = upload(url, make_pdf(pages=3), pages="2-3", dpi="72").json()
     assert [(p["page"], p["dpi"], p["width"]) for p in some["pages"]] == [(2, 72, 612), (3, 72, 612)]
+
+
+def test_a_png_quoting_a_pdf_is_read_as_the_image_it_is(url: str):
+    answer = upload(url, png_quoting_a_pdf(), "quote.png")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["width"] == 200 and "pages" not in answer.json()
 
 
 @pytest.mark.parametrize(("data", "fields", "words"), [
