@@ -79,6 +79,12 @@ def _cells_from_value(value: Any) -> list[dict] | None:
     return None
 
 
+def without_lone_surrogates(text: str) -> str:
+    """`text` with each lone surrogate (a `\\ud800` escape in JSON decodes to one) as U+FFFD: no UTF-8 answer,
+    file or terminal can carry one."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
 def _looks_like_cell(item: Any) -> bool:
     return isinstance(item, dict) and any(key in item for key in _CELL_KEYS)
 
@@ -93,7 +99,7 @@ def _clean_cell(cell: dict) -> dict:
     for key in ("category", "text"):
         value = cell.get(key)
         if isinstance(value, str):
-            clean[key] = _SURROGATE.sub("\ufffd", value)
+            clean[key] = without_lone_surrogates(value)
     return clean
 
 
