@@ -265,6 +265,40 @@ def test_probe_ignores_servers_that_are_not_dotocr(tmp_path):
     assert time.monotonic() - started < 1.0
 
 
+@pytest.mark.timeout(30)
+def test_the_probe_has_one_deadline_for_the_whole_exchange():
+    """Issue 18: a listener on api_port that trickles a byte every 0.2 s hung `dotocr ocr` for good: the 0.3 s
+    applied to each read, not to the probe."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + b" " * 10_000:
+                if stop.wait(0.2):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        started = time.monotonic()
+        assert probe_server(port) is None
+        assert time.monotonic() - started < 2.0
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(5)
+
+
 # -- the real command with the tiny model -------------------------------------------------------------
 
 @pytest.fixture
