@@ -18,7 +18,7 @@ from ..errors import DotOCRError
 from .answers.markdown import FURNITURE, PICTURE_MODES, MarkdownStyle
 from .base import Engine
 from .checkpoint import CheckpointInfo, describe_checkpoint
-from .gguf.convert import convert_gguf
+from .gguf.convert import cached_gguf_problem, convert_gguf, gguf_path
 from .inputs.boxes import Box, check_box, parse_box
 from .inputs.documents import (
     DEFAULT_DPI,
@@ -76,7 +76,7 @@ __all__ = ["DEFAULT_DPI", "FURNITURE", "GGUF_TYPES", "IMAGE_PLACEHOLDER", "LLAMA
            "CheckpointInfo", "DocumentError", "DotOCRError", "DotOCRInference", "DotsOCRConfig",
            "DotsOCRForCausalLM", "DotsVisionConfig", "Engine", "EngineState", "ImageInput", "LoadPlan",
            "MarkdownStyle", "OCRResult", "Page", "PdfDocument", "PrecisionError", "RemoteEngine", "RenderLimits",
-           "RenderStopped", "Status", "check_box", "check_dpi", "convert_gguf", "cpu_prefers_bf16",
-           "declared_png_size", "describe_checkpoint", "describe_cuda", "describe_llamacpp", "describe_pages",
-           "instruction_for", "is_pdf", "load_image", "make_engine", "parse_box", "parse_page_ranges", "plan_load",
-           "preparation_bytes", "resolve_prompt", "strip_image_placeholder"]
+           "RenderStopped", "Status", "cached_gguf_problem", "check_box", "check_dpi", "convert_gguf",
+           "cpu_prefers_bf16", "declared_png_size", "describe_checkpoint", "describe_cuda", "describe_llamacpp",
+           "describe_pages", "gguf_path", "instruction_for", "is_pdf", "load_image", "make_engine", "parse_box",
+           "parse_page_ranges", "plan_load", "preparation_bytes", "resolve_prompt", "strip_image_placeholder"]
