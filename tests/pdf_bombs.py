@@ -40,11 +40,11 @@ LETTER = b"[0 0 612 792]"
 PLAIN_PAGE = (LETTER, b"<< >>", b"0 0 0 rg 72 700 200 20 re f")
 
 
-def slow_forms(depth: int = 6, fan: int = 10, *, then_plain: bool = False) -> bytes:
+def slow_forms(depth: int = 6, fan: int = 10, *, then_plain: bool = False, plain_before: int = 0) -> bytes:
     """Form XObjects nested `depth` deep, each drawing the next `fan` times, the innermost a full-page image: a
     million full-page image draws from 2 KB (minutes of rendering in a few MB). With `then_plain`, a normal
-    second page follows."""
-    first = 3 + 2 * (2 if then_plain else 1)
+    page follows; `plain_before` normal pages come first."""
+    first = 3 + 2 * (1 + plain_before + (1 if then_plain else 0))
     forms = []
     for level in range(depth):
         number = first + level
@@ -57,7 +57,7 @@ def slow_forms(depth: int = 6, fan: int = 10, *, then_plain: bool = False) -> by
                             + b" >>", content))
     image = stream(b"<< /Type /XObject /Subtype /Image /Width 8 /Height 8 /ColorSpace /DeviceGray "
                    b"/BitsPerComponent 8 >>", bytes(range(0, 256, 4)))
-    pages = [(LETTER, b"<< /XObject << /F %d 0 R >> >>" % first, b"/F Do")]
+    pages = [PLAIN_PAGE] * plain_before + [(LETTER, b"<< /XObject << /F %d 0 R >> >>" % first, b"/F Do")]
     return document([*pages, PLAIN_PAGE] if then_plain else pages, [*forms, image])
 
 
