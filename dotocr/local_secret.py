@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from dotocr.config import data_dir
-from dotocr.storage import PRIVATE_FILE, write_atomic
+from dotocr.storage import PRIVATE_FILE, make_private_folder, write_atomic
 
 SECRET_NAME = "server-secret"
 CHALLENGE_HEADER = "X-DotOCR-Challenge"
@@ -52,6 +52,7 @@ def load_or_create_secret(path: Path | None = None) -> bytes:
     existing = read_secret(path)
     if existing is not None:
         return existing
+    make_private_folder(path.parent)
     value = secrets.token_hex(32).encode("ascii")
     write_atomic(path, value, mode=PRIVATE_FILE)  # 0600 in a 0700 folder, never through a planted file
     return value

@@ -232,3 +232,19 @@ def test_bf16_checkpoint_quantises_through_a_temporary_f16_file(tmp_path, dots_t
     with load_llamacpp_decoder(folder, llamacpp_plan("q8_0"), n_threads=1, gguf_dir=cache) as decoder:
         got = decoder.prompt_logits(DecodeRequest(ids, None, None, 1000, 0))
     assert np.abs(got - want).max() < Q8_0_TOLERANCE
+
+
+def test_a_truncated_cached_gguf_is_set_aside_written_again_and_loads(tmp_path, dots_tiny, caplog):
+    """Issue 18: after a truncated file every run failed with "llama.cpp could not load ...", auto included."""
+    cache = tmp_path / "cache"
+    first = ensure_gguf(dots_tiny, "f32", directory=cache, progress=False)
+    whole = first.read_bytes()
+    first.write_bytes(whole[: len(whole) // 3])  # a copy cut short, a full disk
+    with caplog.at_level("WARNING", logger="dotocr.engine"), \
+            load_llamacpp_decoder(dots_tiny, llamacpp_plan("f32"), n_threads=1, gguf_dir=cache) as decoder:
+        assert decoder.n_vocab > 0
+    assert first.read_bytes() == whole  # written again, the same file
+    (aside,) = cache.glob(first.name + ".broken-*")
+    assert aside.stat().st_size == len(whole) // 3  # the damaged one is kept, not deleted
+    (line,) = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
+    assert "is truncated" in line and "\n" not in line

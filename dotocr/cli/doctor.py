@@ -32,10 +32,12 @@ from dotocr.engine import (
     LLAMACPP_INSTALL_HINT,
     LoadPlan,
     PrecisionError,
+    cached_gguf_problem,
     cpu_prefers_bf16,
     describe_checkpoint,
     describe_cuda,
     describe_llamacpp,
+    gguf_path,
     make_engine,
     plan_load,
 )
@@ -279,6 +281,30 @@ def check_llamacpp(ctx: Context) -> Check:
     return Check("llamacpp", "llama.cpp", OK, f"llama-cpp-python {version} (CPU)", details=info)
 
 
+def check_gguf(ctx: Context) -> Check:
+    """The llama.cpp decoder's cached GGUF, checked as the engine checks it before each use (nothing is moved)."""
+    plan = ctx.plan_or_none() if ctx.settings.engine != "remote" else None
+    if plan is None or plan.decoder != "llamacpp" or plan.gguf_type is None:
+        return Check("gguf", "GGUF cache", INFO, "not used: the plan runs no llama.cpp decoder here")
+    folder = describe_checkpoint(ctx.settings.model).path
+    if folder is None:
+        return Check("gguf", "GGUF cache", INFO, f"a {plan.gguf_type} GGUF is written once the model is downloaded")
+    try:
+        path = gguf_path(folder, plan.gguf_type)
+        problem = cached_gguf_problem(path)
+    except (DotOCRError, OSError) as exc:
+        return Check("gguf", "GGUF cache", WARN, f"could not be checked ({one_line(exc)})")
+    details = {"path": str(path), "gguf_type": plan.gguf_type, "problem": problem}
+    if problem is not None:
+        return Check("gguf", "GGUF cache", WARN, f"{path} {problem}",
+                     f"The next run sets it aside and writes it again (minutes); or delete {path} now.", details)
+    if not path.is_file():
+        return Check("gguf", "GGUF cache", INFO, f"the {plan.gguf_type} GGUF is not written yet: the first run "
+                     f"writes {path} (1-6 GB, minutes), or dotocr convert-gguf does it now", details=details)
+    return Check("gguf", "GGUF cache", OK, f"{path} is whole ({path.stat().st_size / 2**20:,.0f} MiB)",
+                 details=details)
+
+
 def check_transformers(ctx: Context) -> Check:
     try:
         import transformers
@@ -519,7 +545,8 @@ def check_ocr(ctx: Context) -> Check:
 
 CHECKS: tuple[CheckFunction, ...] = (
     check_python, check_os, check_torch, check_gpu, check_bf16, check_plan, check_bitsandbytes, check_llamacpp,
-    check_transformers, check_cache, check_model, check_settings, check_hotkey, check_clipboard, check_server,
+    check_gguf, check_transformers, check_cache, check_model, check_settings, check_hotkey, check_clipboard,
+    check_server,
 )
 
 

@@ -29,11 +29,13 @@ from dotocr.engine import (
     MarkdownStyle,
     OCRResult,
     PdfDocument,
+    describe_pages,
     is_pdf,
     load_image,
     resolve_prompt,
 )
 from dotocr.errors import ModelUnavailableError
+from dotocr.storage import check_writable
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
@@ -158,7 +160,7 @@ def plan_jobs(images: list[InputImage], pages: list[int] | None,
             failed += 1
             continue
         if missing:
-            report(f"{_display(image)} has {count} pages; page {', '.join(map(str, missing))} "
+            report(f"{_display(image)} has {count} pages; page {describe_pages(missing)} "
                    f"{'does' if len(missing) == 1 else 'do'} not exist.")
             failed += 1
         for index, number in enumerate(present):
@@ -207,6 +209,7 @@ class Batch:
     def __init__(self, args: argparse.Namespace, settings: Settings, prompt: str, reporter: Reporter) -> None:
         self.args, self.settings, self.prompt, self.reporter = args, settings, prompt, reporter
         self.failed = 0
+        self.done = 0
         self.total = 0
         """Inputs and PDF pages: what the closing "N of M failed" counts."""
         self.writer: StdoutWriter | FolderWriter | None = None
@@ -253,6 +256,12 @@ class Batch:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             self.reporter.error(f"the output folder {out} could not be created ({exc.strerror or exc}).")
+            return None
+        try:
+            check_writable(out)  # now, not after every page has been read
+        except OSError as exc:
+            self.reporter.error(f"the output folder {out} cannot be written to ({exc.strerror or exc}); choose "
+                                "another --out folder.")
             return None
         return FolderWriter(out, self.settings.output_format, images, overwrite=self.args.overwrite)
 
@@ -327,14 +336,34 @@ class Batch:
                 else:
                     self._write(job, result, first_page=id(job.input) not in written)
                     written.add(id(job.input))
+                    self.done += 1
                     self.reporter.advance()
                     continue
                 self.reporter.advance()
                 if job.last:
                     self._finish_input(job)
+        except KeyboardInterrupt:
+            self._keep_what_was_read()
+            raise
         finally:
             pages.close()
         return True
+
+    def _keep_what_was_read(self) -> None:
+        """Ctrl-C: the pages of a PDF read so far are written to its file (not thrown away), and stderr says so."""
+        assert self.writer is not None
+        try:
+            partial = self.writer.finish_pending()
+        except OSError as exc:
+            self.reporter.error(f"interrupted; the pages read so far could not be written ({exc.strerror or exc}).")
+            return
+        where = "above" if self.args.out is None else f"in {shown_name(str(self.args.out))}"
+        self.reporter.error(f"interrupted after {self.done} of {self.total} pages and inputs; the results read so "
+                            f"far are {where}.")
+        for path, numbers in partial:
+            count = f"{len(numbers)} page{'s' if len(numbers) != 1 else ''}"
+            self.reporter.error(f"{shown_name(str(path))} holds only the {count} of its PDF read before the "
+                                f"interrupt (page {describe_pages(numbers)}).")
 
     def _ocr(self, engine: Engine, pages: PageSource, job: Job) -> OCRResult:
         try:

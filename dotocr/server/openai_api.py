@@ -62,7 +62,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     image_bytes, instruction, system = _render_messages(body, server.limits.max_upload_bytes)
     ticket = server.admit()
     try:
-        image = await server.decode(ticket, image_bytes, "The image in image_url")
+        image = await server.decode(ticket, image_bytes, "The image in image_url", 0)  # sized as vLLM does
         options: dict[str, Any] = {
             "max_prompt_tokens": server.limits.max_prompt_tokens,
             "prompt": _mode_for(instruction), "instruction": instruction, "system": system,
