@@ -14,7 +14,6 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -321,9 +320,9 @@ def test_json_contract_one_object_per_image(cli, images):
     results = json_lines(done.stdout)
     assert [r["file"] for r in results] == [str(images["wide"]), str(images["odd"])]
 
-    from dotocr.engine.results import OCRResult
+    from dotocr.engine.results import JSON_FIELDS
 
-    expected_keys = {f.name for f in fields(OCRResult)} - {"cells", "page", "dpi"}  # layout prompts, PDFs only
+    expected_keys = set(JSON_FIELDS) - {"cells", "page", "dpi"}  # layout prompts, PDFs only
     for result, size in zip(results, [(200, 60), (57, 31)], strict=True):
         assert set(result) == expected_keys
         assert (result["width"], result["height"]) == size
@@ -515,7 +514,7 @@ def _dotocr_child(*args: str) -> subprocess.Popen:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT and FIFOs: POSIX")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGINT and FIFOs: POSIX; /proc: Linux")
 def test_ctrl_c_exits_130_quietly(tmp_path):
     """Issue 18: the interrupt always lands mid-run. The second input is a FIFO whose writer stays open and
     never finishes the image, so the batch cannot end before the signal (40 tiny images once could)."""
@@ -531,6 +530,7 @@ def test_ctrl_c_exits_130_quietly(tmp_path):
         child = _dotocr_child("ocr", str(tmp_path / "first.png"), str(fifo), "--format", "json", *TINY_FLAGS)
         first = child.stdout.readline()  # the model is loaded and the first image read
         assert first.startswith(b"{"), child.stderr.read()
+        _wait_until_open(child.pid, fifo)  # now reading the second input: the first is counted as done
         child.send_signal(signal.SIGINT)
         rest, stderr = child.communicate(timeout=60)
     finally:
@@ -538,6 +538,20 @@ def test_ctrl_c_exits_130_quietly(tmp_path):
     assert child.returncode == 130 and rest == b""
     assert b"Traceback" not in stderr and b"KeyboardInterrupt" not in stderr
     assert b"interrupted after 1 of 2 pages and inputs; the results read so far are above." in stderr
+
+
+def _wait_until_open(pid: int, path: Path, timeout: float = 60.0) -> None:
+    """Until process `pid` has `path` open (Linux: its /proc/PID/fd links)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for link in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(link) == str(path):
+                    return
+            except OSError:
+                continue
+        assert time.monotonic() < deadline, f"{path} was never opened"
+        time.sleep(0.05)
 
 
 def _cpu_seconds(pid: int) -> float:
