@@ -32,10 +32,11 @@ from server_helpers import (
 
 from dotocr.engine import DotOCRInference, OCRResult
 from dotocr.engine.inputs.prompts import instruction_for
+from dotocr.engine.results import JSON_FIELDS
 
 pytestmark = pytest.mark.timeout(180)
 
-OCR_FIELDS = {f.name for f in dataclasses.fields(OCRResult)}
+OCR_FIELDS = set(JSON_FIELDS)
 STOP_REASONS = {"eos", "max_new_tokens", "repetition", "cancelled"}
 
 
@@ -370,9 +371,7 @@ def test_ocr_reads_a_jpeg_upload_too(url: str) -> None:
 def test_the_answer_schema_is_the_result_type_itself():
     """One owner for the JSON contract: the /ocr schema is made from OCRResult, so a field added there can never
     be dropped or left undocumented by the server."""
-    import dataclasses
 
-    from dotocr.engine import OCRResult
     from dotocr.server.schemas import OCRResponse
 
     assert list(OCRResponse.model_fields) == [f.name for f in dataclasses.fields(OCRResult) if f.name != "pieces"]

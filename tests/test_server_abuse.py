@@ -30,11 +30,13 @@ from server_helpers import (
     png_bytes,
     running_server,
     tiny_settings,
+    wait_until_ready,
 )
 
 from dotocr.cli.server_probe import probe_server
 from dotocr.server import ServerLimits
 from dotocr.server.connections import AcceptErrorLog
+from dotocr.server.serving import start_background_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -294,27 +296,40 @@ def flat_png(size: tuple[int, int], mode: str = "RGB") -> bytes:
 
 
 def test_images_are_limited_by_decoded_memory(dots_tiny: Path) -> None:
+    """Two big images are held at once and a third is refused; the capacity is chosen from the server's own
+    count, with a quarter kept back for preparing the image being read."""
+    from dotocr.server.state import decoded_cost
+
     engine = HeldEngine(tiny_settings(dots_tiny))
-    limits = ServerLimits(max_decoded_bytes=64 * MIB, max_waiting=4, retry_after_s=2)
-    with running_server(engine, limits=limits) as url:
+    cost = decoded_cost((1600, 1600), "RGB")  # about 30 MiB
+    limits = ServerLimits(max_decoded_bytes=cost * 10 // 3, max_waiting=4, retry_after_s=2)  # 2.5 images held
+    server = start_background_server(engine, 0, limits=limits)
+    try:
+        url = server.url
+        wait_until_ready(url)
+        budget = server._server.config.app.state.dotocr.budget  # what the server holds, to wait on, not to guess
+        assert 2 * cost <= budget.holdable < 3 * cost
         huge = flat_png((4096, 4096), "L")  # a few KB on the wire, 150 MB by our count once decoded
         assert len(huge) < 100_000
         response = upload(url, huge, "huge.png")
         assert response.status_code == 400 and "once decoded" in response.json()["error"]["message"]
-        big = flat_png((1600, 1600))  # about 30 MiB each: two fit, the third does not
+        big = flat_png((1600, 1600))
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             first = pool.submit(upload, url, big)
-            while engine.started == 0:
-                time.sleep(0.01)
             second = pool.submit(upload, url, big)
-            time.sleep(1.0)
+            deadline = time.monotonic() + 60
+            while not (engine.started == 1 and budget.used == 2 * cost):  # the first read, the second in line
+                assert time.monotonic() < deadline, f"two images were never held ({budget.used} bytes)"
+                time.sleep(0.01)
             third = upload(url, big)
             assert third.status_code == 503 and "memory" in third.json()["error"]["message"]
             assert third.headers["retry-after"] == "2"
             engine.release.set()
-            assert first.result(timeout=60).status_code == 200
-            assert second.result(timeout=60).status_code == 200
+            assert first.result(timeout=60).status_code == 200, first.result().text
+            assert second.result(timeout=60).status_code == 200, second.result().text
         assert upload(url, big).status_code == 200  # the reservations were given back
+    finally:
+        server.stop()
 
 
 # -- 7. inputs that passed validation -------------------------------------------------------------------

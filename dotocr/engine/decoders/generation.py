@@ -69,14 +69,15 @@ def token_pieces(tokenizer: Any, tokens: list[int], probabilities: list[float | 
                  ) -> list[tuple[str, float]]:
     """(text, probability) per token: the characters each token added to the decoded answer, as a listener would
     have received them (a token ending mid-character adds nothing; the token that completes it adds it all)."""
+    if not tokens:  # an answer that was only its end
+        return []
     deltas = TextDeltas(tokenizer, lambda _text: None)
     ends: list[int] = []
     for token in tokens:
         deltas.push(token)
         ends.append(len(deltas.text))
     deltas.end()
-    if ends:
-        ends[-1] = len(deltas.text)
+    ends[-1] = len(deltas.text)
     starts = [0, *ends[:-1]]
     return [(deltas.text[a:b], 1.0 if p is None else float(p))
             for a, b, p in zip(starts, ends, probabilities, strict=True)]
