@@ -103,7 +103,7 @@ def test_ocr_upload_returns_the_cli_json_object(url: str, reference: DotOCRInfer
     expected = reference.ocr(image, prompt="text", output_format="text", file="shot.png").to_json_dict()
     assert set(body) == set(expected) == OCR_FIELDS - {"cells", "page", "dpi"}  # page, dpi: PDF pages only
     for volatile in ("timings",):
-        assert set(body[volatile]) == {"preprocess", "prefill", "decode", "total"}
+        assert set(body[volatile]) == {"preprocess", "prefill", "decode", "total", "draft_tokens", "accepted_tokens"}
         del body[volatile], expected[volatile]
     assert body == expected  # same model, same greedy decoding: what `dotocr ocr --format json` prints
     assert (body["width"], body["height"]) == (180, 50)
