@@ -230,6 +230,9 @@ def test_a_loop_is_stopped_client_side(binary, files, dots_tiny, tmp_path):
     assert (result.raw, result.generated_tokens, result.loop_start) == (here.raw, here.generated_tokens,
                                                                        here.loop_start)
     assert result.raw.startswith("Text worldText world") and result.generated_tokens < 100
+    # the logprobs follow the kept text, not everything streamed: a sure answer, as the local engine finds it
+    assert [text for text, _ in result.pieces] == [text for text, _ in here.pieces] == ["Text", " world"]
+    assert result.low_confidence == here.low_confidence == []
 
 
 def text_image_in_memory():
