@@ -230,6 +230,9 @@ def test_a_loop_is_stopped_client_side(binary, files, dots_tiny, tmp_path):
     assert (result.raw, result.generated_tokens, result.loop_start) == (here.raw, here.generated_tokens,
                                                                        here.loop_start)
     assert result.raw.startswith("Text worldText world") and result.generated_tokens < 100
+    # the logprobs follow the kept text, not everything streamed: a sure answer, as the local engine finds it
+    assert [text for text, _ in result.pieces] == [text for text, _ in here.pieces] == ["Text", " world"]
+    assert result.low_confidence == here.low_confidence == []
 
 
 def text_image_in_memory():
@@ -294,3 +297,26 @@ def test_llama_server_with_an_api_key(binary, files, scripted, tmp_path):
             RemoteEngine(tiny_settings(scripted, engine="remote", remote_url=url)).load()
     message = str(caught.value)
     assert "HTTP 401" in message and "remote_api_key" in message and "\n" not in message
+
+
+# -- logprobs: where the model was unsure ------------------------------------------------------------------
+
+THE, QUICK, BROWN, FOX, JUMPS = 336, 469, 465, 431, 467  # "The", " quick", " brown", " fox", " jumps"
+
+
+def test_llama_servers_logprobs_mark_the_same_unsure_word_as_the_local_engine(binary, files, dots_tiny, tmp_path):
+    """A scripted model unsure of ' brown' (against ' fox' and ' jumps'): llama-server's logprobs, streamed,
+    give the remote engine the span the local engine finds."""
+    chain = {ASSISTANT: THE, THE: QUICK, QUICK: BROWN, BROWN: END_OF_ANSWER}
+    unsure = save_scripted_checkpoint(tmp_path / "unsure", dots_tiny, chain, doubt={QUICK: (FOX, JUMPS)})
+    shot = text_image_in_memory()
+    here = DotOCRInference(tiny_settings(unsure, max_image_size=1024)).ocr(shot, prompt="text")
+    assert (here.text, here.low_confidence) == ("The quick brown", [[10, 15]])
+    text, mmproj = files(unsure)
+    with llama_server(binary, text, tmp_path / "unsure.log", mmproj=mmproj) as url:
+        remote = RemoteEngine(tiny_settings(unsure, engine="remote", remote_url=url, max_image_size=1024))
+        result = remote.ocr(shot, prompt="text")
+        assert (result.text, result.low_confidence) == ("The quick brown", [[10, 15]])
+        assert [round(p, 2) for _, p in result.pieces] == [round(p, 2) for _, p in here.pieces]
+        cut = remote.ocr(shot, prompt="text", max_new_tokens=2)  # the pieces follow the text that is kept
+        assert (cut.text, cut.low_confidence) == ("The quick", [])

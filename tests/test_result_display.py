@@ -21,7 +21,7 @@ from dotocr.tray.capture_flow import CLEAR_MS
 from dotocr.tray.choices import CudaFacts
 from dotocr.tray.controller import Controller, Services
 from dotocr.tray.history import History
-from dotocr.tray.result_display import AUTO_DELAY_MS, CopyError
+from dotocr.tray.result_display import AUTO_DELAY_MS, CopyError, displayed_spans
 from tests.tray_helpers import FakeClipboard, FakeNotifier, PlanEngine, wait_for
 
 WORDS = [f"word{i} " for i in range(300)]  # 3 s at 10 ms a token: long enough to stop
@@ -37,6 +37,8 @@ class StreamingEngine(PlanEngine):
         self.results: list[OCRResult] = []
         self.inputs: list[Any] = []
         self.words = WORDS
+        self.doubt: list[list[int]] | None = None
+        """The results' low_confidence (spans of their text)."""
 
     def ocr(self, image: Any, **kwargs: Any) -> OCRResult:
         self.inputs.append(image)
@@ -53,7 +55,7 @@ class StreamingEngine(PlanEngine):
         text = "".join(written).strip()
         result = OCRResult(text=text, raw=text, prompt="text", stop_reason=reason, width=1, height=1, image_tokens=1,
                            prompt_tokens=1, generated_tokens=len(written), device="cpu", precision="fp32",
-                           timings={"decode": self.step_s * len(written)})
+                           timings={"decode": self.step_s * len(written)}, low_confidence=self.doubt)
         self.results.append(result)
         return result
 
@@ -145,6 +147,23 @@ def test_always_opens_at_once_and_the_outcome_goes_to_the_window_not_a_toast(tmp
     assert [label for label, _ in options["copy_choices"]] == ["Copy"]
     assert options["low_confidence"] == [] and options["problem"] is False
     assert harness.toasts == [] and harness.copied == ["Hello world"]
+
+
+def test_the_results_unsure_spans_reach_the_window(tmp_path):
+    harness = Harness(tmp_path, "always", words=["Hello ", "wrold"])
+    harness.engine.doubt = [[6, 11]]
+    harness.read()
+    harness.finish()
+    text, options = harness.windows[0].finished
+    assert text == "Hello wrold" and options["low_confidence"] == [(6, 11)]
+
+
+def test_spans_follow_each_page_into_the_joined_text():
+    pages = [("first page", [[0, 5]]), ("", [[0, 3]]), ("page two", [[5, 8], [7, 99]]), ("unknown", None)]
+    shown = "first page\n\n\n\npage two\n\nunknown"
+    assert displayed_spans(shown, pages) == [(0, 5), (19, 22), (21, 22)]
+    assert [shown[a:b] for a, b in displayed_spans(shown, pages)[:2]] == ["first", "two"]
+    assert displayed_spans("edited away", [("page two", [[0, 4]])]) == []  # a text not shown marks nothing
 
 
 def test_auto_toasts_a_quick_read_and_opens_the_window_for_a_slow_one(tmp_path):

@@ -107,6 +107,26 @@ def test_segments_clip_and_merge_sloppy_spans():
     assert segments("", [(0, 3)]) == []
 
 
+def test_the_richedit_underlines_each_span_once_at_its_own_offsets_with_a_wave():
+    """NativeTextArea.set_text's messages, recorded instead of sent (the control itself runs on Windows only,
+    test_native_edit.py): spans clipped and merged as Tk's are, at RichEdit's offsets (UTF-16 units, a line break
+    as one), each a wavy underline."""
+    from dotocr.tray import native_edit
+
+    sent: list[tuple[int, int, object]] = []
+    area = object.__new__(native_edit.NativeTextArea)
+    area._editable = False
+    area._send = lambda message, wparam, lparam: sent.append((message, wparam, lparam)) or 0
+    text = "a\U0001F600 bc\r\nd\u00e9f ghi"
+    area.set_text(text, [(1, 2), (4, 6), (5, 7), (-3, 0), (12, 99)])
+    selections = [(wparam, lparam) for message, wparam, lparam in sent if message == native_edit.EM_SETSEL]
+    formats = [lparam for message, _w, lparam in sent if message == native_edit.EM_SETCHARFORMAT]
+    # "\U0001F600" is two UTF-16 units; "\r\n" is two characters here and the control stores "\r" for it
+    assert selections[:-1] == [(1, 3), (5, 7), (12, 14)] and selections[-1] == (0, 0)
+    assert [(f.dwEffects & native_edit.CFE_UNDERLINE, f.bUnderlineType) for f in formats] == [
+        (native_edit.CFE_UNDERLINE, native_edit.CFU_UNDERLINEWAVE)] * 3
+
+
 def result(tokens: int, decode: float) -> OCRResult:
     return OCRResult(text="x", raw="x", prompt="text", stop_reason="eos", width=1, height=1, image_tokens=1,
                      prompt_tokens=1, generated_tokens=tokens, device="cpu", precision="fp32",

@@ -107,8 +107,20 @@ def test_the_finished_text_is_editable_and_its_low_confidence_spans_underlined(r
     assert window.area.get_text() == answer
     assert window.area.underlined() == [(1, 2), (5, 7)]  # past the astral character, Tk's count matches ours
     assert not window.area.edited()
+    pump(root, 0.05)
+    assert window.legend.winfo_ismapped() and "unsure" in window.legend.cget("text")
+    assert window.legend.winfo_y() > window.area.frame.winfo_y()  # under the text, above the buttons
+    assert window.legend.winfo_y() < window.buttons.winfo_y()
     window.area.text.insert("end", "!")
     assert window.area.edited() and window.area.get_text() == answer + "!"
+
+
+@pytest.mark.parametrize("spans", [[], [(50, 60)]])
+def test_no_legend_when_nothing_is_underlined(root, opened, spans):
+    window, _, _ = opened()
+    window.finish("all sure", status="Copied", copy_choices=[("Copy", lambda _t: None)], low_confidence=spans)
+    pump(root, 0.05)
+    assert window.area.underlined() == [] and not window.legend.winfo_ismapped()
 
 
 def test_keyboard_only_ctrl_c_tab_enter_and_esc(root, opened):

@@ -1,13 +1,14 @@
 """The result window end to end under Xvfb: the real tray (`TrayApp` on the main thread), the real hotkey (pynput),
-overlay, engine (a scripted tiny checkpoint on the torch decoder), result window (Tk) and clipboard (xclip).
+overlay, engine (a scripted tiny checkpoint on the torch decoder, unsure of two words), result window (Tk) and
+clipboard (xclip).
 
 The engine's only change is the TEST-ONLY throttle of `tray_helpers.ThrottledEngine` (each decode step waits
 0.12 s inside the engine's per-token hook), so the 24-token answer takes about 3 s and can be watched and
 stopped. Checked: the window opens beside the selection and shows streamed text before the read ends; Esc stops
 the read within 0.5 s and leaves the clipboard's old content; a new capture then works at once, ends in the
-window and on the clipboard; the hotkey again and the menu's "Cancel reading" stop a read too; the finished
-window closes by itself. Screenshots of the window (reading and done) are taken; with DOTOCR_UPDATE_DOCS=1 the
-finished one becomes docs/result-window.png.
+window and on the clipboard, the two unsure words underlined; the hotkey again and the menu's "Cancel reading"
+stop a read too; the finished window closes by itself. Screenshots of the window (reading and done) are taken;
+with DOTOCR_UPDATE_DOCS=1 the finished one becomes docs/result-window.png.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tests.capture_helpers import ImageWindow, drag_args
 from tests.test_tray_e2e import HOTKEY, known_and_dim, overlay_visible, pixel, run_tray, wait_until_ready
 from tests.tray_helpers import (
     SCRIPTED_TEXT,
+    SCRIPTED_UNSURE,
     RecordingNotifier,
     ThrottledEngine,
     save_reading_checkpoint,
@@ -52,7 +54,7 @@ xvfb_reading = xvfb_fixture(1312, 752, scope="function")
 
 @pytest.fixture(scope="module")
 def scripted(tmp_path_factory, dots_tiny: Path) -> Path:
-    return save_reading_checkpoint(tmp_path_factory.mktemp("reading"), dots_tiny)
+    return save_reading_checkpoint(tmp_path_factory.mktemp("reading"), dots_tiny, unsure=True)
 
 
 def page_image() -> Image.Image:
@@ -175,6 +177,10 @@ def test_the_window_streams_esc_stops_within_half_a_second_and_the_next_capture_
         assert engine.results[1].text == SCRIPTED_TEXT
         wait_for(lambda: xclip_read() == SCRIPTED_TEXT, 10)
         wait_for(lambda: window_text(app) == SCRIPTED_TEXT, 10)
+        # the words the model was unsure of, from the engine's own probabilities, are underlined, with the legend
+        assert engine.results[1].low_confidence == [list(span) for span in SCRIPTED_UNSURE]
+        assert on_tk(app, lambda: app.controller.display.open_windows[-1].area.underlined()) == SCRIPTED_UNSURE
+        assert on_tk(app, lambda: app.controller.display.open_windows[-1].legend.winfo_ismapped())
         time.sleep(0.3)
         grab_rect(left - 20, top - 20, 820, 560).save(shots["done"])
         assert [entry.text for entry in app.controller.history_items()] == [SCRIPTED_TEXT]

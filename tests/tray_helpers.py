@@ -283,9 +283,17 @@ SCRIPTED_TEXT = ("The quick brown fox jumps over the lazy dog.\n"
 ASSISTANT, END_OF_ANSWER = 1007, 1008
 
 
-def save_reading_checkpoint(folder: Path, tokenizer_source: Path) -> Path:
-    """A tiny checkpoint that answers SCRIPTED_TEXT for any picture (tests/tiny_models.save_scripted_checkpoint)."""
+SCRIPTED_DOUBT = {432: (475, 476), 464: (474, 477)}
+"""Unsure of " dog" (after " lazy") and " PDF" (after " and"), each against two tokens outside the answer."""
+SCRIPTED_UNSURE = [(40, 43), (88, 91)]
+"""Where SCRIPTED_DOUBT's words stand in SCRIPTED_TEXT: "dog" and "PDF"."""
+
+
+def save_reading_checkpoint(folder: Path, tokenizer_source: Path, *, unsure: bool = False) -> Path:
+    """A tiny checkpoint that answers SCRIPTED_TEXT for any picture (tests/tiny_models.save_scripted_checkpoint);
+    with `unsure`, it gives SCRIPTED_UNSURE's words less than even odds."""
     from tests.tiny_models import save_scripted_checkpoint
 
     chain = (ASSISTANT, *SCRIPTED_TOKENS, END_OF_ANSWER)
-    return save_scripted_checkpoint(folder, tokenizer_source, dict(zip(chain, chain[1:], strict=False)))
+    return save_scripted_checkpoint(folder, tokenizer_source, dict(zip(chain, chain[1:], strict=False)),
+                                    doubt=SCRIPTED_DOUBT if unsure else None)

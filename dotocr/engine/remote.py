@@ -16,17 +16,22 @@ Every failure of the network or the server is a `RemoteEngineError` naming the s
 Nothing a server sends is trusted to be small or to end: every body is read within a byte limit (MAX_BODY_BYTES,
 an answer's stream within BYTES_PER_TOKEN for each token asked for), every line within MAX_LINE_BYTES, the whole
 answer within `answer_timeout_s`, and an answer that runs past `max_new_tokens` pieces is cut there, whatever
-the server does with the limit it was sent. Compressed bodies are not asked for (a gzip bomb would inflate past
+the server does with the limit it was sent. Per-token logprobs are asked for (`logprobs: true`) and, where the server
+sends them, become the answer's pieces (text, probability) for its low-confidence spans; a server that sends none,
+or malformed ones, leaves the pieces unknown (no spans, never a false "sure"), and one that refuses the field is
+asked again without it. Compressed bodies are not asked for (a gzip bomb would inflate past
 any limit before it could be counted) and refused when sent anyway. A malformed answer is one sentence.
 """
 
 from __future__ import annotations
 
 import base64
+import codecs
 import contextlib
 import io
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +43,7 @@ from ..config import Settings
 from ..errors import DotOCRError, RemoteEngineError
 from ..loopback import is_loopback_url
 from .answers.cells import without_lone_surrogates
+from .answers.confidence import Piece
 from .base import Call, Engine, Generated
 from .decoders.loop_guard import LoopGuard
 from .inputs.preprocessing import ImagePreparer, PreparedImage
@@ -65,6 +71,8 @@ MAX_LINE_BYTES = 1024 * 1024
 """Longest line of a streamed answer: one event carries one token, a few hundred bytes."""
 BYTES_PER_TOKEN = 4096
 """A streamed answer may take this many bytes per token asked for (plus one line): ten times what servers send."""
+MAX_TOKEN_BYTES = 256
+"""Longest token a logprobs entry may spell, in bytes: real vocabularies stay under 100."""
 ANSWER_TIMEOUT_S = READ_TIMEOUT_S
 """Longest a whole answer may take, waiting in a busy server's line included (a trickle never ends otherwise)."""
 
@@ -98,6 +106,8 @@ class RemoteEngine(Engine):
         self._api = self.url
         self._kind = OPENAI
         self._model = settings.remote_model
+        self._ask_logprobs = True
+        """False once this server refused the `logprobs` field: later requests leave it out."""
 
     # -- state --------------------------------------------------------------------------------------
 
@@ -127,6 +137,7 @@ class RemoteEngine(Engine):
             if self._client is not None:
                 self._client.close()
                 self._client = None
+            self._ask_logprobs = True
             self._set_state(Status.UNLOADED, "disconnected; connects again on the next capture")
 
     def reconfigure(self, settings: Settings) -> None:
@@ -272,7 +283,8 @@ class RemoteEngine(Engine):
             prompt_tokens=_first_int(answer.prompt_tokens, prepared.image_tokens),
             generated_tokens=_first_int(answer.completion_tokens, answer.pieces), prepared_at=answer.sent_at,
             first_token_at=answer.first_at, finished_at=answer.done_at, device=self._remote_device or "remote",
-            precision=self._precision or "unknown", decoder="remote", loop_start=answer.loop_start)
+            precision=self._precision or "unknown", decoder="remote", loop_start=answer.loop_start,
+            pieces=answer.kept_pieces())
 
     # -- the HTTP exchange --------------------------------------------------------------------------
 
@@ -302,6 +314,7 @@ class RemoteEngine(Engine):
             "top_p": top_p,
             "stream": True,
             "stream_options": {"include_usage": True},
+            **({"logprobs": True} if self._ask_logprobs else {}),  # each token's probability: low_confidence
         }
 
     def _complete(self, client: httpx.Client, body: dict[str, Any], call: Call, sent_at: float) -> _Answer:
@@ -313,6 +326,12 @@ class RemoteEngine(Engine):
                     if response.status_code == 503 and time.monotonic() < deadline:
                         wait = _retry_after(response)
                         log.info("%s is busy or loading; retrying in %.1f s", self.url, wait)
+                    elif response.status_code in (400, 422) and "logprobs" in body:
+                        content = self._error_body(response)
+                        if not self._refused_logprobs(content):
+                            self._raise_for_status(response, content)
+                        body = {k: v for k, v in body.items() if k != "logprobs"}
+                        continue
                     else:
                         self._raise_for_status(response)
                         return self._read_answer(response, call, sent_at, answer_deadline)
@@ -320,9 +339,18 @@ class RemoteEngine(Engine):
                 raise self._network_error(exc) from None
             time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
 
+    def _refused_logprobs(self, content: bytes) -> bool:
+        """Whether an error body (of a 400 or 422 to a request with `logprobs`) names that field: the answer is
+        then asked for again without it, and so is every later one until the server is connected again."""
+        if b"logprob" not in content.lower():
+            return False
+        log.info("%s does not take the logprobs field; asking without it (no low-confidence spans)", self.url)
+        self._ask_logprobs = False
+        return True
+
     def _read_answer(self, response: httpx.Response, call: Call, sent_at: float, deadline: float) -> _Answer:
         # dotocr-serve guards with the real token ids; for the others, each streamed piece stands for a token
-        answer = _Answer(sent_at, guard=self._kind != DOTOCR)
+        answer = _Answer(sent_at, guard=self._kind != DOTOCR, max_pieces=call.max_new_tokens)
         limit = call.max_new_tokens * BYTES_PER_TOKEN + MAX_LINE_BYTES
         if "text/event-stream" not in response.headers.get("content-type", ""):  # a server that ignores stream
             data = _json_or_none(self._read_body(response, min(limit, MAX_BODY_BYTES), deadline))
@@ -434,13 +462,19 @@ class RemoteEngine(Engine):
         return RemoteEngineError(f"The connection to the OCR server at {self.url} failed "
                                  f"({type(exc).__name__}); try again, or check the server.")
 
-    def _raise_for_status(self, response: httpx.Response) -> None:
+    def _error_body(self, response: httpx.Response) -> bytes:
+        """An error's body, read within its limit (what cannot be read is empty)."""
+        with contextlib.suppress(httpx.HTTPError, RemoteEngineError):
+            return response.content if response.is_stream_consumed else self._read_body(
+                response, MAX_ERROR_BODY * 4, time.monotonic() + CONNECT_TIMEOUT_S * 2)
+        return b""
+
+    def _raise_for_status(self, response: httpx.Response, content: bytes | None = None) -> None:
+        """A RemoteEngineError for an error status; `content` is its body when already read."""
         if response.status_code < 400:
             return
-        content = b""
-        with contextlib.suppress(httpx.HTTPError, RemoteEngineError):  # an error's body, read within its limit
-            content = response.content if response.is_stream_consumed else self._read_body(
-                response, MAX_ERROR_BODY * 4, time.monotonic() + CONNECT_TIMEOUT_S * 2)
+        if content is None:
+            content = self._error_body(response)
         text = without_lone_surrogates(content[:200].decode("utf-8", "replace")).strip()
         message = _error_message(_json_or_none(content)) or text or response.reason_phrase
         if response.status_code in (401, 403):
@@ -477,11 +511,19 @@ class _Answer:
     With `guard`, the loop guard watches the streamed pieces, each as a token (the same text, the same id):
     servers stream one token per piece, so its thresholds, set in tokens, hold. A loop it sees ends the
     answer with finish_reason "repetition"; `kept_text` is then the text before the loop plus one copy of its
-    block, as the local engine keeps it."""
+    block, as the local engine keeps it.
 
-    def __init__(self, sent_at: float, *, guard: bool = False) -> None:
+    The logprobs the server sends with the text (at most `max_pieces` tokens, as many as were asked for) become
+    `tokens`: what each token added to the text, decoded from its bytes as a listener receives them, and its
+    probability. None where the server sent none or sent something that is not OpenAI's logprobs."""
+
+    def __init__(self, sent_at: float, *, guard: bool = False, max_pieces: int | None = None) -> None:
         self.parts: list[str] = []
         self.pieces = 0
+        self.tokens: list[Piece] | None = None
+        self._max_tokens = max_pieces
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+        self._bad_logprobs = False
         self._guard = LoopGuard() if guard else None
         self._ids: dict[str, int] = {}
         self._piece_ids: list[int] = []
@@ -511,6 +553,7 @@ class _Answer:
         for choice in event.get("choices") or ():
             if not isinstance(choice, dict):
                 continue
+            self._take_logprobs(choice.get("logprobs"))
             delta = choice.get("delta") or {}
             content = delta.get("content") if isinstance(delta, dict) else None
             if isinstance(content, str) and content:
@@ -525,6 +568,65 @@ class _Answer:
             if isinstance(choice.get("finish_reason"), str) and choice["finish_reason"]:
                 self.finish_reason = choice["finish_reason"][:40]
         return delta_text
+
+    def _take_logprobs(self, logprobs: Any) -> None:
+        """One choice's `logprobs` ({"content": [{"token", "logprob", "bytes", ...}, ...]}) added to `tokens`."""
+        if logprobs is None or self._bad_logprobs:
+            return
+        content = logprobs.get("content") if isinstance(logprobs, dict) else ...
+        if content is None:
+            return
+        if not isinstance(content, list):
+            self._give_up_logprobs("logprobs that are not a list of tokens")
+            return
+        tokens = self.tokens if self.tokens is not None else []
+        for entry in content:
+            if self._max_tokens is not None and len(tokens) >= self._max_tokens:
+                break  # more than was asked for: the text is cut there too
+            piece = self._piece(entry)
+            if piece is None:
+                self._give_up_logprobs("a logprobs entry without a token and a logprob")
+                return
+            tokens.append(piece)
+        self.tokens = tokens
+
+    def _piece(self, entry: Any) -> Piece | None:
+        """(the text the token added, its probability), or None for an entry that is not OpenAI's."""
+        if not isinstance(entry, dict):
+            return None
+        logprob, token, spelled = entry.get("logprob"), entry.get("token"), entry.get("bytes")
+        if isinstance(logprob, bool) or not isinstance(logprob, (int, float)) or math.isnan(logprob):
+            return None
+        if isinstance(spelled, list) and len(spelled) <= MAX_TOKEN_BYTES \
+                and all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b < 256 for b in spelled):
+            text = self._utf8.decode(bytes(spelled))  # a token ending mid-character adds nothing yet
+        elif isinstance(token, str) and len(token) <= MAX_TOKEN_BYTES:
+            text = without_lone_surrogates(token)
+        else:
+            return None
+        return text, min(1.0, math.exp(min(0.0, logprob)))
+
+    def _give_up_logprobs(self, what: str) -> None:
+        log.info("The server sent %s; this answer has no low-confidence spans", what)
+        self._bad_logprobs = True
+        self.tokens = None
+
+    def kept_pieces(self) -> list[Piece] | None:
+        """The tokens that write `kept_text`, or None where they do not add up to it (a server that sent no
+        logprobs, malformed ones, or ones for other text): unknown, never a false "sure"."""
+        if self.tokens is None or self._bad_logprobs:
+            return None
+        tokens = list(self.tokens)
+        tail = self._utf8.decode(b"", final=True)
+        if tail and tokens:
+            tokens[-1] = (tokens[-1][0] + tail, tokens[-1][1])
+        kept, length, pieces = self.kept_text, 0, []
+        for piece in tokens:
+            if length >= len(kept) and piece[0]:
+                break
+            pieces.append(piece)
+            length += len(piece[0])
+        return pieces if "".join(text for text, _ in pieces) == kept else None
 
     def cut(self, pieces: int) -> None:
         """Keep the first `pieces` pieces: the server sent more than it was asked for."""
@@ -553,6 +655,7 @@ class _Answer:
                                     "dots.ocr.")
         message = choices[0].get("message") or {}
         content = message.get("content") if isinstance(message, dict) else None
+        self._take_logprobs(choices[0].get("logprobs"))
         self.first_at = time.perf_counter()
         if isinstance(content, str):
             self.parts.append(without_lone_surrogates(content))

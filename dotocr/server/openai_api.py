@@ -8,6 +8,11 @@ dots.ocr's own rule with no extra cap, so token counts and boxes are vLLM's. The
 the model generated (`OCRResult.raw`), so clients that post-process dots.ocr output themselves get the same
 text from either server.
 
+With `logprobs: true` each answer token's log probability comes back in vLLM's shape (`choices[0].logprobs.content`,
+one entry per token of the kept answer: `token` is the text it added, `bytes` that text's UTF-8); `top_logprobs`
+is accepted but its lists stay empty. Streamed, the tokens come in one chunk, the one carrying `finish_reason`:
+the engine hands the probabilities over with its result, after the text has streamed.
+
 Where we differ from vLLM, on purpose: a user message with an image and no text part at all gets the
 server's prompt setting (vLLM would send the model a bare "\n"); earlier user or assistant turns are refused
 (this is an OCR server: one page per request).
@@ -16,6 +21,7 @@ server's prompt setting (vLLM would send the model a bare "\n"); earlier user or
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -76,12 +82,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             pieces = await server.stream_ocr(ticket, request.receive, image, **options)
-            return StreamingResponse(_sse(pieces(), model, include_usage, server),
+            return StreamingResponse(_sse(pieces(), model, include_usage, server, bool(body.logprobs)),
                                      media_type="text/event-stream", headers=SSE_HEADERS)
         result = await server.run_ocr(ticket, request.receive, image, **options)
     finally:
         ticket.close()
-    return _completion(result, model)
+    return _completion(result, model, bool(body.logprobs))
 
 
 def _token_cap(body: ChatCompletionRequest, default: int) -> int:
@@ -157,24 +163,33 @@ def _usage(result: OCRResult) -> dict[str, int]:
             "total_tokens": result.prompt_tokens + result.generated_tokens}
 
 
-def _completion(result: OCRResult, model: str) -> dict[str, Any]:
+def _logprobs(result: OCRResult, asked: bool) -> dict[str, Any] | None:
+    """vLLM's `logprobs` for the answer's tokens when asked and the engine could tell (None otherwise)."""
+    if not asked or result.low_confidence is None:
+        return None
+    return {"content": [{"token": text, "logprob": math.log(p) if p > 0 else -9999.0,  # vLLM's -inf
+                         "bytes": list(text.encode("utf-8")), "top_logprobs": []} for text, p in result.pieces]}
+
+
+def _completion(result: OCRResult, model: str, logprobs: bool = False) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
         "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": result.raw},
-                     "finish_reason": _finish_reason(result), "logprobs": None}],
+                     "finish_reason": _finish_reason(result), "logprobs": _logprobs(result, logprobs)}],
         "usage": _usage(result),
     }
 
 
 async def _sse(pieces: AsyncIterator[str | OCRResult], model: str, include_usage: bool,
-               server: ServerState) -> AsyncIterator[str]:
+               server: ServerState, logprobs: bool = False) -> AsyncIterator[str]:
     """Chunks as OpenAI streams them; an error after the start arrives as an `error` event, then [DONE]."""
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
 
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> str:
-        choices = [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+    def chunk(delta: dict[str, Any], finish_reason: str | None = None, tokens: dict[str, Any] | None = None,
+              **extra: Any) -> str:
+        choices = [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": tokens}]
         data = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model,
                 "choices": choices, **extra}
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
@@ -186,7 +201,7 @@ async def _sse(pieces: AsyncIterator[str | OCRResult], model: str, include_usage
                 if piece:
                     yield chunk({"content": piece})
                 continue
-            yield chunk({}, _finish_reason(piece))
+            yield chunk({}, _finish_reason(piece), _logprobs(piece, logprobs))
             if include_usage:
                 data = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
                         "model": model, "choices": [], "usage": _usage(piece)}

@@ -152,6 +152,10 @@ class ChatCompletionRequest(BaseModel):
     n: int | None = Field(default=None, ge=1, le=1, strict=True, description="Only one choice is generated.")
     stream: bool = Field(default=False, strict=True)
     stream_options: StreamOptions | None = None
+    logprobs: bool | None = Field(default=None, strict=True,
+                                  description="Each answer token's log probability, as vLLM returns it.")
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, strict=True,
+                                     description="Accepted; the rivals are not returned (top_logprobs is []).")
 
 
 class Usage(BaseModel):
@@ -165,11 +169,23 @@ class ChoiceMessage(BaseModel):
     content: str
 
 
+class TokenLogprob(BaseModel):
+    token: str
+    """The text this token added to the answer ("" for one that ends mid-character; the next has it whole)."""
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[Any] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob]
+
+
 class Choice(BaseModel):
     index: int = 0
     message: ChoiceMessage
     finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):

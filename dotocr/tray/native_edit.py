@@ -8,7 +8,7 @@ control's window procedure and queued; Tk's own timer takes them within `KEY_POL
 Tk's focus, Esc is the window's Esc, Ctrl+C goes through the window's copy (the selection, or everything).
 Nothing calls Tk from inside the window procedure: Tk dispatches it with the GIL released and its own state
 saved, and a tkinter call there aborts Python ("PyEval_RestoreThread ... GIL is released", seen under Wine).
-Low-confidence spans are underlined with RichEdit's own character format.
+Low-confidence spans get a wavy underline, RichEdit's own character format.
 
 Everything runs on the Tk thread (Tk's message loop dispatches the control's messages). Where the control
 cannot be made, `text_area.make_text_area` falls back on Tk's Text and logs why.
@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from ctypes import wintypes
 from typing import Any
 
+from dotocr.tray.spans import segments
+
 log = logging.getLogger(__name__)
 
 WS_CHILD, WS_VISIBLE, WS_VSCROLL, WS_TABSTOP = 0x40000000, 0x10000000, 0x00200000, 0x00010000
@@ -36,7 +38,8 @@ WM_USER = 0x0400
 EM_EXGETSEL, EM_EXLIMITTEXT, EM_GETSELTEXT = WM_USER + 52, WM_USER + 53, WM_USER + 62
 EM_GETCHARFORMAT, EM_SETCHARFORMAT = WM_USER + 58, WM_USER + 68
 SCF_SELECTION = 0x0001
-CFM_UNDERLINE, CFE_UNDERLINE, CFM_UNDERLINETYPE, CFU_UNDERLINE = 0x4, 0x4, 0x00800000, 1
+CFM_UNDERLINE, CFE_UNDERLINE, CFM_UNDERLINETYPE, CFU_UNDERLINEWAVE = 0x4, 0x4, 0x00800000, 8
+"""A wavy underline (RichEdit 4.1 and later; Msftedit.dll is): the spell checker's mark, read as "look here"."""
 VK_TAB, VK_ESCAPE, VK_SHIFT, VK_CONTROL = 0x09, 0x1B, 0x10, 0x11
 GWLP_WNDPROC = -4
 RICHEDIT_CLASS = "RICHEDIT50W"
@@ -64,8 +67,9 @@ class CHARFORMAT2W(ctypes.Structure):
 
 
 def rich_offset(text: str, offset: int) -> int:
-    """A character offset in `text` as RichEdit counts it: UTF-16 units, a line break as one (it stores "\\r")."""
-    return len(text[:offset].encode("utf-16-le")) // 2
+    """A character offset in `text` as RichEdit counts it: UTF-16 units, a line break as one ("\\n" and "\\r\\n"
+    alike: it stores "\\r")."""
+    return len(text[:offset].replace("\r\n", "\n").encode("utf-16-le")) // 2
 
 
 def to_rich(text: str) -> str:
@@ -143,10 +147,11 @@ class NativeTextArea:
     def set_text(self, text: str, low_confidence: Sequence[tuple[int, int]] = ()) -> None:
         with self._writable():
             self._send(WM_SETTEXT, 0, ctypes.c_wchar_p(to_rich(text)))
-            for start, end in low_confidence:
-                start, end = max(0, min(start, len(text))), max(0, min(end, len(text)))
-                if start < end:
-                    self._underline(rich_offset(text, start), rich_offset(text, end))
+            start = 0
+            for piece, underlined in segments(text, low_confidence):  # clipped and merged as Tk's are
+                if underlined:
+                    self._underline(rich_offset(text, start), rich_offset(text, start + len(piece)))
+                start += len(piece)
             self._send(EM_SETSEL, 0, 0)
         self._send(EM_EMPTYUNDOBUFFER, 0, 0)
         self._send(EM_SETMODIFY, 0, 0)
@@ -211,7 +216,7 @@ class NativeTextArea:
     def _underline(self, start: int, end: int) -> None:
         self._send(EM_SETSEL, start, end)
         format_ = CHARFORMAT2W(cbSize=ctypes.sizeof(CHARFORMAT2W), dwMask=CFM_UNDERLINE | CFM_UNDERLINETYPE,
-                               dwEffects=CFE_UNDERLINE, bUnderlineType=CFU_UNDERLINE)
+                               dwEffects=CFE_UNDERLINE, bUnderlineType=CFU_UNDERLINEWAVE)
         self._send(EM_SETCHARFORMAT, SCF_SELECTION, format_)
 
     def _writable(self) -> _Writable:

@@ -187,9 +187,10 @@ class ResultDisplay:
         return [("Copy", self._copy_again)]
 
     def low_confidence(self, outcome: Outcome) -> list[Span]:
-        """Spans of `outcome.text` to underline. Nothing supplies them yet; the engine's per-token probabilities
-        (OCRResult.low_confidence, issue 17) come in here."""
-        return []
+        """Spans of `outcome.text` to underline: each result's `low_confidence` (characters its tokens wrote with
+        less than even odds), moved to where that result's text stands in the displayed text (a PDF's pages
+        joined). A result whose text is not found there, or that could not tell (None), marks nothing."""
+        return displayed_spans(outcome.text, [(r.text, r.low_confidence) for r in outcome.results])
 
     def _copy_again(self, text: str) -> None:
         try:
@@ -198,6 +199,23 @@ class ResultDisplay:
             raise CopyError(error_sentence(exc)) from exc
         if copied is False:
             raise CopyError("There is no text to copy.")
+
+
+def displayed_spans(shown: str, parts: Sequence[tuple[str, Sequence[Sequence[int]] | None]]) -> list[Span]:
+    """`parts` are (a result's text, its spans of that text), in order; their spans as offsets of `shown`, which
+    holds those texts in that order (joined by anything). Spans are clipped to their own text."""
+    spans: list[Span] = []
+    cursor = 0
+    for text, marked in parts:
+        found = shown.find(text, cursor)
+        if found < 0:
+            continue
+        for span in marked or ():
+            start, end = max(0, int(span[0])), min(len(text), int(span[1]))
+            if start < end:
+                spans.append((found + start, found + end))
+        cursor = found + len(text)
+    return spans
 
 
 class CopyError(Exception):

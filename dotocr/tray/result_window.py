@@ -25,6 +25,7 @@ from dotocr.capture import BASE_DPI, Monitor, Rect, list_monitors, monitor_at, m
 from dotocr.tray.messages import progress_line
 from dotocr.tray.reading import Reading
 from dotocr.tray.result_display import CopyChoice, CopyError, Span
+from dotocr.tray.spans import segments
 from dotocr.tray.text_area import TextArea, make_text_area
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ TEXT_PX, UI_PX = 15, 13
 """Font sizes in pixels at 100 % (11 and 10 points at 96 DPI)."""
 PROBLEM_COLOUR = "#b91c1c"
 MUTED_COLOUR = "#555555"
+LEGEND = "Underlined: the reader was unsure there; worth a look."
+"""Shown under the text only when something is underlined: the mark explains itself, no tooltip needed."""
 
 
 def scale_for(root: tk.Misc, monitor: Monitor | None) -> float:
@@ -86,9 +89,12 @@ class ResultWindow:
         self.status = ttk.Label(body, text="Reading the picture\u2026", style="Dotocr.TLabel", anchor="w")
         self.status.pack(fill="x", pady=(0, round(6 * scale)))
         self.area: TextArea = make_text_area(body, font=self.text_font, on_key=self._copy_key, on_escape=self._escape)
-        self.area.frame.pack(fill="both", expand=True)
+        self.legend = ttk.Label(body, text=LEGEND, style="Muted.Dotocr.TLabel", anchor="w")
+        """Packed under the text by `finish` when a span is underlined."""
         self.buttons = ttk.Frame(body, style="Dotocr.TFrame")
-        self.buttons.pack(fill="x", pady=(round(8 * scale), 0))
+        # the buttons (and the legend) first, from the bottom: when the window is short the text gives way
+        self.buttons.pack(side="bottom", fill="x", pady=(round(8 * scale), 0))
+        self.area.frame.pack(fill="both", expand=True)
         self.close_button = ttk.Button(self.buttons, text="Cancel", command=self._escape, style="Dotocr.TButton")
         self.close_button.pack(side="right")
         self.countdown = ttk.Label(self.buttons, text="", style="Muted.Dotocr.TLabel")
@@ -136,7 +142,10 @@ class ResultWindow:
             return
         self._state = "done"
         self._pull()
-        self.area.set_text(self.area.get_text() if text is None else text, low_confidence)
+        final = self.area.get_text() if text is None else text
+        self.area.set_text(final, low_confidence)
+        if any(underlined for _piece, underlined in segments(final, low_confidence)):
+            self.legend.pack(side="bottom", fill="x", pady=(round(4 * self.scale), 0), before=self.area.frame)
         self.area.set_editable(True)
         self.window.title("dotocr \u00b7 " + ("problem" if problem else "result"))
         self.status.configure(text=status, style="Problem.Dotocr.TLabel" if problem else "Dotocr.TLabel")

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from tkinter import ttk
 from typing import Protocol
 
+from dotocr.tray.spans import segments
+
 log = logging.getLogger(__name__)
 
 LOW_CONFIDENCE = "low_confidence"
@@ -59,22 +61,6 @@ def make_text_area(master: tk.Misc, *, font: object, on_key: Callable[[object], 
             log.warning("The native text control could not be made (%s); the result window uses Tk's Text, which "
                         "screen readers cannot read", exc)
     return TkTextArea(master, font=font, on_key=on_key)
-
-
-def segments(text: str, spans: Sequence[tuple[int, int]]) -> list[tuple[str, bool]]:
-    """`text` cut at the span edges: (piece, underlined). Spans outside the text are clipped, overlaps merged,
-    so a caller's stale or sloppy spans never fail the window."""
-    marks = [False] * len(text)
-    for start, end in spans:
-        for i in range(max(0, start), min(len(text), end)):
-            marks[i] = True
-    pieces: list[tuple[str, bool]] = []
-    for i, char in enumerate(text):
-        if pieces and pieces[-1][1] == marks[i]:
-            pieces[-1] = (pieces[-1][0] + char, marks[i])
-        else:
-            pieces.append((char, marks[i]))
-    return pieces
 
 
 class TkTextArea:
