@@ -14,21 +14,29 @@ Wine stands in for the Windows API, not for Windows: what it cannot show is list
 
 from __future__ import annotations
 
-import json
-import os
-import pty
-import select
+import sys
+
+import pytest
+
+if sys.platform == "win32":
+    pytest.skip("these tests drive Wine from Linux (xdotool, xclip, a pseudo-terminal); under Windows Python "
+                "they have nothing to drive", allow_module_level=True)
+
+import json  # noqa: E402 - after the skip: pty and termios exist on POSIX only
+import os  # noqa: E402
+import pty  # noqa: E402
+import select  # noqa: E402
 import subprocess
 import time
 import tkinter as tk
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from dotocr.capture.overlay import dimmed
-from dotocr.desktop.hotkey import parse_hotkey, taken_message
+from dotocr.desktop.hotkey import parse_hotkey
+from dotocr.desktop.hotkey.base import taken_message
 from dotocr.desktop.hotkey.windows import MOD_NOREPEAT, virtual_key
 from dotocr.engine import DotOCRInference
 from tests.capture_helpers import ImageWindow, drag_args, pattern_image, pump_until
@@ -87,6 +95,15 @@ def x_window(name: str) -> str | None:
     return ids[0] if done.returncode == 0 and ids else None
 
 
+def x_clipboard() -> str | None:
+    """The X clipboard through xclip, or None while its owner does not answer: Wine's clipboard thread may be
+    busy taking the previous X owner's text in when the Windows side copies."""
+    try:
+        return xclip_read()
+    except subprocess.TimeoutExpired:
+        return None
+
+
 def log_text(data: Path) -> str:
     path = data / "tray.log"
     return path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
@@ -112,8 +129,8 @@ def test_the_tray_under_wine_end_to_end(wine, win_env, dots_tiny, tmp_path):
     expected = reference_text(dots_tiny, known.crop(crop_box))
     data = tmp_path / "data"
     wait = lambda condition, timeout: pump_until(root, condition, timeout)  # noqa: E731
-    tray = wine.popen(["--hotkey", HOTKEY, *tiny_flags(dots_tiny)], exe="Scripts\\dotocr-tray.exe", env=win_env,
-                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tray = wine.popen_logged(["--hotkey", HOTKEY, *tiny_flags(dots_tiny)], tmp_path / "tray-output.txt",
+                             exe="Scripts/dotocr-tray.exe", env=win_env)
     try:
         wait(lambda: "Model ready" in log_text(data) and "tray started" in log_text(data), STARTUP_S)
         tray_window = wait_for_value(root, lambda: x_window("Wine System Tray"), 30)
@@ -128,8 +145,8 @@ def test_the_tray_under_wine_end_to_end(wine, win_env, dots_tiny, tmp_path):
         # 2. a drag: the text lands on the Windows clipboard, which Wine also offers to X
         drag = subprocess.Popen(["xdotool", *drag_args((left + 40, top + 30), (left + 139, top + 109))])
         wait(lambda: drag.poll() is not None, 10)
-        wait(lambda: xclip_read() != "sentinel", 120)
-        assert xclip_read() == expected
+        wait(lambda: x_clipboard() not in (None, "sentinel"), 120)
+        assert x_clipboard() == expected
         assert wine.probe("clipboard") == expected
 
         # 3. the balloon shows (Wine draws it as a tooltip window of its tray), and the history has the text
@@ -139,7 +156,7 @@ def test_the_tray_under_wine_end_to_end(wine, win_env, dots_tiny, tmp_path):
         assert [item["text"] for item in history["items"]] == [expected]
 
         # 4. a second dotocr-tray hands its capture to this one and exits 0; Esc cancels it
-        second = wine.popen(["--capture"], exe="Scripts\\dotocr-tray.exe", env=win_env)
+        second = wine.popen(["--capture"], exe="Scripts/dotocr-tray.exe", env=win_env)
         wait(lambda: second.poll() is not None, 120)
         assert second.returncode == 0, second.stdout.read().decode(errors="replace")
         wait(lambda: pixel(*probe) == dim_value, 30)
@@ -148,15 +165,15 @@ def test_the_tray_under_wine_end_to_end(wine, win_env, dots_tiny, tmp_path):
         assert wine.probe("clipboard") == expected
 
         # 5. "Start at login" writes the Run key with pythonw.exe (no console window at login); again removes it
-        choose_from_menu(root, tray_window, ups=4)
+        choose_from_menu(root, wine, tray_window, ups=5)
         command = wait_for_value(root, lambda: wine.probe("run-key"), 30)
         assert command.startswith('"') and command.split('"')[1].lower().endswith("\\pythonw.exe"), command
         assert "-m dotocr.tray" in command and f"--hotkey {HOTKEY}" in command
-        choose_from_menu(root, tray_window, ups=4)
+        choose_from_menu(root, wine, tray_window, ups=5)
         wait(lambda: wine.probe("run-key") is None, 30)
 
         # 6. Quit: the tray ends with 0 and no process of ours is left
-        choose_from_menu(root, tray_window, ups=0)
+        choose_from_menu(root, wine, tray_window, ups=0)
         wait(lambda: tray.poll() is not None, 60)
         assert tray.returncode == 0
         wait(lambda: not wine.ours(), 30)
@@ -176,22 +193,37 @@ def wait_for_value(root: tk.Tk, read: Callable[[], object], timeout: float) -> o
     return found[-1]
 
 
-def choose_from_menu(root: tk.Tk, tray_window: str, *, ups: int) -> None:
-    """Right-click the icon in Wine's tray window, then End (Quit, the last item) and `ups` times Up, Enter.
-    Wine keeps another process's menu to itself, so the item is reached by keys, counted from the bottom of
-    dotocr/tray/menu.py's menu: Quit, Reload settings, Open settings file, Free GPU memory, Expose local API,
-    Start at login."""
-    xdotool("mousemove", "--window", tray_window, "8", "8", "click", "3")
-    pump_until(root, lambda: x_popup_menu() is not None, 10)
-    xdotool("key", "End", *(["Up"] * ups), "Return")
-    pump_until(root, lambda: x_popup_menu() is None, 10)
+def choose_from_menu(root: tk.Tk, wine: Wine, tray_window: str, *, ups: int) -> None:
+    """Right-click the icon in Wine's tray window, then End (Quit, the last item), `ups` times Up, and Enter.
+    Wine keeps another process's menu to itself (no item rectangles from outside), so the item is reached by
+    keys, counted from the bottom of dotocr/tray/menu.py's menu: Quit, Reload settings, Open settings file,
+    Free GPU memory, Expose local API, Start at login."""
+    xdotool("mousemove", "--window", tray_window, "9", "10", "click", "3")  # the first icon of the tray window
+    seen: list[object] = []
+    try:
+        pump_until(root, lambda: popup_menu_shown(wine, seen), 30)
+        # Wine hears X keys only while one of its windows has the X focus, and the menu's own loop only then
+        xdotool("windowfocus", "--sync", python_x_window())
+        xdotool("key", "End", *(["Up"] * ups), "Return")
+        pump_until(root, lambda: not popup_menu_shown(wine, seen), 30)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the windows Wine showed last: {seen[-1:]}") from None
 
 
-def x_popup_menu() -> str | None:
-    """Wine draws a popup menu as an unnamed override-redirect X window; xdotool finds it by Wine's class."""
-    done = subprocess.run(["xdotool", "search", "--onlyvisible", "--classname", "python.exe"], capture_output=True,
-                          text=True, timeout=10)
-    return done.stdout.split()[0] if done.returncode == 0 and done.stdout.split() else None
+def python_x_window() -> str:
+    """The one visible X window of the Windows Python (Wine names its X class after the program): the popup menu
+    while it is open, as the tray's other windows are hidden then."""
+    found = subprocess.run(["xdotool", "search", "--onlyvisible", "--classname", "python.exe"], capture_output=True,
+                           text=True, timeout=10).stdout.split()
+    assert len(found) == 1, f"expected one visible window of python.exe, found {found}"
+    return found[0]
+
+
+def popup_menu_shown(wine: Wine, seen: list[object]) -> bool:
+    """Whether a popup menu (Windows' window class #32768) is on screen, asked through EnumWindows."""
+    windows = wine.probe("windows")
+    seen.append(windows)
+    return any(cls == "#32768" for cls, _title, _pid in windows)
 
 
 @pytest.mark.timeout(300)
@@ -236,7 +268,7 @@ def page(dots_tiny, tmp_path_factory) -> tuple[Path, str]:
 def test_the_cli_reads_a_non_ascii_path_and_writes_utf8_to_a_windows_pipe(wine, win_env, dots_tiny, page):
     path, text = page
     done = wine.run(["ocr", winpath(path), "--local", "--format", "json", *tiny_flags(dots_tiny)],
-                    exe="Scripts\\dotocr.exe", env=win_env, timeout=240)
+                    exe="Scripts/dotocr.exe", env=win_env, timeout=240)
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     (line,) = done.stdout.decode("utf-8").splitlines()  # UTF-8 on the pipe, never cp1252's "?" or a crash
     result = json.loads(line)
@@ -251,7 +283,7 @@ def test_the_cli_prints_non_ascii_text_on_the_console(wine, win_env, dots_tiny, 
     path, text = page
     controller, terminal = pty.openpty()
     try:
-        process = wine.popen(["ocr", winpath(path), "--local", *tiny_flags(dots_tiny)], exe="Scripts\\dotocr.exe",
+        process = wine.popen(["ocr", winpath(path), "--local", *tiny_flags(dots_tiny)], exe="Scripts/dotocr.exe",
                              env=win_env, stdin=terminal, stdout=terminal, stderr=terminal)
         os.close(terminal)
         output = read_until_exit(controller, process, 240)
@@ -287,7 +319,7 @@ def read_until_exit(fd: int, process: subprocess.Popen, timeout: float) -> bytes
 def test_dotocr_serve_answers_curl_from_linux(wine, win_env, dots_tiny, page):
     path, text = page
     port = free_port()
-    server = wine.popen(["--port", str(port), *tiny_flags(dots_tiny)], exe="Scripts\\dotocr-serve.exe", env=win_env)
+    server = wine.popen(["--port", str(port), *tiny_flags(dots_tiny)], exe="Scripts/dotocr-serve.exe", env=win_env)
     try:
         deadline = time.monotonic() + STARTUP_S
         while not health_is(port, "ready"):
@@ -313,7 +345,7 @@ def health_is(port: int, status: str) -> bool:
 
 @pytest.mark.timeout(300)
 def test_doctor_on_a_cpu_only_torch_says_to_install_the_cuda_build(wine, win_env, dots_tiny):
-    done = wine.run(["doctor", "--json", "--model", winpath(dots_tiny)], exe="Scripts\\dotocr.exe", env=win_env,
+    done = wine.run(["doctor", "--json", "--model", winpath(dots_tiny)], exe="Scripts/dotocr.exe", env=win_env,
                     timeout=240)
     report = json.loads(done.stdout.decode("utf-8"))
     checks = {check["key"]: check for check in report["checks"]}

@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,14 @@ class Wine:
         return subprocess.Popen([str(WRAPPER), *args], env=full_env, stdin=stdin, stdout=stdout, stderr=stderr,
                                 cwd=REPO, **kwargs)
 
+    def popen_logged(self, args: list[str], log: Path, *, exe: str = "python.exe",
+                     env: dict[str, str] | None = None) -> subprocess.Popen:
+        """`popen` with stdout and stderr copied to the Linux file `log` by a thread (Wine's console Python
+        cannot write to a file itself), so a failing test can show what the program said."""
+        process = self.popen(args, exe=exe, env=env)
+        threading.Thread(target=_copy, args=(process.stdout, log), name=f"log {log.name}", daemon=True).start()
+        return process
+
     def run(self, args: list[str], *, timeout: float, input: bytes | None = None, exe: str = "python.exe",
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """Run to completion; stdout and stderr as separate byte strings."""
@@ -134,3 +143,10 @@ class Wine:
         env = self.env(WINEPREFIX=str(wine_root() / "prefix"))
         subprocess.run(["wineserver", "-k"], env=env, capture_output=True, timeout=60)
         subprocess.run(["wineserver", "-w"], env=env, capture_output=True, timeout=60)
+
+
+def _copy(stream: Any, log: Path) -> None:
+    with log.open("ab") as out:
+        for line in iter(stream.readline, b""):
+            out.write(line)
+            out.flush()
