@@ -47,6 +47,7 @@ def child(args: argparse.Namespace) -> dict:
 
     from dotocr.engine.decoders.base import DecodeRequest
     from dotocr.engine.decoders.llamacpp import load_llamacpp_decoder
+    from dotocr.engine.decoders.speculation import Drafter
     from dotocr.engine.inputs.preprocessing import ImagePreparer
     from dotocr.engine.inputs.prompts import encode_prompt, instruction_for
     from dotocr.engine.plan import LoadPlan
@@ -62,7 +63,7 @@ def child(args: argparse.Namespace) -> dict:
     preparer = ImagePreparer.from_pretrained(folder)
     # llama.cpp memory-maps the GGUF: page every weight in with a short text prompt first, as the torch child
     # touches its weights, so neither the timings nor the resident size mix loading with inference.
-    decoder.generate(DecodeRequest([1, 2, 3, 4], None, None, 1000, 2), lambda token: False)
+    decoder.generate(DecodeRequest([1, 2, 3, 4], None, None, 1000, 2), lambda token, probability: False)
     load_s = time.perf_counter() - started
     rss_loaded = rss_bytes()
 
@@ -75,23 +76,27 @@ def child(args: argparse.Namespace) -> dict:
     tower.register_forward_hook(lambda *_: marks.__setitem__("vision_end", time.perf_counter()))
     times: list[float] = []
 
-    def on_token(token: int) -> bool:
+    def on_token(token: int, probability: float) -> bool:
         times.append(time.perf_counter())
         return False
 
-    request = DecodeRequest(ids, prepared.pixel_values, prepared.grid_thw, 1000, args.new_tokens)
+    drafter = Drafter(costs=decoder.batch_costs) if args.speculate else None
+    request = DecodeRequest(ids, prepared.pixel_values, prepared.grid_thw, 1000, args.new_tokens, drafter=drafter)
     with PeakMemory() as peak:
         begin = time.perf_counter()
         out = decoder.generate(request, on_token)
         finish = time.perf_counter()
     decoder.close()
     name = f"hybrid {args.gguf_type}{' fixed threads' if args.fixed_threads else ''}"
+    name += " speculate" if args.speculate else ""
     return {"system": name, "crop": args.crop, "image_tokens": prepared.image_tokens,
             "prompt_tokens": len(ids), "generated": len(out), "load_s": round(load_s, 2),
             "vision_s": marks["vision_end"] - marks["vision_start"],
             "prefill_s": times[0] - marks["vision_end"],
             "decode_tok_s": (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else None,
-            "total_s": finish - begin, "peak_rss_bytes": rss_loaded + peak.extra}
+            "total_s": finish - begin, "peak_rss_bytes": rss_loaded + peak.extra,
+            "draft_tokens": drafter.draft_tokens if drafter else 0,
+            "accepted_tokens": drafter.accepted_tokens if drafter else 0, "tokens": out}
 
 
 def own_child(args: argparse.Namespace) -> dict:
@@ -102,7 +107,7 @@ def own_child(args: argparse.Namespace) -> dict:
     import llama_cpp.mtmd_cpp as mtmd
     import numpy as np
 
-    from dotocr.engine.decoders.llamacpp import cpu_has_amx
+    from dotocr.engine.decoders.amx import extra_buffers_allowed
     from dotocr.engine.inputs.preprocessing import ImagePreparer
     from dotocr.engine.inputs.prompts import ASSISTANT, END_USER, USER, instruction_for
 
@@ -111,8 +116,7 @@ def own_child(args: argparse.Namespace) -> dict:
     llama.llama_backend_init()
     model_params = llama.llama_model_default_params()
     model_params.n_gpu_layers = -1 if args.device == "cuda" else 0
-    if cpu_has_amx():
-        model_params.use_extra_bufts = False  # as in our decoder: llama.cpp's AMX kernels crash on such CPUs
+    model_params.use_extra_bufts = extra_buffers_allowed()  # as in our decoder: AMX only with the permission
     model = llama.llama_model_load_from_file(os.fsencode(args.text_gguf), model_params)
     params = llama.llama_context_default_params()
     params.n_ctx = 8192
@@ -231,6 +235,8 @@ def main() -> None:
                         help="cuda: vision in fp16 on the GPU and llama.cpp offloaded (needs a CUDA llama-cpp-python)")
     parser.add_argument("--fixed-threads", action="store_true",
                         help="also run the hybrid with its decode thread count fixed at 2 (no ThreadTuner)")
+    parser.add_argument("--speculate", action="store_true",
+                        help="also run the hybrid with speculative decoding on (issue 19), alternating with it off")
     parser.add_argument("--busy", type=int, default=0,
                         help="keep this many busy-looping processes running throughout, as other programs would")
     args = parser.parse_args()
@@ -266,6 +272,8 @@ def run_rounds(args: argparse.Namespace, folder: Path, mmproj: Path | None, busy
     systems += [f"hybrid {t}" for t in args.types]
     if args.fixed_threads:
         systems += [f"hybrid {t} fixed threads" for t in args.types]
+    if args.speculate:
+        systems += [f"hybrid {t} speculate" for t in args.types]
     if mmproj is not None:
         systems += [f"llama.cpp {t} + mmproj {args.mmproj_type}" for t in args.types]
     for round_no in range(args.rounds):
@@ -287,7 +295,8 @@ def run_rounds(args: argparse.Namespace, folder: Path, mmproj: Path | None, busy
                         "--crop", crop, "--new-tokens", new_tokens, "--gguf-type", system.split()[1],
                         "--checkpoint", str(folder), "--gguf-dir", args.gguf_dir,
                         "--max-image-size", str(args.max_image_size), "--device", args.device,
-                        *(["--fixed-threads"] if system.endswith("fixed threads") else [])], timeout=3600)
+                        *(["--fixed-threads"] if system.endswith("fixed threads") else []),
+                        *(["--speculate"] if system.endswith("speculate") else [])], timeout=3600)
                     case.setdefault("system", system)
                     case.setdefault("crop", crop)
                 case["round"] = round_no

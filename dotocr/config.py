@@ -1,18 +1,21 @@
-"""The one settings object every front end shares, its TOML file, and its command-line flags.
+"""The one settings object every front end shares, its TOML file, its environment variables and its flags.
 
-Settings flow one way: file -> command-line overrides -> engine. Each setting is declared once (default,
-allowed values or range, help, flag) as field metadata of `Settings`; validation and the flags read it.
-A broken file is reported with its name (and line), the app runs on defaults, and the file is never
-overwritten.
+Settings flow one way: defaults -> the file -> `DOTOCR_<KEY>` environment variables -> command-line flags ->
+engine. Each setting is declared once (default, allowed values or range, help, flag) as field metadata of
+`Settings`; validation, the environment variables and the flags all read it. A broken file is reported with
+its name (and line), the app runs on defaults, and the file is never overwritten; a bad environment value is
+reported and ignored, like a bad value in the file.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import stat
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -34,12 +37,20 @@ DEFAULT_MODEL = "rednote-hilab/dots.ocr"
 DEVICES = ("auto", "cuda", "cpu")
 PRECISIONS = ("auto", "4bit", "fp16", "bf16", "fp32")
 DECODERS = ("auto", "torch", "llamacpp")
+VISION_PRECISIONS = ("auto", "int8")
+"""auto: the vision tower in the precision's dtype; int8: its Linear layers in dynamic int8 (CPU only)."""
+SPECULATE = ("auto", "on", "off")
+"""Speculative decoding: auto drafts where it pays (the tokens never change), off never drafts."""
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_k_m")
 """What the GGUF writer makes: F32 (exact against the torch decoder), F16, and llama.cpp's Q8_0 and Q4_K_M."""
 PROMPT_MODES = ("text", "layout", "layout-json", "grounding")
 OUTPUT_FORMATS = ("text", "markdown", "json")
 ENGINES = ("local", "remote")
+RESULT_WINDOW_MODES = ("auto", "always", "never")
+"""When the tray shows its result window; "auto" is defined in dotocr/tray/result_display.py (docs/tray.md)."""
 
+ENV_PREFIX = "DOTOCR_"
+"""`DOTOCR_<KEY>` sets a setting for this run, above the file and below the flags (DOTOCR_PRECISION=4bit)."""
 MAX_SETTINGS_BYTES = 1_000_000
 """A settings file is a few hundred bytes; anything over this is not one and is not read."""
 
@@ -80,6 +91,14 @@ class Settings:
     gguf_type: str = setting("", "GGUF weight type for the llama.cpp decoder", choices=GGUF_TYPES,
                              special=("",), special_means="chosen by the precision", flag="--gguf-type",
                              default_text="chosen by the precision")
+    vision_precision: str = setting("auto", "vision tower: auto follows --precision; int8 runs its Linear layers in "
+                                    "int8 (CPU only; faster than fp32, not than bf16: not the default)",
+                                    choices=VISION_PRECISIONS, flag="--vision-precision")
+    speculate: str = setting("auto", "speculative decoding: auto checks guessed tokens in batches only where a "
+                             "batch computes each token exactly as one at a time (fp32 torch, F32 GGUF on the CPU), "
+                             "so no token can change; on everywhere (faster structured answers where batches are "
+                             "cheap, a token may differ at a near-tie); off one token at a time",
+                             choices=SPECULATE, flag="--speculate")
     max_image_size: int = setting(1024, "cap on the longest image side in pixels", minimum=IMAGE_FACTOR,
                                   maximum=8192, special=(0,), special_means="no cap beyond dots.ocr's own sizing",
                                   flag="--max-image-size", metavar="PX")
@@ -93,6 +112,9 @@ class Settings:
     hotkey: str = setting("ctrl+alt+shift+o", "global hotkey of the tray, e.g. ctrl+alt+shift+o",
                           flag="--hotkey", metavar="KEYS")
     history_size: int = setting(20, "how many results the tray's history keeps", minimum=0, maximum=1000)
+    result_window: str = setting("auto", "the tray's result window, which shows the text as it is read and can stop "
+                                 "it: always, never (a notification only), or auto (when no notification can be "
+                                 "seen, or when a read takes more than a second)", choices=RESULT_WINDOW_MODES)
     idle_minutes: int = setting(0, "unload the model after this many idle minutes (0: never)", minimum=0,
                                 maximum=10080)
     api_enabled: bool = setting(False, "the tray also serves the local HTTP API")
@@ -323,8 +345,8 @@ class _Unreadable(Exception):
 
 # -- command-line flags shared by `dotocr`, `dotocr-tray` and `dotocr-serve` -------------------------
 
-ENGINE_FLAGS = ("model", "device", "precision", "decoder", "gguf_type", "max_image_size", "max_new_tokens",
-                "remote_url", "remote_model")
+ENGINE_FLAGS = ("model", "device", "precision", "decoder", "gguf_type", "vision_precision", "speculate",
+                "max_image_size", "max_new_tokens", "remote_url", "remote_model")
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -355,18 +377,87 @@ def add_setting_argument(parser: Any, name: str, *, help: str | None = None) -> 
     return parser.add_argument(flag, **options)
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings given as flags for this run; a flag left out is None and overrides nothing."""
-    names = _declared()
-    overrides = {name: value for name, value in vars(args).items() if name in names and value is not None}
-    if "remote_url" in overrides:  # --server URL: that server is the engine
-        overrides.setdefault("engine", "remote")
+def overrides_from_args(args: argparse.Namespace, problems: list[str] | None = None,
+                        environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """This run's values on top of the file: `DOTOCR_<KEY>` environment variables, then the flags given (a flag
+    left out is None and overrides nothing). A bad environment value is ignored, its sentence added to
+    `problems`. Never written to the file."""
+    overrides, _sources = _run_values(args, problems, environ)
     return overrides
 
 
-def settings_from_args(args: argparse.Namespace, base: Settings) -> Settings:
-    """Apply whichever setting flags were given on top of `base`."""
-    return base.replace(**overrides_from_args(args))
+def setting_sources(args: argparse.Namespace | None, settings_file: SettingsFile,
+                    environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Where each setting's value comes from: "flag --x", "environment DOTOCR_X", "settings file" or "default"
+    (for `dotocr doctor`)."""
+    data = {}
+    with contextlib.suppress(_Unreadable):
+        data = settings_file._read() or {}
+    sources = {name: "settings file" if name in data else "default" for name in _declared()}
+    sources.update(_run_values(args, None, environ)[1])
+    return sources
+
+
+def _run_values(args: argparse.Namespace | None, problems: list[str] | None,
+                environ: Mapping[str, str] | None) -> tuple[dict[str, Any], dict[str, str]]:
+    names = _declared()
+    values, sources = environment_values(os.environ if environ is None else environ, problems)
+    given = {name: value for name, value in vars(args or argparse.Namespace()).items()
+             if name in names and value is not None}
+    values.update(given)
+    sources.update({name: f"flag {names[name].flag or '--' + name.replace('_', '-')}" for name in given})
+    if "remote_url" in given:  # --server URL: that server is the engine
+        values.setdefault("engine", "remote")
+        sources.setdefault("engine", sources["remote_url"])
+    return values, sources
+
+
+def environment_variable(name: str) -> str:
+    """The environment variable of setting `name`: DOTOCR_ and the key in capitals."""
+    return ENV_PREFIX + name.upper()
+
+
+def environment_values(environ: Mapping[str, str], problems: list[str] | None = None
+                       ) -> tuple[dict[str, Any], dict[str, str]]:
+    """(values, sources) of the settings given as `DOTOCR_<KEY>` variables: people switch 4-bit, fp16 and the
+    CPU this way in shortcuts and services. Values are checked as the file's are; a bad one is left out."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, declared in _declared().items():
+        variable = environment_variable(name)
+        text = environ.get(variable)
+        if text is None or not text.strip():
+            continue
+        value, problem = _parse_text(name, text.strip())
+        problem = problem or _check(name, value, declared)
+        if problem is not None:
+            if problems is not None:
+                problems.append(f"The environment variable {variable}: {problem} It is ignored.")
+            continue
+        values[name], sources[name] = value, f"environment {variable}"
+    return values, sources
+
+
+def _parse_text(name: str, text: str) -> tuple[Any, str | None]:
+    """A setting's value from text (an environment variable), as its declared kind."""
+    kind = type(default_of(name))
+    if kind is bool:
+        lowered = text.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True, None
+        if lowered in ("0", "false", "no", "off"):
+            return False, None
+        return None, f"{name} = {_shown(text)} must be true or false."
+    if kind is int:
+        if len(text) > 30 or not text.lstrip("-").isdigit():
+            return None, f"{name} = {_shown(text)} must be a whole number."
+        return int(text), None
+    return text, None
+
+
+def settings_from_args(args: argparse.Namespace, base: Settings, problems: list[str] | None = None) -> Settings:
+    """Apply this run's environment variables and flags on top of `base` (the file's settings)."""
+    return base.replace(**overrides_from_args(args, problems))
 
 
 def argument_type(name: str):

@@ -9,6 +9,9 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
+LOOPBACK_ADDRESS = "127.0.0.1"
+"""Where our servers listen unless told otherwise, and where our clients look for them: this machine only."""
+
 
 def is_loopback_host(host: str) -> bool:
     """Whether a host name or address means this machine: localhost and *.localhost, 127.0.0.0/8, ::1.

@@ -65,6 +65,14 @@ def make_private_folder(folder: Path | str) -> Path:
     return folder
 
 
+def check_writable(folder: Path | str) -> None:
+    """Raise OSError (its strerror says why) unless a new file can be made in `folder`: a fresh temporary file is
+    made and removed at once, so a folder that only looks writable (a read-only mount, an ACL) is found too."""
+    fd, name = tempfile.mkstemp(dir=folder, prefix=".dotocr-check-", suffix=".tmp")
+    os.close(fd)
+    os.unlink(name)
+
+
 def write_atomic(path: Path | str, data: bytes | str, *, mode: int | None = PRIVATE_FILE, overwrite: bool = True,
                  encoding: str = "utf-8") -> Path:
     """Replace `path` with `data` in one step; a reader sees the old content or the new, never a mix.

@@ -72,6 +72,7 @@ LEGITIMATE: dict[str, str] = {
     "toc_dot_leaders": _toc(),
     "numbered_list_to_60": _numbered_list(),
     "blank_numbered_list_to_60": _blank_numbered_list(),
+    "year_table_60_rows": "| Year | Calendar |\n|---|---|\n" + "".join(f"| {n} | {2000 + n} |\n" for n in range(1, 61)),
     "markdown_separator_30_columns": _markdown_table(30, spaced=False),
     "markdown_spaced_separator_30_columns": _markdown_table(30, spaced=True),
     "chinese_repeated_characters": (

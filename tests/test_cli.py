@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import select
 import signal
 import struct
@@ -76,8 +77,8 @@ def test_parse_bbox_accepts_four_numbers_and_rejects_the_rest():
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("argv, message", [
     (["ocr", "x.png", "--bbox", "1,2,3"], "four numbers"),
-    (["ocr", "x.png", "--prompt", "grounding"], "needs --bbox"),
-    (["ocr", "x.png", "--prompt", "text", "--bbox", "1,2,30,40"], "needs --prompt grounding"),
+    (["ocr", "x.png", "--prompt", "grounding"], "needs a bounding box"),
+    (["ocr", "x.png", "--prompt", "text", "--bbox", "1,2,30,40"], "only applies to the grounding prompt"),
     (["ocr", "x.png", "--format", "pdf"], "invalid choice"),
     (["ocr", "x.png", "--max-image-size", "10"], "--max-image-size: 10 must be from 28 to 8192, or 0"),
     (["ocr", "x.png", "--decoder", "vllm"], "invalid choice"),
@@ -170,6 +171,29 @@ def test_folder_writer_leaves_existing_files_alone_unless_told(tmp_path):
     assert mine.read_text() == "result\n"
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="creating symlinks needs a privilege on Windows")
+def test_linked_pictures_never_go_through_a_planted_symlink_nor_over_a_file(tmp_path):
+    """--pictures link: the crops are written like results (issue 18, item 4)."""
+    from PIL import Image
+
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"precious")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a-p2-picture1.png").symlink_to(victim)
+    page = InputImage(str(tmp_path / "a.pdf"), tmp_path / "a.pdf")
+    writer = FolderWriter(out, "markdown", [page])
+    crop = Image.new("RGB", (4, 3), "red")
+    with pytest.raises(FileExistsError, match="already exists; pass --overwrite"):
+        writer.save_picture(page, 2, 1, crop)
+    assert victim.read_bytes() == b"precious"
+    assert writer.save_picture(page, 2, 2, crop) == "a-p2-picture2.png"
+    assert Image.open(out / "a-p2-picture2.png").size == (4, 3)
+    replacing = FolderWriter(out, "markdown", [page], overwrite=True)
+    replacing.save_picture(page, 2, 1, crop)  # --overwrite replaces the link itself, never its target
+    assert victim.read_bytes() == b"precious" and not (out / "a-p2-picture1.png").is_symlink()
+
+
 def test_names_with_line_breaks_cannot_forge_batch_headers():
     lines: list[str] = []
     writer = StdoutWriter("text", batch=True, write_line=lines.append)
@@ -240,6 +264,40 @@ def test_probe_ignores_servers_that_are_not_dotocr(tmp_path):
     started = time.monotonic()
     assert probe_server(port) is None  # nothing listens any more: refused at once
     assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.timeout(30)
+def test_the_probe_has_one_deadline_for_the_whole_exchange():
+    """Issue 18: a listener on api_port that trickles a byte every 0.2 s hung `dotocr ocr` for good: the 0.3 s
+    applied to each read, not to the probe."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + b" " * 10_000:
+                if stop.wait(0.2):
+                    return
+                try:
+                    connection.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        started = time.monotonic()
+        assert probe_server(port) is None
+        assert time.monotonic() - started < 2.0
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(5)
 
 
 # -- the real command with the tiny model -------------------------------------------------------------
@@ -450,23 +508,122 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(cli, images):
     assert "in fp32 on cpu: fp32 on CPU as requested" in done.stderr  # what was chosen, and why
 
 
-@pytest.mark.timeout(180)
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT cannot be sent to a child process on Windows")
-def test_ctrl_c_exits_130_quietly(tmp_path):
-    folder = tmp_path / "many"
-    folder.mkdir()
-    for n in range(40):
-        text_image(folder / f"{n:02}.png", (160, 60))
-    flags = [f if f != "8" else "64" for f in TINY_FLAGS]
+def _dotocr_child(*args: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    child = subprocess.Popen([sys.executable, "-m", "dotocr", "ocr", str(folder), "--format", "json", *flags],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
-    first = child.stdout.readline()  # the model is loaded and working
-    assert first.startswith(b"{"), child.stderr.read()
-    child.send_signal(signal.SIGINT)
-    _, stderr = child.communicate(timeout=60)
-    assert child.returncode == 130
+    return subprocess.Popen([sys.executable, "-m", "dotocr", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=REPO)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT and FIFOs: POSIX")
+def test_ctrl_c_exits_130_quietly(tmp_path):
+    """Issue 18: the interrupt always lands mid-run. The second input is a FIFO whose writer stays open and
+    never finishes the image, so the batch cannot end before the signal (40 tiny images once could)."""
+    text_image(tmp_path / "first.png", (160, 60))
+    fifo = tmp_path / "never-ends.png"
+    os.mkfifo(fifo)
+    writer = os.open(fifo, os.O_RDWR)  # a writer that stays: a reader waits for more, never for the end
+    try:
+        noise = Image.frombytes("L", (256, 256), random.Random(0).randbytes(256 * 256))
+        noise.save(tmp_path / "noise.png")
+        # exactly the 1 KiB the PDF check reads: it sees a PNG's head, and every later read waits for more
+        os.write(writer, (tmp_path / "noise.png").read_bytes()[:1024])
+        child = _dotocr_child("ocr", str(tmp_path / "first.png"), str(fifo), "--format", "json", *TINY_FLAGS)
+        first = child.stdout.readline()  # the model is loaded and the first image read
+        assert first.startswith(b"{"), child.stderr.read()
+        child.send_signal(signal.SIGINT)
+        rest, stderr = child.communicate(timeout=60)
+    finally:
+        os.close(writer)
+    assert child.returncode == 130 and rest == b""
     assert b"Traceback" not in stderr and b"KeyboardInterrupt" not in stderr
+    assert b"interrupted after 1 of 2 pages and inputs; the results read so far are above." in stderr
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _renderers_of(parent: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and b"pdf_worker.py" in (entry / "cmdline").read_bytes() and int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="watches the renderer in /proc")
+def test_ctrl_c_during_a_pdf_keeps_the_pages_read_under_out(tmp_path):
+    """Issue 18: Ctrl-C during a PDF with --out lost every page read (exit 130, no message, no file). The third
+    page renders for minutes, so the interrupt lands while it does, after the first two were read."""
+    from pdf_bombs import slow_forms
+
+    (tmp_path / "doc.pdf").write_bytes(slow_forms(plain_before=2))
+    out = tmp_path / "out"
+    child = _dotocr_child("ocr", str(tmp_path / "doc.pdf"), "--out", str(out), "--format", "json", *TINY_FLAGS)
+    try:
+        deadline = time.monotonic() + 150
+        while True:  # page 3 renders once pages 1 and 2 are read; it alone keeps its renderer busy this long
+            assert child.poll() is None, child.stderr.read()
+            busy = [pid for pid in _renderers_of(child.pid) if _cpu_seconds(pid) > 1.0]
+            if busy:
+                break
+            assert time.monotonic() < deadline, "the third page never started rendering"
+            time.sleep(0.1)
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    text = stderr.decode()
+    assert child.returncode == 130 and "Traceback" not in text, text
+    assert [page["page"] for page in json.loads((out / "doc.json").read_text())] == [1, 2]
+    assert "interrupted after 2 of 3 pages and inputs; the results read so far are in" in text
+    assert "doc.json holds only the 2 pages of its PDF read before the interrupt (page 1, 2)." in text
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{busy[0]}").exists() and "Z" not in Path(f"/proc/{busy[0]}/stat").read_text().split()[2]:
+        assert time.monotonic() < deadline, "the renderer outlived the interrupted run"
+        time.sleep(0.1)
+
+
+@pytest.mark.timeout(60)
+def test_an_out_folder_that_cannot_be_written_is_said_before_any_work(cli, tmp_path, images):
+    """Issue 18: an unwritable --out was found only after every page had been read."""
+    if os.name == "nt":
+        pytest.skip("no folder here refuses files to this user on Windows")
+    if os.geteuid() == 0:
+        locked = Path("/sys")  # refuses new files even to root
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+    started = time.monotonic()
+    done = cli("ocr", str(images["wide"]), "--out", str(locked), *TINY_FLAGS)
+    assert done.returncode == 1 and time.monotonic() - started < 10
+    assert f"the output folder {locked} cannot be written to" in done.stderr and "choose another --out" in done.stderr
+    assert "Loading" not in done.stderr  # no model was loaded, no image read
+
+
+@pytest.mark.timeout(60)
+def test_ten_thousand_inputs_of_one_name_are_named_at_once(tmp_path):
+    """Issue 18: 3000 inputs named page.png took 26 s to name, 9000 took 210 s, and past 9,999 the writer raised."""
+    from dotocr.cli.inputs import InputImage
+    from dotocr.cli.outputs import FolderWriter
+
+    inputs = [InputImage(f"d{n}/page.png", tmp_path / f"d{n}" / "page.png") for n in range(12_000)]
+    inputs.append(InputImage("d0/page-5.png", tmp_path / "out" / "page-5.txt"))  # an input where a name would go
+    started = time.monotonic()
+    writer = FolderWriter(tmp_path / "out", "text", inputs)
+    assert time.monotonic() - started < 5
+    names = [writer.target_for(image).name for image in inputs]
+    assert names[:4] == ["page.txt", "page.png.txt", "page-2.txt", "page-3.txt"]
+    assert len(set(names)) == len(names) and "page-5.txt" not in names and names[-2] == "page-12000.txt"
 
 
 @pytest.mark.timeout(120)

@@ -32,10 +32,10 @@ from dotocr.engine import plan_load
 from dotocr.engine.llamacpp_runtime import llamacpp_installed
 from tests.cli_helpers import TINY, run_dotocr, text_image
 
-SECTIONS = ["python", "os", "torch", "gpu", "bf16", "plan", "bitsandbytes", "llamacpp", "transformers", "cache",
-            "model", "settings", "hotkey", "clipboard", "server"]
-TITLES = ["Python", "OS", "torch", "GPU", "bf16", "Device plan", "bitsandbytes", "llama.cpp", "transformers",
-          "Model cache", "Model", "Settings", "Hotkey", "Clipboard", "Server"]
+SECTIONS = ["python", "os", "torch", "gpu", "bf16", "plan", "bitsandbytes", "llamacpp", "gguf", "transformers",
+            "cache", "model", "settings", "hotkey", "clipboard", "server"]
+TITLES = ["Python", "OS", "torch", "GPU", "bf16", "Device plan", "bitsandbytes", "llama.cpp", "GGUF cache",
+          "transformers", "Model cache", "Model", "Settings", "Hotkey", "Clipboard", "Server"]
 
 
 def fake_hf_cache(root: Path) -> Path:
@@ -291,3 +291,45 @@ def test_no_report_prints_any_part_of_a_key_or_token(tmp_path):
     for secret in (key, token):
         for start in range(0, len(secret) - 5):  # no piece of it either: any 6 characters in a row
             assert secret[start:start + 6] not in text
+
+
+@pytest.mark.timeout(240)
+def test_environment_variables_reach_the_plan_and_doctor_names_them(tmp_path):
+    """DOTOCR_DEVICE and DOTOCR_PRECISION, as a shortcut or a service sets them, choose what runs; doctor says
+    where each value came from, and a bad one is one sentence."""
+    code, report = doctor_json(env={"DOTOCR_CONFIG": str(tmp_path / "settings.toml"), "DOTOCR_DEVICE": "cpu",
+                                    "DOTOCR_PRECISION": "fp32", "DOTOCR_MAX_NEW_TOKENS": "lots"})
+    checks = {c["key"]: c for c in report["checks"]}
+    assert checks["plan"]["details"]["plan"]["precision"] == "fp32"
+    sources = checks["settings"]["details"]["sources"]
+    assert sources["precision"] == "environment DOTOCR_PRECISION" and sources["hotkey"] == "default"
+    assert checks["settings"]["status"] == WARN
+    assert "DOTOCR_MAX_NEW_TOKENS: max_new_tokens = 'lots' must be a whole number" in checks["settings"]["summary"]
+
+
+@pytest.mark.skipif(not llamacpp_installed(), reason="the GGUF cache serves the llama.cpp decoder")
+def test_doctor_checks_the_cached_gguf_as_the_engine_does(tmp_path, monkeypatch):
+    """Issue 18: with a truncated cached GGUF, doctor said the plan was OK while every run failed."""
+    import argparse
+
+    from dotocr.cli.doctor import Context, check_gguf
+    from dotocr.config import SettingsFile
+    from dotocr.engine import gguf_path
+    from dotocr.engine.gguf.convert import ensure_gguf
+
+    monkeypatch.setenv("DOTOCR_DATA_DIR", str(tmp_path / "data"))
+    settings = Settings(model=str(TINY), device="cpu", precision="fp32", decoder="llamacpp", gguf_type="f16")
+
+    def check():
+        return check_gguf(Context(settings, SettingsFile(tmp_path / "settings.toml"), argparse.Namespace()))
+
+    path = gguf_path(TINY, "f16")
+    assert check().status == INFO and "not written yet" in check().summary
+    ensure_gguf(TINY, "f16", progress=False)
+    assert check().status == OK and str(path) in check().summary
+    path.write_bytes(path.read_bytes()[:5000])
+    damaged = check()
+    assert damaged.status == WARN and "is truncated" in damaged.summary and "sets it aside" in damaged.advice
+    assert path.stat().st_size == 5000  # doctor only looks
+    assert check_gguf(Context(settings.replace(decoder="torch"), SettingsFile(tmp_path / "s.toml"),
+                              argparse.Namespace())).status == INFO

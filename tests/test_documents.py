@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import io
 import json
+import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from pdf_bombs import content_bomb, slow_forms
 from PIL import Image, ImageDraw
 from server_helpers import RecordingEngine, png_bytes, running_server, tiny_settings
 
-from dotocr.engine import DocumentError, PdfDocument, is_pdf, parse_page_ranges
+from dotocr.engine import DocumentError, PdfDocument, RenderLimits, RenderStopped, is_pdf, parse_page_ranges
 from dotocr.engine.inputs.documents import MAX_PAGE_PIXELS, fitting_dpi
 from tests.cli_helpers import TINY_FLAGS, in_process_cli
 
@@ -136,6 +140,107 @@ def test_too_many_pages_and_missing_pages():
             document.render(4)
 
 
+def test_page_ranges_are_parsed_in_linear_time_with_a_cap_on_the_total():
+    """Issue 18: 40 ranges of 1999 pages (466 characters) took 31 s (a quadratic duplicate check), and nothing
+    capped the total of 79,960 pages."""
+    forty = ",".join(f"{n * 2000 + 1}-{n * 2000 + 1999}" for n in range(40))
+    started = time.perf_counter()
+    with pytest.raises(ValueError) as caught:
+        parse_page_ranges(forty)
+    assert time.perf_counter() - started < 0.5
+    assert "more than 2000 pages" in str(caught.value) and len(str(caught.value)) < 120
+    assert parse_page_ranges("1-2000") == list(range(1, 2001))
+    assert parse_page_ranges("5,1-3,2,5") == [5, 1, 2, 3]
+    for text in ("1-2000,2001", "1-1500,2000-2600", "9" * 5000):
+        with pytest.raises(ValueError) as caught:
+            parse_page_ranges(text)
+        assert len(str(caught.value)) < 120
+
+
+def test_a_pdf_that_renders_for_minutes_is_given_up_at_its_deadline_and_its_other_pages_go_on():
+    """Issue 18: nested forms held PDFium (and its one global lock) for minutes. The page now fails with a
+    sentence at the deadline; the next page starts a fresh renderer."""
+    with PdfDocument(slow_forms(then_plain=True), '"slow.pdf"', limits=RenderLimits(seconds=2)) as document:
+        started = time.monotonic()
+        with pytest.raises(DocumentError) as caught:
+            document.render(1)
+        assert time.monotonic() - started < 20  # the deadline and a kill; the render itself would take minutes
+        one_sentence(str(caught.value), "Page 1", "slow.pdf", "longer than 2 s")
+        page = document.render(2)
+        assert page.image.size == (1700, 2200) and np.asarray(page.image.convert("L")).min() < 50  # it drew
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the renderer's memory cap is Linux's RLIMIT_AS")
+def test_a_flate_bomb_dies_of_the_renderers_memory_cap_not_ours():
+    """An 80 KB page that inflates to a gigabyte of PDFium objects: its process dies at 768 MiB, we say so."""
+    bomb = content_bomb()
+    assert len(bomb) < 100_000
+    with PdfDocument(bomb, '"bomb.pdf"') as document:
+        started = time.monotonic()
+        with pytest.raises(DocumentError) as caught:
+            document.render(1)
+    assert time.monotonic() - started < 30
+    one_sentence(str(caught.value), "Page 1", "bomb.pdf", "768 MiB")
+
+
+def test_a_caller_that_stops_wanting_the_page_stops_its_render():
+    stop = threading.Event()
+    with PdfDocument(slow_forms(), "slow.pdf") as document:  # the default deadline: a minute
+        threading.Timer(0.5, stop.set).start()
+        started = time.monotonic()
+        with pytest.raises(RenderStopped):
+            document.render(1, should_stop=stop.is_set)
+        assert time.monotonic() - started < 10
+
+
+def test_one_slow_pdf_holds_up_no_other():
+    """PDFium's lock is per process, and every document has its own: a normal PDF renders while another is
+    stuck."""
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def stuck() -> None:
+        with PdfDocument(slow_forms(), "slow.pdf") as document:
+            try:
+                document.render(1, should_stop=stop.is_set)
+            except RenderStopped as exc:
+                failures.append(exc)
+
+    worker = threading.Thread(target=stuck)
+    worker.start()
+    try:
+        time.sleep(0.5)  # the slow page is being rendered now (or soon: the normal one must not care either way)
+        with PdfDocument(make_pdf(pages=2), "normal.pdf") as document:
+            assert squares(document.render(2).image, 200) == 2
+        assert worker.is_alive()  # the slow one is still at it: the normal one did not wait for it
+    finally:
+        stop.set()
+        worker.join(30)
+    assert not worker.is_alive() and len(failures) == 1
+
+
+def png_quoting_a_pdf() -> bytes:
+    """A real PNG whose text chunk, in its first KiB, says %PDF-."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "%PDF-1.7 is how a PDF begins")
+    buffer = io.BytesIO()
+    page_image(1, (200, 80)).save(buffer, "PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def test_a_pdf_is_known_by_its_structure_not_by_a_substring(tmp_path):
+    """Issue 18: a PNG with %PDF- in its first KiB was refused as a damaged PDF."""
+    quoting = png_quoting_a_pdf()
+    assert b"%PDF-" in quoting[:1024]
+    assert not is_pdf(quoting)
+    (tmp_path / "quote.png").write_bytes(quoting)
+    assert not is_pdf(tmp_path / "quote.png")
+    assert is_pdf(make_pdf(pages=1)) and is_pdf(b"\r\n\x00junk before the header %PDF-1.4\n")
+    assert not is_pdf(b"GIF89a %PDF-1.4") and not is_pdf(b"\x00\x00\x00\x1cftypavif %PDF-1.4")
+
+
 # -- dotocr ocr ------------------------------------------------------------------------------------------
 
 
@@ -224,6 +329,12 @@ def test_pdf_upload_gives_a_result_per_page_in_order(url: str, engine: Recording
     assert [call["image_size"] for call in engine.calls[before:]] == [(1700, 2200)] * 3
     some = upload(url, make_pdf(pages=3), pages="2-3", dpi="72").json()
     assert [(p["page"], p["dpi"], p["width"]) for p in some["pages"]] == [(2, 72, 612), (3, 72, 612)]
+
+
+def test_a_png_quoting_a_pdf_is_read_as_the_image_it_is(url: str):
+    answer = upload(url, png_quoting_a_pdf(), "quote.png")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["width"] == 200 and "pages" not in answer.json()
 
 
 @pytest.mark.parametrize(("data", "fields", "words"), [

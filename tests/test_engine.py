@@ -149,8 +149,8 @@ def test_exact_max_new_tokens_stop(engine):
 def test_one_generation_at_a_time_on_the_model(dots_tiny):
     engine = DotOCRInference(tiny_settings(dots_tiny))
     engine.load()
-    model = engine._loaded.decoder.model
-    original, running, overlaps = model.generate, [0], []
+    decoder = engine._loaded.decoder
+    original, running, overlaps = decoder.generate, [0], []
 
     def watched(*args, **kwargs):
         running[0] += 1
@@ -160,7 +160,7 @@ def test_one_generation_at_a_time_on_the_model(dots_tiny):
         finally:
             running[0] -= 1
 
-    model.generate = watched
+    decoder.generate = watched
     threads = [threading.Thread(target=engine.ocr, args=(sample_image(),), kwargs={"max_new_tokens": 4})
                for _ in range(4)]
     for thread in threads:

@@ -8,11 +8,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-import torch
 
 from dotocr.engine.decoders.generation import TextDeltas, TokenPipeline
-from dotocr.engine.decoders.torch_decoder import _PerToken
+from dotocr.engine.decoders.sampling import run_token_loop
+from dotocr.engine.decoders.speculation import Drafter
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -75,52 +76,56 @@ def test_pipeline_stops_when_the_caller_says_so(tokenizer):
     assert pipeline.finish() == ("cancelled", [300, 301, 302, 303])
 
 
-# -- the real generate() loop ---------------------------------------------------------------------
+# -- the shared token loop, drafting ----------------------------------------------------------------
 
 
-class ForcedScript:
-    """Logits processor that makes a real tiny model write a given script: text, then a loop forever."""
+class ScriptModel:
+    """A stand-in model for the token loop: it writes `script`, then `loop` forever, whatever it is fed, and
+    keeps count of what is in its cache (fed minus rewound) to catch a draft that is not rewound."""
 
-    def __init__(self, prompt_length: int, script: list[int], loop: list[int]) -> None:
-        self.prompt_length, self.script, self.loop = prompt_length, script, loop
+    def __init__(self, script: list[int], loop: list[int], vocab: int = 1024) -> None:
+        self.script, self.loop, self.vocab = script, loop, vocab
+        self.position = 0  # generated tokens in the cache
+        self.furthest = 0
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        position = input_ids.shape[1] - self.prompt_length
-        if position < len(self.script):
-            token = self.script[position]
-        else:
-            token = self.loop[(position - len(self.script)) % len(self.loop)]
-        forced = torch.full_like(scores, float("-inf"))
-        forced[:, token] = 0.0
-        return forced
+    def token(self, index: int) -> int:
+        if index < len(self.script):
+            return self.script[index]
+        return self.loop[(index - len(self.script)) % len(self.loop)]
+
+    def row(self, index: int) -> np.ndarray:
+        row = np.zeros(self.vocab, dtype=np.float32)
+        row[self.token(index)] = 8.0
+        return row
+
+    def feed(self, tokens) -> np.ndarray:
+        rows = np.stack([self.row(self.position + i + 1) for i in range(len(tokens))])
+        self.position += len(tokens)
+        self.furthest = max(self.furthest, self.position)
+        return rows
+
+    def rewind(self, count: int) -> None:
+        self.position -= count
 
 
-def test_pipeline_inside_generate_stops_a_loop(tokenizer):
-    """The torch decoder's per-token adapter inside a real generate(): text streams, the loop is cut."""
-    from transformers import LogitsProcessorList, Qwen2Config, Qwen2ForCausalLM, StoppingCriteriaList
-
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096)
-    model = Qwen2ForCausalLM(config).eval()
-    prompt = [1005, 1001, 1000, 1000, 1002, 480, 260, 1006, 1007]
+def test_pipeline_in_the_token_loop_stops_a_loop_inside_a_draft(tokenizer):
+    """The loop guard stops the answer in the middle of a verified draft: nothing after its stop is kept,
+    the text streamed is whole, and the drafted tokens past the stop are rewound."""
     script = tokenizer.encode("Résumé: 中文 — fine", add_special_tokens=False)
     loop = tokenizer.encode("\n____", add_special_tokens=False)
+    model = ScriptModel(script, loop)
     pieces: list[str] = []
     pipeline = TokenPipeline(tokenizer=tokenizer, eos_token_ids=EOS, max_new_tokens=3000, on_text=pieces.append)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a 32-wide model: extra threads only fight each other on a busy machine
-    try:
-        with torch.inference_mode():
-            output = model.generate(
-                torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                max_new_tokens=3000, do_sample=False, pad_token_id=978, eos_token_id=1008,
-                logits_processor=LogitsProcessorList([ForcedScript(len(prompt), script, loop)]),
-                stopping_criteria=StoppingCriteriaList([_PerToken(len(prompt), pipeline)]))
-    finally:
-        torch.set_num_threads(threads)
-    generated = output[0, len(prompt):].tolist()
+    drafter = Drafter()
+    ticks = iter(range(1_000_000))  # every feed takes one tick whatever its size: long drafts pay
+    generated = run_token_loop(model.row(0), model.feed, max_new_tokens=3000, on_token=pipeline,
+                               eos_token_ids=EOS, rewind=model.rewind, drafter=drafter, clock=lambda: next(ticks))
     assert generated == pipeline.tokens and len(generated) < 3000
+    assert generated == [model.token(i) for i in range(len(generated))]
+    assert drafter.accepted_tokens > 0.7 * len(generated)  # the loop was drafted, most of it kept
+    # it stopped on a drafted token (fed in its batch, so in the cache); the draft behind it was rewound
+    assert model.furthest > model.position == len(generated)
+    assert pipeline.probabilities == [pytest.approx(np.exp(8.0) / (np.exp(8.0) + 1023))] * len(generated)
     guard = pipeline.guard
     assert guard.triggered and guard.period == len(loop) and guard.loop_start == len(script)
     stop_reason, kept = pipeline.finish()

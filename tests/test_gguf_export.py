@@ -197,3 +197,23 @@ def test_tied_checkpoint_has_no_output_tensor(tmp_path, dots_tiny):
     write_decoder_gguf(folder, tmp_path / "tied.gguf", "f32", progress=False)
     names = {t.name for t in gguf.GGUFReader(tmp_path / "tied.gguf").tensors}
     assert "output.weight" not in names and "token_embd.weight" in names  # llama.cpp then reuses token_embd
+
+
+def test_a_damaged_cached_file_is_named_set_aside_and_written_again(tmp_path, dots_tiny):
+    from dotocr.engine.gguf.base import gguf_problem
+    from dotocr.engine.gguf.convert import cached_gguf_problem
+
+    cache = tmp_path / "cache"
+    first = ensure_gguf(dots_tiny, "f16", directory=cache, progress=False)
+    whole = first.read_bytes()
+    assert gguf_problem(first) is None and cached_gguf_problem(first) is None
+    for cut, words in ((10, "not even a GGUF header"), (2000, "header runs past"),
+                       (len(whole) - 1, f"{len(whole) - 1:,} of its {len(whole):,} bytes")):
+        first.write_bytes(whole[:cut])
+        problem = cached_gguf_problem(first)
+        assert problem is not None and problem.startswith("is truncated") and words in problem
+        assert first.stat().st_size == cut  # doctor's check moves nothing
+    first.write_bytes(b"PK\x03\x04" + whole[4:])  # not a GGUF at all
+    assert "not a readable GGUF" in gguf_problem(first)
+    assert ensure_gguf(dots_tiny, "f16", directory=cache, progress=False) == first
+    assert first.read_bytes() == whole and len(list(cache.glob("*.broken-*"))) == 1

@@ -211,3 +211,58 @@ def test_pictures_can_be_linked_as_files(tmp_path):
     markdown = cells_to_markdown(cells, picture=picture_markdown(picture_page(), "link", save))
     assert markdown == "![Picture 1](page-fig1.png)\n\n![Picture 2](page-fig2.png)"
     assert Image.open(tmp_path / "page-fig1.png").size == (200, 100)
+
+
+# -- any model text: a result, in linear time (issue 18) ------------------------------------------------------
+
+HOSTILE = {
+    "3000 nested objects": '{"text": ' * 3000,
+    "3000 nested, closed": "[" + '{"text": ' * 3000 + '"x"' + "}" * 3000 + "]",
+    "200 KB of open objects": '{"text": {' * 20000,
+    "120 KB of nested closed objects": '{"text": {' * 10000 + "}" * 20000,
+    "a 5000-digit integer": '[{"bbox": [1' + "0" * 5000 + ', 2, 3, 4], "category": "Text", "text": "a"}]',
+    "a fence and 200 KB of spaces": "```" + " " * 200_000 + "x",
+    "200 KB of braces": "{" * 200_000,
+    "200 KB of quotes": '"' * 200_000,
+    "20000 unclosed strings": '{"text": "' * 20000,
+    "200 KB of backslashes": '[{"text": "' + "\\" * 200_000 + '"}]',
+}
+
+
+@pytest.mark.parametrize("raw", HOSTILE.values(), ids=HOSTILE.keys())
+@pytest.mark.parametrize("prompt", ["layout", "layout-json"])
+def test_any_model_text_gives_cells_or_the_text_in_linear_time(raw: str, prompt: str):
+    """3000 nested objects once raised RecursionError, 200 KB of `{"text": {` took 108 s to salvage, and a fenced
+    answer with a long run of spaces backtracked for minutes."""
+    from dotocr.engine.answers.formatting import format_answer
+
+    prepared = ImagePreparer().prepare(Image.new("RGB", (200, 100), "white"), 1024, patches=False)
+    started = time.perf_counter()
+    text, cells = format_answer(prompt, raw, prepared, Image.new("RGB", (200, 100), "white"))
+    assert time.perf_counter() - started < 2.0
+    assert isinstance(text, str) and isinstance(cells, list)
+    json.dumps({"text": text, "cells": cells}, ensure_ascii=False).encode("utf-8")  # what the server sends
+
+
+def test_numbers_too_big_for_a_float_lose_the_box_not_the_cell():
+    """A 400-digit bbox number once raised OverflowError ("internal error" in the CLI)."""
+    raw = '[{"bbox": [1' + "0" * 400 + ', 2, 3, 4], "category": "Text", "text": "kept"}]'
+    prepared = ImagePreparer().prepare(Image.new("RGB", (200, 100), "white"), 1024, patches=False)
+    cells = map_cells_to_original(parse_cells(raw)[0], prepared)
+    assert cells == [{"category": "Text", "text": "kept"}]
+
+
+def test_a_lone_surrogate_in_a_cell_becomes_a_replacement_character():
+    """`\\ud800` in a cell's text made dotocr-serve answer 500: no UTF-8 body can carry it."""
+    for raw in ('[{"bbox": [1, 2, 3, 4], "category": "Text", "text": "a\\ud800b\\udfffc"}]',
+                '[{"bbox": [1, 2, 3, 4], "category": "Text", "text": "a\\ud800b"}, {"bbox": [1, 2, 3, 4], "t'):
+        cells, _complete = parse_cells(raw)
+        assert cells[0]["text"] in ("a\ufffdb\ufffdc", "a\ufffdb")
+        json.dumps(cells, ensure_ascii=False).encode("utf-8")
+    pair = '[{"text": "\\ud83d\\ude00"}]'  # an escaped pair is one character, kept
+    assert parse_cells(pair)[0][0]["text"] == "\U0001F600"
+
+
+def test_a_cell_keeps_only_its_own_keys():
+    cells, complete = parse_cells('[{"bbox": [1, 2, 3, 4], "category": {"deep": [1]}, "text": "t", "extra": 1}]')
+    assert complete and cells == [{"bbox": [1, 2, 3, 4], "text": "t"}]

@@ -30,7 +30,7 @@ from server_helpers import tiny_settings
 from tiny_models import save_bf16_kernel_checkpoint, save_scripted_checkpoint
 
 from dotocr.engine import DotOCRInference
-from dotocr.engine.decoders.llamacpp import cpu_has_amx
+from dotocr.engine.decoders.amx import cpu_has_amx
 from dotocr.engine.gguf.convert import ensure_gguf, ensure_mmproj
 from dotocr.engine.remote import RemoteEngine
 from dotocr.errors import RemoteEngineError
@@ -89,7 +89,7 @@ def llama_server(binary: Path, model: Path, log: Path, *, mmproj: Path | None = 
                "-np", "1", "-t", "2", "--no-webui", "--no-warmup", *extra]
     if mmproj is not None:
         command += ["--mmproj", str(mmproj)]
-    if cpu_has_amx():  # its repacked (AMX) weights die with SIGILL on these CPUs (DEVELOPERS.md)
+    if cpu_has_amx():  # another process: our AMX permission (amx.py) does not reach it, so no AMX buffers
         command.append("--no-repack")
     with open(log, "wb") as out:
         server = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)

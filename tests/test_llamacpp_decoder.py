@@ -70,7 +70,7 @@ def request_for(inputs, max_new_tokens: int = 8, **kwargs) -> DecodeRequest:
 
 def greedy(decoder, request) -> list[int]:
     seen: list[int] = []
-    out = decoder.generate(request, lambda token: seen.append(token) and False)
+    out = decoder.generate(request, lambda token, probability: seen.append(token) and False)
     assert seen == out  # on_token saw every token, in order, as it was picked
     return out
 
@@ -120,7 +120,7 @@ def test_prompts_do_not_leak_into_each_other(decoders, golden):
     decoder = decoders("f32")
     first = decoder.prompt_logits(request_for(inputs))
     decoder.generate(DecodeRequest(prompt_ids=[5, 6, 7], pixel_values=None, grid_thw=None, image_token_id=1000,
-                                   max_new_tokens=4), lambda token: False)
+                                   max_new_tokens=4), lambda token, probability: False)
     np.testing.assert_array_equal(decoder.prompt_logits(request_for(inputs)), first)
     assert greedy(decoder, request_for(inputs)) == expected["greedy_tokens"].tolist()
 
@@ -142,20 +142,20 @@ def test_stops_when_on_token_says_so_and_at_eos(decoders, golden):
     tokens = expected["greedy_tokens"].tolist()
     decoder = decoders("f32")
     calls: list[int] = []
-    out = decoder.generate(request_for(inputs), lambda token: calls.append(token) or len(calls) == 3)
+    out = decoder.generate(request_for(inputs), lambda token, probability: calls.append(token) or len(calls) == 3)
     assert out == calls == tokens[:3]
     eos = tokens[4]
     first_eos = tokens.index(eos)
-    out = decoder.generate(request_for(inputs, eos_token_ids=(eos,)), lambda token: False)
+    out = decoder.generate(request_for(inputs, eos_token_ids=(eos,)), lambda token, probability: False)
     assert out == tokens[:first_eos + 1]  # eos is returned, nothing after it
-    assert decoder.generate(request_for(inputs, max_new_tokens=2), lambda token: False) == tokens[:2]
+    assert decoder.generate(request_for(inputs, max_new_tokens=2), lambda token, probability: False) == tokens[:2]
 
 
 def test_sampling_is_seeded_and_shared(decoders, golden):
     inputs, _ = golden
     decoder = decoders("f32")
     request = request_for(inputs, max_new_tokens=8, temperature=1.5, top_p=0.9, eos_token_ids=())
-    runs = [decoder.generate(request, lambda t: False, rng=np.random.default_rng(seed)) for seed in (7, 7, 8, 9)]
+    runs = [decoder.generate(request, lambda t, p: False, rng=np.random.default_rng(seed)) for seed in (7, 7, 8, 9)]
     assert runs[0] == runs[1]
     assert len({tuple(r) for r in runs}) > 1  # different seeds draw differently
 
@@ -165,13 +165,13 @@ def test_wrong_image_token_count_is_one_clear_sentence(decoders, golden):
     request = request_for(inputs)
     request.prompt_ids = request.prompt_ids[:-3] + [1000, 1000, 1000]
     with pytest.raises(LlamaCppDecodeError, match="15 image tokens .* produce 12 embeddings"):
-        decoders("f32").generate(request, lambda token: False)
+        decoders("f32").generate(request, lambda token, probability: False)
 
 
 def test_too_long_request_is_refused_before_decoding(decoders, golden):
     inputs, _ = golden
     with pytest.raises(LlamaCppDecodeError, match="more than the model's 4096"):
-        decoders("f32").generate(request_for(inputs, max_new_tokens=5000), lambda token: False)
+        decoders("f32").generate(request_for(inputs, max_new_tokens=5000), lambda token, probability: False)
 
 
 def test_closed_decoder_refuses_politely(dots_tiny, gguf_dir):
@@ -179,7 +179,7 @@ def test_closed_decoder_refuses_politely(dots_tiny, gguf_dir):
     decoder.close()
     decoder.close()  # twice is fine
     with pytest.raises(LlamaCppDecodeError, match="closed"):
-        decoder.generate(DecodeRequest([1, 2], None, None, 1000, 2), lambda token: False)
+        decoder.generate(DecodeRequest([1, 2], None, None, 1000, 2), lambda token, probability: False)
 
 
 def test_llama_cpp_tokenizes_like_the_checkpoint_tokenizer(dots_tiny, gguf_dir):
@@ -232,3 +232,19 @@ def test_bf16_checkpoint_quantises_through_a_temporary_f16_file(tmp_path, dots_t
     with load_llamacpp_decoder(folder, llamacpp_plan("q8_0"), n_threads=1, gguf_dir=cache) as decoder:
         got = decoder.prompt_logits(DecodeRequest(ids, None, None, 1000, 0))
     assert np.abs(got - want).max() < Q8_0_TOLERANCE
+
+
+def test_a_truncated_cached_gguf_is_set_aside_written_again_and_loads(tmp_path, dots_tiny, caplog):
+    """Issue 18: after a truncated file every run failed with "llama.cpp could not load ...", auto included."""
+    cache = tmp_path / "cache"
+    first = ensure_gguf(dots_tiny, "f32", directory=cache, progress=False)
+    whole = first.read_bytes()
+    first.write_bytes(whole[: len(whole) // 3])  # a copy cut short, a full disk
+    with caplog.at_level("WARNING", logger="dotocr.engine"), \
+            load_llamacpp_decoder(dots_tiny, llamacpp_plan("f32"), n_threads=1, gguf_dir=cache) as decoder:
+        assert decoder.n_vocab > 0
+    assert first.read_bytes() == whole  # written again, the same file
+    (aside,) = cache.glob(first.name + ".broken-*")
+    assert aside.stat().st_size == len(whole) // 3  # the damaged one is kept, not deleted
+    (line,) = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
+    assert "is truncated" in line and "\n" not in line

@@ -201,6 +201,72 @@ def test_counting_loops_are_caught_only_far_past_a_real_list(bpe):
     assert feed(ids(bpe, f"<table>{rows}</table>"))[1] is None  # a numbered form of 60 empty rows
 
 
+# -- the loops the second red team found (issue 18): each stopped within the default 4096 tokens -----------
+
+
+def _random_block(length: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randint(5000, 60000) for _ in range(length)]
+
+
+def _variant(block: list[int]) -> list[int]:
+    changed = list(block)
+    for place in (10, 50, 90, 120):
+        changed[place] += 1
+    return changed
+
+
+def _evasive_loops(bpe) -> dict[str, tuple[list[int], int]]:
+    """name -> (tokens, where the loop begins): each evaded the guard for 4096 tokens and more."""
+    rng = random.Random(3)
+    intro = ids(bpe, "Table 3: measurements taken on site.\n")
+    text = ordinary(rng, 50)
+    four = [100, 101, 102, 103]
+    return {
+        "two counting columns": (intro + ids(bpe, "".join(f"| {i} | {2000 + i} |\n" for i in range(1, 3000))),
+                                 len(intro)),
+        "<td>i</td><td>7i</td> rows": (intro + ids(bpe, "<table>" + "".join(
+            f"<tr><td>{i}</td><td>{7 * i}</td></tr>" for i in range(1, 3000))), len(intro)),
+        "a block of 257 tokens": (text + _random_block(257, 1) * 40, len(text)),
+        "a block of 300 tokens": (text + _random_block(300, 2) * 40, len(text)),
+        "a random tail over 4 tokens": (text + [rng.choice(four) for _ in range(5000)], len(text)),
+        "two 130-token variants taking turns": (
+            text + (_random_block(130, 4) + _variant(_random_block(130, 4))) * 40, len(text)),
+    }
+
+
+@pytest.mark.parametrize("name", ["two counting columns", "<td>i</td><td>7i</td> rows", "a block of 257 tokens",
+                                  "a block of 300 tokens", "a random tail over 4 tokens",
+                                  "two 130-token variants taking turns"])
+def test_the_loops_that_evaded_the_guard_are_stopped_within_4096_tokens(bpe, name):
+    tokens, begins = _evasive_loops(bpe)[name]
+    guard, tripped_at = feed(tokens)
+    assert tripped_at is not None and tripped_at <= 4096, f"{name}: not stopped within 4096 tokens"
+    assert guard.loop_start is not None and guard.loop_start >= begins - 1
+    assert guard.keep(tokens)[:begins] == tokens[:begins]  # what came before the loop is kept
+
+
+def test_long_rich_blocks_need_a_span_not_sixteen_copies():
+    """A 300-token block once needed 16 copies (4800 tokens); now 2048 tokens' worth, at least 4 copies."""
+    text = ordinary(random.Random(12), 40)
+    for length, copies in ((129, 16), (257, 8), (300, 7), (512, 4), (1024, 4)):
+        guard, tripped_at = feed(text + _random_block(length, length) * 20)
+        assert guard.rule == "block" and guard.period == length
+        assert (tripped_at - len(text)) // length == copies
+    rng = random.Random(13)
+    loose = [rng.choice(range(20, 28)) for _ in range(200)]  # 8 different tokens: markup, empty cells
+    assert feed(text + loose * 39)[1] is None  # a loose block keeps its 40 copies
+    guard, tripped_at = feed(text + loose * 41)
+    assert guard.rule == "block" and (tripped_at - len(text)) // 200 == loop_guard.LOOSE_COPIES
+
+
+def test_a_thirty_row_blank_form_with_long_empty_rows_still_passes():
+    """An attendance sheet left blank: 30 rows of 33 empty cells (132 tokens, few distinct) must pass."""
+    row = [1, 2] + [3, 4, 5, 4] * 32 + [6, 7]
+    tokens = [50, 51, 52] + row * 30 + [60, 61]
+    assert feed(tokens)[1] is None
+
+
 # -- the interface ---------------------------------------------------------------------------------
 
 
@@ -251,7 +317,7 @@ def test_cost_per_token_stays_flat(bpe):
     while len(tokens) < 40000:
         tokens += rng.choice(pieces)
     guard = LoopGuard(short_span=10**6, rich_copies=10**6, loose_copies=10**6, count_copies=10**6,
-                      wander_window=10**6)  # never trips, so every token is pushed
+                      wander_window=10**6, long_span=10**6)  # never trips, so every token is pushed
 
     def timed(part: list[int]) -> float:
         started = time.perf_counter()

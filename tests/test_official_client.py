@@ -228,10 +228,10 @@ def png_bytes_of(image: Image.Image) -> bytes:
 
 
 def test_the_default_memory_budget_holds_the_parsers_64_a4_pages():
-    from dotocr.server.state import decoded_cost
+    from dotocr.server.state import PREPARE_RESERVE_BYTES, decoded_cost
 
     a4 = decoded_cost((1654, 2339), "RGB")  # a page at 200 DPI, as the parser sends it
-    assert 64 * a4 <= ServerLimits().max_decoded_bytes and ServerLimits().max_bodies >= 64
+    assert 64 * a4 + PREPARE_RESERVE_BYTES <= ServerLimits().max_decoded_bytes and ServerLimits().max_bodies >= 64
 
 
 def test_a_line_past_its_memory_budget_answers_503_with_the_estimate_and_recovers(dots_tiny: Path):
@@ -248,7 +248,7 @@ def test_a_line_past_its_memory_budget_answers_503_with_the_estimate_and_recover
         url = f"{background.url}/v1/chat/completions"
         assert httpx.post(url, json=body, timeout=60).status_code == 200
         assert state.budget.used == 0
-        held = state.budget.capacity - 1000  # other requests' images, waiting in line
+        held = state.budget.holdable - 1000  # other requests' images, waiting in line
         assert state.budget.reserve(held)
         refused = httpx.post(url, json=body, timeout=60)
         assert refused.status_code == 503 and refused.json()["error"]["type"] == "busy"

@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import random
 import struct
+import subprocess
+import sys
+import textwrap
 import warnings
 import zlib
 from pathlib import Path
@@ -196,6 +199,88 @@ def test_extreme_strip_is_padded_white_to_200_to_1_not_rejected(preparer):
     assert prepared.to_original(*prepared.image.size) == (3000.0, 14.0)  # boxes clamp to the input
 
 
+def padded_then_resized(image: Image.Image, preparer: ImagePreparer, max_image_size: int | None) -> Image.Image:
+    """The strip rule done the plain way: the whole white canvas, then one resize (what prepare avoids)."""
+    plan = preparer.plan(image.width, image.height, max_image_size)
+    canvas = Image.new("RGB", (image.width + plan.pad[0], image.height + plan.pad[1]), (255, 255, 255))
+    canvas.paste(image, (0, 0))
+    return canvas.resize(plan.size, Image.Resampling.BICUBIC)
+
+
+def text_strip(width: int, height: int, seed: int) -> Image.Image:
+    """A line of dark glyph-like marks on white, as a screen line or a PDF rule looks."""
+    rng = random.Random(seed)
+    image = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    x = 0
+    while x < width:
+        glyph = rng.randint(2, 9)
+        draw.rectangle((x, 0, x + glyph, height - 1), fill=(rng.randint(0, 60),) * 3)
+        x += glyph + rng.randint(2, 12)
+    return image
+
+
+@pytest.mark.parametrize("max_image_size", [None, 1024, 84])
+@pytest.mark.parametrize("size", [(3000, 14), (9795, 2), (22794, 28), (369, 1), (40000, 1)])
+def test_a_strip_is_the_padded_strip_resized_without_building_the_padding(preparer, size, max_image_size):
+    for image in (text_strip(*size, seed=size[0]), text_strip(*size, seed=size[0]).transpose(
+            Image.Transpose.TRANSPOSE)):
+        prepared = preparer.prepare(image, max_image_size, patches=False)
+        plan = preparer.plan(image.width, image.height, max_image_size)
+        assert prepared.pad == plan.pad != (0, 0) and prepared.image.size == plan.size
+        ours = np.asarray(prepared.image).astype(int)
+        plain = np.asarray(padded_then_resized(image, preparer, max_image_size)).astype(int)
+        assert np.abs(ours - plain).mean() < 0.5  # the same picture, up to rounding in the other order
+        assert np.abs(ours - plain).max() <= 48
+        far = ours[:, -1] if image.width < image.height else ours[-1]
+        assert far.min() == 255  # the padding far from the strip is white, exactly
+
+
+def test_a_tiny_file_of_a_huge_strip_is_prepared_in_memory_proportional_to_it(tmp_path):
+    """Issue 18: a 1 KB PNG of 1,000,000 x 1 pixels asked for a 14 GiB canvas. Now it is prepared in a process
+    whose address space is capped at 1.5 GiB, within seconds, both ways round and with or without a cap."""
+    for size in ((1_000_000, 1), (1, 1_000_000), (200_000, 1)):
+        (tmp_path / f"{size[0]}x{size[1]}.png").write_bytes(png_bytes(Image.new("L", size, 0)))
+    assert (tmp_path / "1000000x1.png").stat().st_size < 1500
+    script = textwrap.dedent(f"""
+        import resource, sys, time
+        resource.setrlimit(resource.RLIMIT_AS, (1536 << 20, 1536 << 20))
+        from pathlib import Path
+        from dotocr.engine.inputs.images import load_image
+        from dotocr.engine.inputs.preprocessing import ImagePreparer
+        preparer = ImagePreparer()
+        for path in sorted(Path({str(tmp_path)!r}).glob("*.png")):
+            for cap in (0, 1024):
+                started = time.monotonic()
+                prepared = preparer.prepare(load_image(path), cap, patches=False)
+                print(path.name, cap, prepared.image.size, prepared.pad, round(time.monotonic() - started, 2))
+        peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+        print("peak", int(peak.split()[1]) // 1024, "MiB")  # ru_maxrss would count the forked parent
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 7 and all(float(line.split()[-1]) < 10 for line in lines[:-1]), done.stdout
+    assert "1000000x1.png 0 (47516, 224) (0, 4999)" in done.stdout
+    assert int(lines[-1].split()[1]) < 600, done.stdout  # the canvas alone would have been 20 GB
+
+
+def test_preparation_bytes_are_reckoned_before_allocating_and_bound_any_input(preparer):
+    from dotocr.engine import preparation_bytes
+
+    assert preparation_bytes(200_000, 1, 0) < 100 * 2**20  # not the 800 MB canvas it pads to
+    assert preparation_bytes(1_000_000, 1, 0) == preparer.plan(1_000_000, 1, 0).work_bytes
+    worst = 0
+    for tenth in range(0, 180):  # every aspect ratio, at the pixel limit, both ways round
+        width = max(1, int((MAX_INPUT_PIXELS * 2 ** (tenth / 10)) ** 0.5))
+        height = max(1, MAX_INPUT_PIXELS // width)
+        for cap in (0, 1024):
+            worst = max(worst, preparation_bytes(width, height, cap), preparation_bytes(height, width, cap))
+    from dotocr.server.state import PREPARE_RESERVE_BYTES
+
+    assert worst <= PREPARE_RESERVE_BYTES  # the room a server keeps for the image being prepared holds any
+
+
 def test_pixel_values_are_the_processors_own_in_merge_window_order(preparer):
     prepared = preparer.prepare(noise(300, 170, seed=3), 1024)
     # the processor left to its own resizing must agree: our image is already a size it accepts
@@ -339,6 +424,20 @@ def test_paths_bytes_and_images_load_the_same(tmp_path):
     loaded = load_image(path)
     path.unlink()  # the pixels are ours, not a view of the file
     assert np.array_equal(np.asarray(loaded), expected)
+
+
+def test_an_image_already_loaded_is_not_decoded_or_copied_again(tmp_path):
+    """A front end checks a file with load_image and hands the engine the result: the engine's own load_image
+    then takes it as it is, not a second copy; anything that needs a change still comes back new."""
+    path = tmp_path / "shot.png"
+    noise(31, 17, seed=5).save(path)
+    checked = load_image(path)
+    assert load_image(checked) is checked
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    assert load_image(rgba) is not rgba and load_image(rgba).mode == "RGB"
+    turned = Image.new("RGB", (8, 4))
+    turned.getexif()[0x0112] = 6
+    assert load_image(turned).size == (4, 8)
 
 
 def test_one_bit_and_grey_load_as_rgb():

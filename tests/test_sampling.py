@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dotocr.engine.decoders.sampling import pick_token, run_token_loop
+from dotocr.engine.decoders.sampling import pick_token, run_token_loop, token_probability
 
 
 def test_greedy_takes_the_first_highest_logit():
@@ -50,25 +50,35 @@ class Model:
         out[(token + 1) % 16] = 5.0
         return out
 
-    def advance(self, token: int) -> np.ndarray:
-        self.fed.append(token)
-        return self.logits_after(token)
+    def feed(self, tokens) -> np.ndarray:
+        self.fed.extend(tokens)
+        return np.stack([self.logits_after(token) for token in tokens])
 
 
 def test_loop_runs_to_the_budget_without_feeding_the_last_token():
     model = Model()
     seen: list[int] = []
-    out = run_token_loop(model.logits_after(0), model.advance, max_new_tokens=4,
-                         on_token=lambda t: seen.append(t) is not None)
+    out = run_token_loop(model.logits_after(0), model.feed, max_new_tokens=4,
+                         on_token=lambda t, p: seen.append(t) is not None)
     assert out == seen == [1, 2, 3, 4]
     assert model.fed == [1, 2, 3]  # the 4th token's successor is never computed
 
 
 def test_loop_stops_at_eos_keeping_it_and_when_told():
     model = Model()
-    assert run_token_loop(model.logits_after(0), model.advance, max_new_tokens=10, eos_token_ids=(3, 9),
-                          on_token=lambda t: False) == [1, 2, 3]
+    assert run_token_loop(model.logits_after(0), model.feed, max_new_tokens=10, eos_token_ids=(3, 9),
+                          on_token=lambda t, p: False) == [1, 2, 3]
     calls: list[int] = []
-    assert run_token_loop(model.logits_after(0), model.advance, max_new_tokens=10,
-                          on_token=lambda t: calls.append(t) or len(calls) == 2) == [1, 2]
-    assert run_token_loop(model.logits_after(0), model.advance, max_new_tokens=0, on_token=lambda t: False) == []
+    assert run_token_loop(model.logits_after(0), model.feed, max_new_tokens=10,
+                          on_token=lambda t, p: calls.append(t) or len(calls) == 2) == [1, 2]
+    assert run_token_loop(model.logits_after(0), model.feed, max_new_tokens=0, on_token=lambda t, p: False) == []
+
+
+def test_each_token_comes_with_its_probability():
+    """softmax of the step's raw logits at the chosen token, whatever the temperature."""
+    model = Model()
+    seen: list[tuple[int, float]] = []
+    run_token_loop(model.logits_after(0), model.feed, max_new_tokens=3, on_token=lambda t, p: seen.append((t, p)))
+    sure = np.exp(5.0) / (np.exp(5.0) + 15)
+    assert [t for t, _ in seen] == [1, 2, 3] and all(p == pytest.approx(sure) for _, p in seen)
+    assert token_probability(np.array([0.0, 0.0, np.log(2.0)]), 2) == pytest.approx(0.5)

@@ -365,3 +365,19 @@ def test_ocr_reads_a_jpeg_upload_too(url: str) -> None:
     Image.open(io.BytesIO(png_bytes())).save(buffer, format="JPEG")
     response = upload(url, buffer.getvalue(), name="shot.jpg")
     assert response.status_code == 200 and response.json()["file"] == "shot.jpg"
+
+
+def test_the_answer_schema_is_the_result_type_itself():
+    """One owner for the JSON contract: the /ocr schema is made from OCRResult, so a field added there can never
+    be dropped or left undocumented by the server."""
+    import dataclasses
+
+    from dotocr.engine import OCRResult
+    from dotocr.server.schemas import OCRResponse
+
+    assert list(OCRResponse.model_fields) == [f.name for f in dataclasses.fields(OCRResult) if f.name != "pieces"]
+    result = OCRResult(text="a", raw="a", prompt="layout", stop_reason="eos", width=3, height=4, image_tokens=1,
+                       prompt_tokens=9, generated_tokens=2, device="cpu", precision="fp32",
+                       timings={"total": 0.5}, cells=[{"bbox": [0, 0, 1, 1], "category": "Text", "text": "a"}])
+    data = result.to_json_dict()
+    assert OCRResponse.model_validate(data).model_dump(exclude_unset=True) == data

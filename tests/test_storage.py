@@ -205,3 +205,40 @@ def test_the_tray_log_file_is_private(tmp_path):
     log_file = data / "tray.log"
     assert "text from the screen" in log_file.read_text(encoding="utf-8")
     assert mode_of(log_file) == 0o600 and mode_of(data) == 0o700
+
+
+def _data_writers() -> dict[str, object]:
+    """Everything that may be first to create the data folder, each run as it runs on first use."""
+    from dotocr.local_secret import load_or_create_secret
+    from dotocr.tray.history import History
+    from dotocr.tray.single_instance import load_authkey
+
+    def gguf() -> None:
+        pytest.importorskip("gguf")
+        from dotocr.engine.gguf.convert import ensure_gguf
+        from tests.conftest import golden_dir
+
+        ensure_gguf(golden_dir(), "f16", progress=False)
+
+    def log() -> None:
+        from dotocr.config import data_dir
+
+        private_log_handler(data_dir() / "tray.log").close()
+
+    return {"secret": load_or_create_secret, "history": lambda: History(None, 5).add("text"),
+            "tray key": load_authkey, "gguf cache (convert-gguf)": gguf, "log": log}
+
+
+@posix_only
+@pytest.mark.parametrize("writer", sorted(_data_writers()))
+def test_the_data_folder_is_0700_whoever_creates_it(tmp_path, monkeypatch, writer):
+    """Issue 18: `dotocr convert-gguf` run first made the data folder 0755; history, logs and the server secret
+    live in it later."""
+    data = tmp_path / "home" / "share" / "dotocr"
+    monkeypatch.setenv("DOTOCR_DATA_DIR", str(data))
+    previous = os.umask(0o022)
+    try:
+        _data_writers()[writer]()
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(data.stat().st_mode) == 0o700

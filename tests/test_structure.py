@@ -268,9 +268,9 @@ def layer_of(module: str, layers: tuple[tuple[str, ...], ...]) -> int | None:
     best: tuple[int, int] | None = None  # (length of the matching name, layer)
     for index, names in enumerate(layers):
         for name in names:
-            if module == name.rstrip(".") or (name.endswith(".") and module.startswith(name)):
-                if best is None or len(name) > best[0]:
-                    best = (len(name), index)
+            matches = module == name.rstrip(".") or (name.endswith(".") and module.startswith(name))
+            if matches and (best is None or len(name) > best[0]):
+                best = (len(name), index)
     return None if best is None else best[1]
 
 

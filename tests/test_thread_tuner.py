@@ -83,7 +83,7 @@ def test_llama_cpp_follows_the_tuner_and_the_tokens_do_not_change(dots_tiny, tmp
                             eos_token_ids=[])
     with load_llamacpp_decoder(dots_tiny, llamacpp_plan("f32"), n_threads=1,
                                gguf_dir=tmp_path) as fixed:
-        expected = fixed.generate(request, lambda token: False)
+        expected = fixed.generate(request, lambda token, probability: False)
     monkeypatch.setattr(thread_tuner, "REPROBE_AFTER_S", 0.0)  # measure again after every token
     with load_llamacpp_decoder(dots_tiny, llamacpp_plan("f32"), n_threads=2,
                                gguf_dir=tmp_path) as tuned:
@@ -97,7 +97,7 @@ def test_llama_cpp_follows_the_tuner_and_the_tokens_do_not_change(dots_tiny, tmp
             return original(ids, position, want)
 
         monkeypatch.setattr(tuned, "_decode_tokens", watch)
-        assert tuned.generate(request, lambda token: False) == expected
+        assert tuned.generate(request, lambda token, probability: False) == expected
     decode_steps = slice(-(len(expected) - 1), None)  # the prompt's batches come first
     assert seen[decode_steps] == wanted[decode_steps]
     assert set(seen[decode_steps]) == {1, 2}  # llama.cpp really decoded at both counts

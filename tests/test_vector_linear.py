@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -44,21 +42,32 @@ def test_single_bf16_row_is_bit_identical_to_linear(bias, shape):
 
 @pytest.mark.parametrize(("out_features", "bias"), [(1536, True), (256, True), (1536, False), (8960, False),
                                                     (32768, False)])
-@pytest.mark.xfail(sys.platform == "win32", raises=AssertionError, reason="found by the Windows lane, left to the "
-                   "decoder's owners: PyPI's Windows torch (MSVC, MKL) gives torch.mv and F.linear different last "
-                   "bits at 1536 inputs (5 of 12 rows here, with or without the Wine-only ONEDNN_MAX_CPU_ISA cap)")
-def test_bit_identical_at_the_real_decoders_shapes(out_features, bias):
-    """dots.ocr's products of 1536 inputs (q/o, k/v, gate/up; a slice of lm_head), 12 inputs of each scale."""
+def test_every_switched_layer_is_bit_identical_at_the_real_decoders_shapes(out_features, bias):
+    """dots.ocr's products of 1536 inputs (q/o, k/v, gate/up; a slice of lm_head), 12 inputs of each scale.
+
+    Whether a shape is switched is this CPU's own answer (the AMX Xeon: yes; an AMD EPYC with AVX512-BF16: no);
+    a switched layer must then agree with F.linear bit for bit, and one left alone keeps nn.Linear."""
     torch.manual_seed(0)
     plain = nn.Linear(1536, out_features, bias=bias, dtype=torch.bfloat16)
     with torch.no_grad():
         plain.weight.normal_(0, 0.02)
-    vector = _vector(plain)
+    layer = _vector(plain)
+    layer.__class__ = nn.Linear
+    switched = use_vector_linear(layer) == 1
+    assert (type(layer) is VectorLinear) == switched
     with torch.inference_mode():
         for scale in (0.1, 1.0, 10.0, 100.0):
             for _ in range(3):
                 x = torch.randn(1, 1, 1536, dtype=torch.bfloat16) * scale
-                assert torch.equal(vector(x), plain(x))
+                assert torch.equal(layer(x), plain(x))
+
+
+def test_a_layer_whose_kernels_disagree_is_left_alone(monkeypatch):
+    """The probe decides: a CPU whose vector kernel differs in one bit keeps nn.Linear."""
+    layer = nn.Linear(64, 32, dtype=torch.bfloat16)
+    real_mv = torch.addmv
+    monkeypatch.setattr(torch, "addmv", lambda *args: real_mv(*args) + torch.finfo(torch.bfloat16).eps)
+    assert use_vector_linear(layer) == 0 and type(layer) is nn.Linear
 
 
 def test_a_long_reduction_keeps_linear():
@@ -90,7 +99,7 @@ def test_cpu_torch_decoder_switches_the_text_decoder_only(dots_tiny):
     TorchDecoder(model, "cpu", "bf16")
     text = [m for m in [*model.model.modules(), model.lm_head] if isinstance(m, nn.Linear)]
     vision = [m for m in model.vision_tower.modules() if isinstance(m, nn.Linear)]
-    assert text and all(type(m) is VectorLinear for m in text)
+    assert text and any(type(m) is VectorLinear for m in text)  # the tiny shapes agree on every CPU seen so far
     assert vision and all(type(m) is nn.Linear for m in vision)
     assert set(model.state_dict()) == names
 
@@ -108,7 +117,7 @@ def test_bf16_greedy_decode_is_unchanged_on_the_golden_checkpoint(dots_tiny):
         return out.sequences, torch.stack(out.scores)
 
     before_tokens, before_scores = greedy()
-    assert use_vector_linear(model.model) > 0 and use_vector_linear(model.lm_head) == 1
+    assert use_vector_linear(model.model) + use_vector_linear(model.lm_head) > 0
     after_tokens, after_scores = greedy()
     assert torch.equal(after_tokens, before_tokens)
     assert torch.equal(after_scores, before_scores)
@@ -127,7 +136,7 @@ def test_lm_head_sees_one_position_per_step(dots_tiny):
                             image_token_id=model.config.image_token_id, max_new_tokens=6)
     seen: list[int] = []
     try:
-        tokens = decoder.generate(request, lambda token: seen.append(token) or len(seen) >= 6)
+        tokens = decoder.generate(request, lambda token, probability: seen.append(token) or len(seen) >= 6)
     finally:
         hook.remove()
     assert len(ids) > 1 and len(tokens) == 6
@@ -153,6 +162,7 @@ def test_vector_linear_on_a_plain_linear_only():
     class Custom(nn.Linear):
         pass
 
-    module = nn.Sequential(nn.Linear(4, 4), Custom(4, 4))
-    assert use_vector_linear(module) == 1
+    module = nn.Sequential(nn.Linear(4, 4, dtype=torch.bfloat16), Custom(4, 4, dtype=torch.bfloat16),
+                           nn.Linear(4, 4))
+    assert use_vector_linear(module) == 1  # the fp32 layer never takes the vector kernel, so it is not switched
     assert type(module[0]) is VectorLinear and type(module[1]) is Custom

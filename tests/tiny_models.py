@@ -78,7 +78,8 @@ def save_own_checkpoint(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def save_scripted_checkpoint(folder: Path, tokenizer_source: Path, successor: dict[int, int], seed: int = 0) -> Path:
+def save_scripted_checkpoint(folder: Path, tokenizer_source: Path, successor: dict[int, int], seed: int = 0,
+                             doubt: dict[int, int | tuple[int, ...]] | None = None) -> Path:
     """A tiny checkpoint whose answer is known in advance: after token t it writes successor[t], whatever the image.
 
     Every layer's attention output and MLP output projections are zero, so the hidden state at a position is
@@ -87,6 +88,10 @@ def save_scripted_checkpoint(folder: Path, tokenizer_source: Path, successor: di
     units for any other row). Greedy decoding then follows the chain from `<|assistant|>`: to
     `<|endofassistant|>` for an answer that stops, or round a cycle for one that loops. The vision tower is
     untouched (random), so the image still goes through every real step.
+
+    `doubt` makes the model unsure at chosen steps: after token t it also considers doubt[t], whose lm_head row
+    points the same way at 0.9975 of the strength, so successor[t] still wins, with a probability near 0.6 (near
+    0.43 against two rivals, doubt[t] a tuple).
     """
     model = tiny_model(seed)
     with torch.no_grad():
@@ -99,6 +104,10 @@ def save_scripted_checkpoint(folder: Path, tokenizer_source: Path, successor: di
         for before, after in successor.items():
             direction = embed[before] / embed[before].norm()
             rows[after] = rows.get(after, torch.zeros_like(direction)) + 20.0 * direction
+        for before, rivals in (doubt or {}).items():
+            direction = embed[before] / embed[before].norm()
+            for rival in (rivals,) if isinstance(rivals, int) else rivals:
+                rows[rival] = rows.get(rival, torch.zeros_like(direction)) + 19.95 * direction
         for token, row in rows.items():
             head[token] = row
     folder.mkdir(parents=True, exist_ok=True)

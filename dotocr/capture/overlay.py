@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from PIL import Image, ImageTk
 
 from dotocr.capture.region import Region
-from dotocr.capture.screens import Monitor
+from dotocr.capture.screens import Monitor, grab_all
 
 OnDone = Callable[[Region | None, Image.Image | None], None]
 
@@ -90,6 +90,10 @@ class RegionSelector:
         self._drag = None
         self._screens = [self._make_screen(monitor, image) for monitor, image in shots]
         self._root.after_idle(self._after_shown)
+
+    def select(self, on_done: OnDone) -> None:
+        """Freeze every monitor as it is now and open the overlay on them (the hotkey's and the menu's capture)."""
+        self.open(grab_all(), on_done)
 
     def close(self) -> None:
         """Close without a selection (reported as a cancel); does nothing when not open."""

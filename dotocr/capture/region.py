@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dotocr.capture.screens import Monitor
+from dotocr.capture.screens import Monitor, grab_rect
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,10 @@ class Region:
     def box(self) -> tuple[int, int, int, int]:
         """The monitor-local PIL crop box (left, upper, right, lower)."""
         return (self.x, self.y, self.x + self.width, self.y + self.height)
+
+    def grab(self) -> Image.Image:
+        """The region's desktop rectangle as it is now ("Repeat last region")."""
+        return grab_rect(self.left, self.top, self.width, self.height)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -27,15 +27,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dotocr.config import Settings, SettingsError, SettingsFile, data_dir, settings_from_args
+from dotocr.config import Settings, SettingsError, SettingsFile, data_dir, setting_sources, settings_from_args
 from dotocr.engine import (
     LLAMACPP_INSTALL_HINT,
     LoadPlan,
     PrecisionError,
+    cached_gguf_problem,
     cpu_prefers_bf16,
     describe_checkpoint,
     describe_cuda,
     describe_llamacpp,
+    gguf_path,
     make_engine,
     plan_load,
 )
@@ -279,6 +281,30 @@ def check_llamacpp(ctx: Context) -> Check:
     return Check("llamacpp", "llama.cpp", OK, f"llama-cpp-python {version} (CPU)", details=info)
 
 
+def check_gguf(ctx: Context) -> Check:
+    """The llama.cpp decoder's cached GGUF, checked as the engine checks it before each use (nothing is moved)."""
+    plan = ctx.plan_or_none() if ctx.settings.engine != "remote" else None
+    if plan is None or plan.decoder != "llamacpp" or plan.gguf_type is None:
+        return Check("gguf", "GGUF cache", INFO, "not used: the plan runs no llama.cpp decoder here")
+    folder = describe_checkpoint(ctx.settings.model).path
+    if folder is None:
+        return Check("gguf", "GGUF cache", INFO, f"a {plan.gguf_type} GGUF is written once the model is downloaded")
+    try:
+        path = gguf_path(folder, plan.gguf_type)
+        problem = cached_gguf_problem(path)
+    except (DotOCRError, OSError) as exc:
+        return Check("gguf", "GGUF cache", WARN, f"could not be checked ({one_line(exc)})")
+    details = {"path": str(path), "gguf_type": plan.gguf_type, "problem": problem}
+    if problem is not None:
+        return Check("gguf", "GGUF cache", WARN, f"{path} {problem}",
+                     f"The next run sets it aside and writes it again (minutes); or delete {path} now.", details)
+    if not path.is_file():
+        return Check("gguf", "GGUF cache", INFO, f"the {plan.gguf_type} GGUF is not written yet: the first run "
+                     f"writes {path} (1-6 GB, minutes), or dotocr convert-gguf does it now", details=details)
+    return Check("gguf", "GGUF cache", OK, f"{path} is whole ({path.stat().st_size / 2**20:,.0f} MiB)",
+                 details=details)
+
+
 def check_transformers(ctx: Context) -> Check:
     try:
         import transformers
@@ -374,15 +400,19 @@ def _check_model_folder(model: str, folder: Path, details: dict[str, Any]) -> Ch
 
 def check_settings(ctx: Context) -> Check:
     settings_file = ctx.settings_file
+    sources = setting_sources(ctx.args, settings_file)
     details = {"path": str(settings_file.path), "exists": settings_file.path.exists(),
                "problems": list(settings_file.problems), "broken": settings_file.broken,
-               "data_dir": str(data_dir()), "settings": ctx.settings.to_dict()}
+               "data_dir": str(data_dir()), "settings": ctx.settings.to_dict(), "sources": sources}
     if settings_file.problems:
         summary = f"{settings_file.path}: " + " ".join(settings_file.problems)
         return Check("settings", "Settings", WARN, summary,
-                     "Fix the file by hand; dotocr never overwrites a file it could not read.", details)
+                     "Fix the file (or the variable) by hand; dotocr never overwrites a file it could not read.",
+                     details)
     where = "" if details["exists"] else " (not created yet: defaults apply)"
-    return Check("settings", "Settings", OK, f"{settings_file.path}{where}", details=details)
+    this_run = [f"{key} from the {source}" for key, source in sources.items() if source.startswith(("flag", "env"))]
+    return Check("settings", "Settings", OK, f"{settings_file.path}{where}"
+                 + (f"; {', '.join(this_run)}" if this_run else ""), details=details)
 
 
 def check_hotkey(ctx: Context) -> Check:
@@ -515,7 +545,8 @@ def check_ocr(ctx: Context) -> Check:
 
 CHECKS: tuple[CheckFunction, ...] = (
     check_python, check_os, check_torch, check_gpu, check_bf16, check_plan, check_bitsandbytes, check_llamacpp,
-    check_transformers, check_cache, check_model, check_settings, check_hotkey, check_clipboard, check_server,
+    check_gguf, check_transformers, check_cache, check_model, check_settings, check_hotkey, check_clipboard,
+    check_server,
 )
 
 
@@ -573,7 +604,7 @@ def run_doctor(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     settings_file = SettingsFile()
     base = settings_file.load()
     try:
-        settings = settings_from_args(args, base)
+        settings = settings_from_args(args, base, settings_file.problems)
     except SettingsError as exc:
         parser.error(str(exc))
     if getattr(args, "verbose", False):

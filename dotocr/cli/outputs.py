@@ -8,15 +8,19 @@ page is done.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import unicodedata
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dotocr.cli.inputs import STDIN_NAME, InputImage
 from dotocr.storage import NORMAL_FILE, write_atomic
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 SUFFIXES = {"text": ".txt", "markdown": ".md", "json": ".json"}
 PAGE_BREAKS = {"text": "\f", "markdown": "\n---\n"}
@@ -72,6 +76,10 @@ class StdoutWriter:
     def finish(self, image: InputImage) -> None:
         """Nothing to do: every page went out as it came."""
 
+    def finish_pending(self) -> list[tuple[Path, list[int]]]:
+        """Nothing is kept back: every page went out as it came."""
+        return []
+
 
 class OutputExistsError(FileExistsError):
     """A result would replace a file that is already there; the message says what to do."""
@@ -93,29 +101,43 @@ class FolderWriter:
         self.output_format = output_format
         self.suffix = SUFFIXES[output_format]
         self.overwrite = overwrite
-        self._taken = {_key(p) for p in (i.path for i in inputs) if p is not None}
+        self._inputs = {_key(p) for p in (i.path for i in inputs) if p is not None}
+        self._taken = set(self._inputs)
         self._targets: dict[int, Path] = {}
+        self._next_number: dict[str, int] = {}
         self._pages: dict[int, list[dict[str, Any]]] = {}
         self.written: list[Path] = []
         for image in inputs:  # names for the whole batch, in input order: pictures saved beside can use them
             self.target_for(image)
 
     def target_for(self, image: InputImage) -> Path:
-        """The file this image's result goes to, the same on every call for the same image."""
+        """The file this image's result goes to, the same on every call for the same image.
+
+        `NAME.txt`, else `NAME.png.txt`, else `NAME-2.txt`, `NAME-3.txt`, ...: the next number is remembered per
+        name, so 10,000 inputs called page.png are named in linear time, and there is always a next one.
+        """
         known = self._targets.get(id(image))
         if known is not None:
             return known
         base = "stdin" if image.name == STDIN_NAME else Path(image.name).name
         stem = Path(base).stem or base
-        candidates = [stem + self.suffix, base + self.suffix]
-        candidates += [f"{stem}-{n}{self.suffix}" for n in range(2, 10_000)]
-        for name in candidates:
-            path = self.folder / name
-            if _key(path) not in self._taken:
-                self._taken.add(_key(path))
-                self._targets[id(image)] = path
-                return path
-        raise OSError(f"no free file name for {image.name} in {self.folder}")
+        for name in (stem + self.suffix, base + self.suffix):
+            if self._claim(image, name):
+                return self._targets[id(image)]
+        number = self._next_number.get(stem, 2)
+        while not self._claim(image, f"{stem}-{number}{self.suffix}"):
+            number += 1  # taken by an input or an earlier result: each name is passed over once in a batch
+        self._next_number[stem] = number + 1
+        return self._targets[id(image)]
+
+    def _claim(self, image: InputImage, name: str) -> bool:
+        path = self.folder / name
+        key = _key(path)
+        if key in self._taken:
+            return False
+        self._taken.add(key)
+        self._targets[id(image)] = path
+        return True
 
     def prepare(self, image: InputImage) -> None:
         """Refuse, before the image is read, a result that would replace an existing file."""
@@ -137,6 +159,31 @@ class FolderWriter:
             return None
         return self._store(self.target_for(image), self._content(pages, document=True))
 
+    def finish_pending(self) -> list[tuple[Path, list[int]]]:
+        """Write the pages read so far of every PDF not finished (the run was interrupted): (its file, the pages
+        in it) for each, so Ctrl-C never throws away what was read."""
+        written = []
+        for key, pages in list(self._pages.items()):
+            del self._pages[key]
+            target = self._store(self._targets[key], self._content(pages, document=True))
+            written.append((target, [int(page["page"]) for page in pages]))
+        return written
+
+    def save_picture(self, image: InputImage, page: int | None, number: int, crop: Image.Image) -> str:
+        """Store a picture cut from a page beside its result (`--pictures link`) and return the name the Markdown
+        links to: written like a result (never through a planted file, never over an existing one without
+        --overwrite, never over an input)."""
+        target = self.target_for(image)
+        name = f"{target.stem}{f'-p{page}' if page is not None else ''}-picture{number}.png"
+        path = target.with_name(name)
+        if _key(path) in self._inputs:
+            raise OutputExistsError(f"{shown_name(str(path))} is one of this batch's inputs; choose another --out "
+                                    "folder.")
+        png = io.BytesIO()
+        crop.save(png, format="PNG")
+        self._store(path, png.getvalue())
+        return name
+
     def _content(self, results: list[dict[str, Any]], *, document: bool) -> str:
         if self.output_format == "json":
             value: Any = results if document else results[0]
@@ -144,9 +191,10 @@ class FolderWriter:
         texts = [str(r.get("text", "")).rstrip("\n") for r in results]
         return ("\n" + PAGE_BREAKS[self.output_format] + "\n").join(texts) + "\n"
 
-    def _store(self, target: Path, content: str) -> Path:
+    def _store(self, target: Path, content: str | bytes) -> Path:
+        data = content.encode("utf-8", "replace") if isinstance(content, str) else content
         try:
-            write_atomic(target, content.encode("utf-8", "replace"), mode=NORMAL_FILE, overwrite=self.overwrite)
+            write_atomic(target, data, mode=NORMAL_FILE, overwrite=self.overwrite)
         except FileExistsError:
             raise self._exists(target) from None
         self.written.append(target)

@@ -15,10 +15,10 @@ from typing import Any
 
 from ..config import GGUF_TYPES, Settings
 from ..errors import DotOCRError
-from .answers.markdown import FURNITURE, PICTURE_MODES, cells_to_markdown, picture_markdown
+from .answers.markdown import FURNITURE, PICTURE_MODES, MarkdownStyle
 from .base import Engine
 from .checkpoint import CheckpointInfo, describe_checkpoint
-from .gguf.convert import convert_gguf
+from .gguf.convert import cached_gguf_problem, convert_gguf, gguf_path
 from .inputs.boxes import Box, check_box, parse_box
 from .inputs.documents import (
     DEFAULT_DPI,
@@ -26,11 +26,15 @@ from .inputs.documents import (
     DocumentError,
     Page,
     PdfDocument,
+    RenderLimits,
+    RenderStopped,
     check_dpi,
+    describe_pages,
     is_pdf,
     parse_page_ranges,
 )
 from .inputs.images import MAX_INPUT_PIXELS, ImageInput, declared_png_size, load_image
+from .inputs.preprocessing import preparation_bytes
 from .inputs.prompts import IMAGE_PLACEHOLDER, PROMPT_MODES, instruction_for, resolve_prompt, strip_image_placeholder
 from .llamacpp_runtime import INSTALL_HINT as LLAMACPP_INSTALL_HINT
 from .llamacpp_runtime import describe_llamacpp
@@ -67,12 +71,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DEFAULT_DPI", "FURNITURE", "GGUF_TYPES", "IMAGE_PLACEHOLDER", "LLAMACPP_INSTALL_HINT", "LOADING_STATUSES",
-           "MAX_INPUT_PIXELS",
-           "MAX_PAGE_PIXELS", "PICTURE_MODES", "PROMPT_MODES", "Box", "CheckpointInfo", "DocumentError", "DotOCRError",
-           "DotOCRInference", "DotsOCRConfig", "DotsOCRForCausalLM", "DotsVisionConfig", "Engine", "EngineState",
-           "ImageInput", "LoadPlan", "OCRResult", "Page", "PdfDocument", "PrecisionError", "RemoteEngine", "Status",
-           "cells_to_markdown", "check_box", "check_dpi", "convert_gguf", "cpu_prefers_bf16", "declared_png_size",
-           "describe_checkpoint", "describe_cuda", "describe_llamacpp", "instruction_for", "is_pdf",
-           "load_image", "make_engine", "parse_box", "parse_page_ranges", "picture_markdown", "plan_load",
-           "resolve_prompt", "strip_image_placeholder"]
+__all__ = ["DEFAULT_DPI", "FURNITURE", "GGUF_TYPES", "IMAGE_PLACEHOLDER", "LLAMACPP_INSTALL_HINT",
+           "LOADING_STATUSES", "MAX_INPUT_PIXELS", "MAX_PAGE_PIXELS", "PICTURE_MODES", "PROMPT_MODES", "Box",
+           "CheckpointInfo", "DocumentError", "DotOCRError", "DotOCRInference", "DotsOCRConfig",
+           "DotsOCRForCausalLM", "DotsVisionConfig", "Engine", "EngineState", "ImageInput", "LoadPlan",
+           "MarkdownStyle", "OCRResult", "Page", "PdfDocument", "PrecisionError", "RemoteEngine", "RenderLimits",
+           "RenderStopped", "Status", "cached_gguf_problem", "check_box", "check_dpi", "convert_gguf",
+           "cpu_prefers_bf16", "declared_png_size", "describe_checkpoint", "describe_cuda", "describe_llamacpp",
+           "describe_pages", "gguf_path", "instruction_for", "is_pdf", "load_image", "make_engine", "parse_box",
+           "parse_page_ranges", "plan_load", "preparation_bytes", "resolve_prompt", "strip_image_placeholder"]

@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..config import Settings
-from .answers.formatting import format_answer
+from .answers.confidence import Piece, low_confidence_spans
+from .answers.formatting import PLAIN, format_answer
+from .answers.markdown import MarkdownStyle
 from .inputs.images import ImageInput, load_image
 from .inputs.prompts import instruction_for, resolve_prompt
 from .results import OCRResult
@@ -79,6 +81,18 @@ class Generated:
     gguf_type: str | None = None
     loop_start: int | None = None
     peak_gpu_mb: float | None = None
+    tokens: list[int] = field(default_factory=list)
+    """The kept tokens: what `kept` decodes from (empty where the engine does not see tokens: remote)."""
+    token_probabilities: list[float] = field(default_factory=list)
+    """The probability the model gave each of `tokens` when it wrote it (softmax of that step's logits, the
+    verified distribution under speculative decoding), same order: low values mark where it was unsure."""
+    draft_tokens: int | None = None
+    """Speculative decoding: drafted tokens the model checked (None where the engine does not draft: remote)."""
+    accepted_tokens: int | None = None
+    """... and those of them it kept."""
+    pieces: list[Piece] | None = None
+    """(text, probability) per kept token, adding up to `kept`; None where the engine cannot tell (a remote server
+    that sends no logprobs)."""
 
 
 class Engine:
@@ -119,38 +133,47 @@ class Engine:
             temperature: float = 0.0, top_p: float = 1.0, instruction: str | None = None,
             on_text: Callable[[str], None] | None = None, file: str | None = None,
             should_stop: Callable[[], bool] | None = None, max_prompt_tokens: int | None = None,
-            max_image_size: int | None = None, system: str | None = None) -> OCRResult:
-        """Read one image. `output_format="markdown"` without a prompt picks the layout prompt (tables, formulas).
+            max_image_size: int | None = None, system: str | None = None,
+            markdown: MarkdownStyle = PLAIN) -> OCRResult:
+        """Read one image. Left out, `prompt` and `output_format` are the settings' (Markdown output picks the layout
+        prompt: tables, formulas).
 
         `on_text` gets the answer as it is written. `should_stop` is asked after every token (or streamed piece);
         when it answers True the generation ends with stop_reason "cancelled" (a client that left, a deadline).
         `max_prompt_tokens` caps the prompt's text tokens, the image's not counted (a remote server counts with
         its own tokenizer). `max_image_size` overrides the setting for this call (0: no cap). `system` is a
-        system turn rendered before the user turn, as the checkpoint's chat template does.
+        system turn rendered before the user turn, as the checkpoint's chat template does. `markdown` says how
+        layout cells become Markdown (page furniture, pictures).
         """
         started = time.perf_counter()
         picture = load_image(image)  # before any lock or network: a bad file fails at once
         call = Call(
-            prompt=resolve_prompt(prompt, output_format=output_format, bbox=bbox, instruction=instruction,
-                                  default=self._settings.prompt),
+            prompt=resolve_prompt(prompt, output_format=output_format or self._settings.output_format, bbox=bbox,
+                                  instruction=instruction, default=self._settings.prompt),
             bbox=bbox, instruction=instruction, system=system,
             max_new_tokens=max_new_tokens or self._settings.max_new_tokens,
             max_image_size=self._settings.max_image_size if max_image_size is None else max_image_size,
             temperature=temperature, top_p=top_p, max_prompt_tokens=max_prompt_tokens, on_text=on_text,
             should_stop=should_stop)
         run = self._generate(picture, call)
-        text, cells = format_answer(call.prompt, run.kept, run.prepared)
+        text, cells = format_answer(call.prompt, run.kept, run.prepared, picture, markdown)
         width, height = run.prepared.original_size
+        timings = {"preprocess": round(run.prepared_at - started, 4),
+                   "prefill": round(run.first_token_at - run.prepared_at, 4),
+                   "decode": round(run.finished_at - run.first_token_at, 4),
+                   "total": round(time.perf_counter() - started, 4)}
+        if run.draft_tokens is not None:
+            timings.update(draft_tokens=run.draft_tokens, accepted_tokens=run.accepted_tokens or 0)
         return OCRResult(
             text=text, raw=run.raw, prompt=call.prompt, stop_reason=run.stop_reason, width=width, height=height,
             image_tokens=run.prepared.image_tokens, prompt_tokens=run.prompt_tokens,
             generated_tokens=run.generated_tokens, device=run.device, precision=run.precision,
             decoder=run.decoder, gguf_type=run.gguf_type,
-            timings={"preprocess": round(run.prepared_at - started, 4),
-                     "prefill": round(run.first_token_at - run.prepared_at, 4),
-                     "decode": round(run.finished_at - run.first_token_at, 4),
-                     "total": round(time.perf_counter() - started, 4)},
-            peak_gpu_mb=run.peak_gpu_mb, loop_start=run.loop_start, cells=cells, file=file)
+            timings=timings,
+            peak_gpu_mb=run.peak_gpu_mb, loop_start=run.loop_start, cells=cells, file=file,
+            low_confidence=None if run.pieces is None else low_confidence_spans(run.pieces, run.kept, text,
+                                                                              call.prompt),
+            pieces=run.pieces or [])
 
     def _generate(self, picture: Image.Image, call: Call) -> Generated:
         """Size `picture`, run the model on it as `call` says, and report what came back."""

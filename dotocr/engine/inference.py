@@ -25,10 +25,11 @@ from ..vision_grid import IMAGE_FACTOR
 from .base import Call, Engine, Generated
 from .checkpoint import resolve_checkpoint
 from .decoders.base import DecodeRequest
-from .decoders.generation import TokenPipeline
+from .decoders.generation import TokenPipeline, token_pieces
+from .decoders.speculation import Drafter, seed_for
 from .inputs.prompts import encode_prompt
 from .loading import LoadedModel, load_checkpoint
-from .plan import plan_load
+from .plan import plan_load, speculates
 from .status import EngineState, Status
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ class DotOCRInference(Engine):
             old, self._settings = self._settings, settings
             if self._loaded is None:
                 return
-            if old.model != settings.model:
+            if old.model != settings.model or old.vision_precision != settings.vision_precision:
                 self.unload()
                 return
             try:
@@ -193,10 +194,13 @@ class DotOCRInference(Engine):
         max_new_tokens = min(call.max_new_tokens, loaded.decoder.max_positions - len(ids))  # the model's context
         pipeline = TokenPipeline(tokenizer=loaded.tokenizer, eos_token_ids=loaded.eos_token_ids,
                                  max_new_tokens=max_new_tokens, on_text=call.on_text, should_stop=call.should_stop)
+        weights = loaded.gguf_type if loaded.decoder.name == "llamacpp" else loaded.precision
+        speculate = speculates(self._settings.speculate, loaded.device, loaded.decoder.name, weights)
+        drafter = _drafter(loaded, call.prompt) if speculate else None
         request = DecodeRequest(prompt_ids=ids, pixel_values=prepared.pixel_values, grid_thw=prepared.grid_thw,
                                 image_token_id=loaded.image_token_id, max_new_tokens=max_new_tokens,
                                 temperature=call.temperature, top_p=call.top_p,
-                                eos_token_ids=tuple(loaded.eos_token_ids))
+                                eos_token_ids=tuple(loaded.eos_token_ids), drafter=drafter)
         if loaded.memory is not None:
             loaded.memory.reset()
         prepared_at = time.perf_counter()
@@ -214,7 +218,11 @@ class DotOCRInference(Engine):
             first_token_at=pipeline.first_token_time or finished, finished_at=finished, device=loaded.device,
             precision=loaded.precision, decoder=loaded.decoder.name, gguf_type=loaded.gguf_type,
             loop_start=pipeline.guard.loop_start,
-            peak_gpu_mb=loaded.memory.peak_mb() if loaded.memory is not None else None)
+            peak_gpu_mb=loaded.memory.peak_mb() if loaded.memory is not None else None,
+            tokens=kept, token_probabilities=pipeline.probabilities[:len(kept)],
+            pieces=token_pieces(loaded.tokenizer, kept, pipeline.probabilities[:len(kept)]),
+            draft_tokens=drafter.draft_tokens if drafter else 0,
+            accepted_tokens=drafter.accepted_tokens if drafter else 0)
 
     @staticmethod
     def _check_prompt_length(loaded: LoadedModel, ids: list[int], image_tokens: int,
@@ -254,6 +262,13 @@ class DotOCRInference(Engine):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+
+
+def _drafter(loaded: LoadedModel, prompt: str) -> Drafter:
+    """Speculative drafts for one answer, with the prompt mode's grammar sample in the model's own tokens."""
+    seed = seed_for(prompt)
+    return Drafter(loaded.tokenizer.encode(seed, add_special_tokens=False) if seed else (),
+                   costs=loaded.decoder.batch_costs)
 
 
 def _cap_text(max_size: int) -> str:

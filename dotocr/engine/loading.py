@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelUnavailableError
-from .model.spellings import STOP_TOKENS
+from .model.spellings import STOP_TOKENS, VISION_PREFIX
 from .plan import LoadPlan, PrecisionError
 
 log = logging.getLogger("dotocr.engine")
@@ -22,7 +22,7 @@ log = logging.getLogger("dotocr.engine")
 # flips its choice where the model hesitates between look-alike characters, for 330 MiB a 6 GiB card can spare;
 # the merger adds the most error of any layer (13 % vs 9 %) and feeds every image token into the decoder, for
 # 67 MiB. The patch conv is a Conv2d, which bitsandbytes does not quantise.
-UNQUANTIZED_MODULES = ("lm_head", "vision_tower.merger")
+UNQUANTIZED_MODULES = ("lm_head", VISION_PREFIX + "merger")
 BNB_CPU_BLOCK = 64  # bitsandbytes' CPU 4-bit kernel needs input widths in multiples of its block size
 
 
@@ -108,6 +108,10 @@ def load_checkpoint(folder: Path, plan: LoadPlan,
     # Only the stop ids come from the checkpoint's generation_config; its max_length (32768) would just fight
     # max_new_tokens, which the engine sets per call.
     model.generation_config = GenerationConfig(eos_token_id=eos, pad_token_id=eos[0], do_sample=False)
+    if plan.vision_precision == "int8":
+        from .model.vision_tower import int8_vision_tower
+
+        model.vision_tower = int8_vision_tower(model.vision_tower)
     return LoadedModel(decoder=TorchDecoder(model, plan.device, plan.precision), tokenizer=tokenizer,
                        preparer=preparer, eos_token_ids=eos, image_token_id=config.image_token_id, folder=folder,
                        device=plan.device, precision=plan.precision, memory=memory)

@@ -32,6 +32,11 @@ GGUF_FOR_PRECISION = {"fp32": "f32", "fp16": "f16", "bf16": "f16", "4bit": "q4_k
 Q4_K_M, and `auto` on a CPU Q8_0 (llama.cpp's fast, near-lossless type)."""
 
 
+EXACT_BATCHES = {("torch", "fp32"), ("llamacpp", "f32")}
+"""Decoders and weights whose batched rows come out bit for bit as single tokens do on a CPU (measured,
+docs/performance.md section 10); elsewhere other kernels round a batch differently and can flip a near tie."""
+
+
 class PrecisionError(DotOCRError):
     """The requested device/precision cannot run on this machine."""
 
@@ -44,6 +49,8 @@ class LoadPlan:
     decoder: str = "torch"
     gguf_type: str | None = None
     """For the llama.cpp decoder: the GGUF weight type (f32, f16, q8_0, q4_k_m)."""
+    vision_precision: str = "auto"
+    """"int8": the vision tower's Linear layers in dynamic int8 (CPU only); "auto": the tower in `torch_dtype`."""
 
     @property
     def torch_dtype(self) -> str:
@@ -59,8 +66,13 @@ def plan_load(settings: Settings, *, cuda: dict[str, Any] | None = None,
               llamacpp: bool | None = None) -> LoadPlan:
     """Decide where and how to run, and which decoder. `cuda` describes the GPU (see `describe_cuda`) and
     `llamacpp` says whether llama.cpp can be used; tests pass their own."""
-    plan = _plan_device(settings, describe_cuda() if cuda is None else cuda)
-    return _plan_decoder(settings, plan, llamacpp)
+    plan = _plan_decoder(settings, _plan_device(settings, describe_cuda() if cuda is None else cuda), llamacpp)
+    if settings.vision_precision == "int8":
+        if plan.device != "cpu" or (plan.decoder == "torch" and plan.precision == "4bit"):
+            raise PrecisionError("--vision-precision int8 runs on the CPU only, and not with the torch decoder in "
+                                 "4-bit; use --device cpu, or --vision-precision auto.")
+        plan = dataclasses.replace(plan, vision_precision="int8", reason=plan.reason + "; vision tower in int8")
+    return plan
 
 
 def _plan_decoder(settings: Settings, plan: LoadPlan, llamacpp: bool | None) -> LoadPlan:
@@ -168,3 +180,13 @@ def cpu_prefers_bf16() -> bool:
         write_atomic(cache, json.dumps({"key": key, "bf16": bf16,
                                         "seconds": {str(k): v for k, v in timings.items()}}))
     return bf16
+
+
+def speculates(setting: str, device: str, decoder: str, weights: str | None) -> bool:
+    """Whether drafted tokens are checked in batches for this call: `on` always, `off` never, and `auto` only where
+    that cannot change a greedy token (`EXACT_BATCHES` on the CPU). `weights` is the precision (torch) or the GGUF
+    type (llama.cpp)."""
+    if setting != "auto":
+        return setting == "on"
+    return device == "cpu" and (decoder, weights) in EXACT_BATCHES
+

@@ -12,6 +12,12 @@ works, watched by the loop guard (a server without one would otherwise run a loo
 post-processed like a local answer.
 
 Every failure of the network or the server is a `RemoteEngineError` naming the server and what to check.
+
+Nothing a server sends is trusted to be small or to end: every body is read within a byte limit (MAX_BODY_BYTES,
+an answer's stream within BYTES_PER_TOKEN for each token asked for), every line within MAX_LINE_BYTES, the whole
+answer within `answer_timeout_s`, and an answer that runs past `max_new_tokens` pieces is cut there, whatever
+the server does with the limit it was sent. Compressed bodies are not asked for (a gzip bomb would inflate past
+any limit before it could be counted) and refused when sent anyway. A malformed answer is one sentence.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -31,6 +37,7 @@ import httpx
 from ..config import Settings
 from ..errors import DotOCRError, RemoteEngineError
 from ..loopback import is_loopback_url
+from .answers.cells import without_lone_surrogates
 from .base import Call, Engine, Generated
 from .decoders.loop_guard import LoopGuard
 from .inputs.preprocessing import ImagePreparer, PreparedImage
@@ -52,6 +59,14 @@ MAX_CONNECTIONS = 256
 BUSY_RETRY_S = 60.0
 """How long a request keeps retrying while the server answers 503 (loading, or its queue is full)."""
 MAX_ERROR_BODY = 4096
+MAX_BODY_BYTES = 8 * 1024 * 1024
+"""Largest body read whole: a model list, a probe's answer, an answer that is not streamed."""
+MAX_LINE_BYTES = 1024 * 1024
+"""Longest line of a streamed answer: one event carries one token, a few hundred bytes."""
+BYTES_PER_TOKEN = 4096
+"""A streamed answer may take this many bytes per token asked for (plus one line): ten times what servers send."""
+ANSWER_TIMEOUT_S = READ_TIMEOUT_S
+"""Longest a whole answer may take, waiting in a busy server's line included (a trickle never ends otherwise)."""
 
 DOTOCR, VLLM, LLAMA_CPP, OLLAMA, OPENAI = "dotocr", "vllm", "llama.cpp", "ollama", "openai"
 SERVER_KINDS = (DOTOCR, VLLM, LLAMA_CPP, OLLAMA, OPENAI)
@@ -68,9 +83,11 @@ class RemoteEngine(Engine):
     Connects on `load()` or `ocr()`."""
 
     def __init__(self, settings: Settings, *, on_state: Callable[[EngineState], None] | None = None,
-                 read_timeout_s: float = READ_TIMEOUT_S, busy_retry_s: float = BUSY_RETRY_S) -> None:
+                 read_timeout_s: float = READ_TIMEOUT_S, busy_retry_s: float = BUSY_RETRY_S,
+                 answer_timeout_s: float = ANSWER_TIMEOUT_S) -> None:
         super().__init__(settings, on_state=on_state)
         self._read_timeout_s = read_timeout_s
+        self._answer_timeout_s = answer_timeout_s
         self._busy_retry_s = busy_retry_s
         self._client: httpx.Client | None = None
         self._preparer = ImagePreparer()  # sizing only: the server cuts the patches
@@ -125,6 +142,7 @@ class RemoteEngine(Engine):
         self._set_state(Status.LOADING, f"connecting to {self.url}")
         key = self._settings.remote_api_key
         headers = {"Authorization": f"Bearer {key}"} if key else {}
+        headers["Accept-Encoding"] = "identity"  # see the module docstring: no body grows past its limit unseen
         # A proxy must never see loopback traffic (it would get the key and the image): HTTP_PROXY and
         # friends are ignored for a server on this machine.
         client = httpx.Client(headers=headers, trust_env=not is_loopback_url(self.url), timeout=httpx.Timeout(
@@ -196,8 +214,8 @@ class RemoteEngine(Engine):
 
     def _get_json(self, client: httpx.Client, url: str) -> Any:
         """The JSON a GET answers with, or None for anything else (a probe is allowed to miss)."""
-        with contextlib.suppress(httpx.HTTPError, httpx.InvalidURL):
-            response = client.get(url, timeout=CONNECT_TIMEOUT_S)
+        with contextlib.suppress(httpx.HTTPError, httpx.InvalidURL, RemoteEngineError):
+            response = self._fetch(client, "GET", url, timeout=CONNECT_TIMEOUT_S)
             if response.status_code == 200:
                 return _json_or_none(response.content)
         return None
@@ -238,7 +256,7 @@ class RemoteEngine(Engine):
             self._set_state(Status.BUSY, "reading", device=self._remote_device or "remote",
                             precision=self._precision or "unknown", decoder="remote")
         try:
-            answer = self._complete(client, body, call.on_text, time.perf_counter(), call.should_stop)
+            answer = self._complete(client, body, call, time.perf_counter())
         except RemoteEngineError as exc:
             with self._lock:
                 self._in_flight -= 1
@@ -286,9 +304,9 @@ class RemoteEngine(Engine):
             "stream_options": {"include_usage": True},
         }
 
-    def _complete(self, client: httpx.Client, body: dict[str, Any], on_text: Callable[[str], None] | None,
-                  sent_at: float, should_stop: Callable[[], bool] | None = None) -> _Answer:
+    def _complete(self, client: httpx.Client, body: dict[str, Any], call: Call, sent_at: float) -> _Answer:
         deadline = time.monotonic() + self._busy_retry_s
+        answer_deadline = time.monotonic() + self._answer_timeout_s
         while True:
             try:
                 with client.stream("POST", f"{self._api}/chat/completions", json=body) as response:
@@ -297,43 +315,48 @@ class RemoteEngine(Engine):
                         log.info("%s is busy or loading; retrying in %.1f s", self.url, wait)
                     else:
                         self._raise_for_status(response)
-                        return self._read_stream(response, on_text, sent_at, should_stop)
+                        return self._read_answer(response, call, sent_at, answer_deadline)
             except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 raise self._network_error(exc) from None
             time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
 
-    def _read_stream(self, response: httpx.Response, on_text: Callable[[str], None] | None,
-                     sent_at: float, should_stop: Callable[[], bool] | None = None) -> _Answer:
+    def _read_answer(self, response: httpx.Response, call: Call, sent_at: float, deadline: float) -> _Answer:
         # dotocr-serve guards with the real token ids; for the others, each streamed piece stands for a token
         answer = _Answer(sent_at, guard=self._kind != DOTOCR)
-        content_type = response.headers.get("content-type", "")
-        if "text/event-stream" not in content_type:  # a server that ignores stream=true
-            response.read()
-            answer.take_completion(_json(response, self.url))
-            if on_text is not None and answer.text:
-                on_text(answer.text)
+        limit = call.max_new_tokens * BYTES_PER_TOKEN + MAX_LINE_BYTES
+        if "text/event-stream" not in response.headers.get("content-type", ""):  # a server that ignores stream
+            data = _json_or_none(self._read_body(response, min(limit, MAX_BODY_BYTES), deadline))
+            if data is None:
+                raise RemoteEngineError(f"The OCR server at {self.url} answered with something that is not JSON; "
+                                        "check that remote_url points at an OpenAI-compatible server.")
+            answer.take_completion(data, self.url)
+            if call.on_text is not None and answer.text:
+                call.on_text(answer.text)
             return answer.finish()
-        for line in response.iter_lines():
-            if not line.startswith("data:"):
+        for line in self._lines(response, limit, deadline):
+            if not line.startswith(b"data:"):
                 continue
             data = line[5:].strip()
-            if data == "[DONE]":
+            if data == b"[DONE]":
                 return answer.finish()
-            try:
-                event = json.loads(data)
-            except ValueError:
-                raise RemoteEngineError(f"The OCR server at {self.url} sent a stream event that is not "
-                                        "JSON; check that remote_url points at an OpenAI-compatible "
-                                        "server.") from None
-            if isinstance(event, dict) and "error" in event:
+            event = _json_or_none(data)
+            if not isinstance(event, dict) or not isinstance(event.get("choices", []), list):
+                raise RemoteEngineError(f"The OCR server at {self.url} sent a stream event that is not a chat "
+                                        "completion chunk; check that remote_url points at an OpenAI-compatible "
+                                        "server.")
+            if "error" in event:
                 raise RemoteEngineError(self._server_failed(_error_message(event), "failed"))
             delta = answer.take_chunk(event)
             if answer.finish_reason == "repetition":  # closing the stream stops the server's generation
                 log.info("%s fell into a loop; stopped after %d pieces", self.url, answer.pieces)
                 return answer.finish()
-            if delta and on_text is not None:
-                on_text(delta)
-            if should_stop is not None and should_stop():
+            if answer.pieces > call.max_new_tokens:  # the server ignored the limit it was sent
+                log.info("%s sent more than %d pieces; the answer is cut there", self.url, call.max_new_tokens)
+                answer.cut(call.max_new_tokens)
+                return answer.finish()
+            if delta and call.on_text is not None:
+                call.on_text(delta)
+            if call.should_stop is not None and call.should_stop():
                 answer.finish_reason = "cancelled"
                 return answer.finish()
         if answer.finish_reason is None:
@@ -341,9 +364,59 @@ class RemoteEngine(Engine):
                                     "was complete; check the server's log.")
         return answer.finish()
 
+    # -- reading within limits ------------------------------------------------------------------------------
+
+    def _raw_chunks(self, response: httpx.Response, limit: int, deadline: float) -> Iterator[bytes]:
+        """The body as it arrives, undecoded: more than `limit` bytes, or past `deadline`, is an error."""
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise RemoteEngineError(f"The OCR server at {self.url} sent a {encoding}-compressed answer although "
+                                    "none was asked for; check that remote_url points at an OpenAI-compatible "
+                                    "server.")
+        received = 0
+        for chunk in response.iter_raw():
+            received += len(chunk)
+            if received > limit:
+                raise RemoteEngineError(f"The OCR server at {self.url} sent more than {_size(limit)} for one "
+                                        "answer; check that remote_url points at an OpenAI-compatible server.")
+            if time.monotonic() > deadline:
+                raise RemoteEngineError(f"The OCR server at {self.url} did not finish its answer within "
+                                        f"{self._answer_timeout_s:g} s; check that it is not overloaded.")
+            yield chunk
+
+    def _read_body(self, response: httpx.Response, limit: int, deadline: float) -> bytes:
+        return b"".join(self._raw_chunks(response, limit, deadline))
+
+    def _lines(self, response: httpx.Response, limit: int, deadline: float) -> Iterator[bytes]:
+        """The stream's lines (without their end), each at most MAX_LINE_BYTES, in time linear in the stream."""
+        pending = bytearray()
+        for chunk in self._raw_chunks(response, limit, deadline):
+            start = 0
+            while (end := chunk.find(b"\n", start)) >= 0:
+                line = bytes(pending) + chunk[start:end] if pending else chunk[start:end]
+                pending.clear()
+                yield line.rstrip(b"\r")
+                start = end + 1
+            pending += chunk[start:]
+            if len(pending) > MAX_LINE_BYTES:
+                raise RemoteEngineError(f"The OCR server at {self.url} sent a line longer than "
+                                        f"{_size(MAX_LINE_BYTES)}; check that remote_url points at an "
+                                        "OpenAI-compatible server.")
+        if pending:
+            yield bytes(pending).rstrip(b"\r")
+
+    def _fetch(self, client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """A request whose body is read within MAX_BODY_BYTES (and, for an error, far less)."""
+        deadline = time.monotonic() + self._answer_timeout_s
+        with client.stream(method, url, **kwargs) as response:
+            limit = MAX_ERROR_BODY * 4 if response.status_code >= 400 else MAX_BODY_BYTES
+            content = self._read_body(response, limit, deadline)
+        return httpx.Response(response.status_code, headers=response.headers, content=content,
+                              request=response.request)
+
     def _send(self, client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:
-            return client.request(method, url, **kwargs)
+            return self._fetch(client, method, url, **kwargs)
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise self._network_error(exc) from None
 
@@ -364,10 +437,12 @@ class RemoteEngine(Engine):
     def _raise_for_status(self, response: httpx.Response) -> None:
         if response.status_code < 400:
             return
-        with contextlib.suppress(httpx.HTTPError):
-            response.read()
-        message = (_error_message(_json_or_none(response.content[:MAX_ERROR_BODY * 4]))
-                   or response.text[:200].strip() or response.reason_phrase)
+        content = b""
+        with contextlib.suppress(httpx.HTTPError, RemoteEngineError):  # an error's body, read within its limit
+            content = response.content if response.is_stream_consumed else self._read_body(
+                response, MAX_ERROR_BODY * 4, time.monotonic() + CONNECT_TIMEOUT_S * 2)
+        text = without_lone_surrogates(content[:200].decode("utf-8", "replace")).strip()
+        message = _error_message(_json_or_none(content)) or text or response.reason_phrase
         if response.status_code in (401, 403):
             raise RemoteEngineError(f"The OCR server at {self.url} refused the request (HTTP "
                                     f"{response.status_code}: {message}); set remote_api_key to its token.")
@@ -439,6 +514,7 @@ class _Answer:
             delta = choice.get("delta") or {}
             content = delta.get("content") if isinstance(delta, dict) else None
             if isinstance(content, str) and content:
+                content = without_lone_surrogates(content)  # no UTF-8 answer of ours could carry one
                 if self.first_at is None:
                     self.first_at = time.perf_counter()
                 self.parts.append(content)
@@ -446,9 +522,17 @@ class _Answer:
                 delta_text += content
                 if self._looped(content):
                     return ""
-            if choice.get("finish_reason"):
-                self.finish_reason = str(choice["finish_reason"])
+            if isinstance(choice.get("finish_reason"), str) and choice["finish_reason"]:
+                self.finish_reason = choice["finish_reason"][:40]
         return delta_text
+
+    def cut(self, pieces: int) -> None:
+        """Keep the first `pieces` pieces: the server sent more than it was asked for."""
+        del self.parts[pieces:]
+        self.pieces = pieces
+        self.finish_reason = "length"
+        if self.kept is not None:
+            self.kept = min(self.kept, pieces)
 
     def _looped(self, piece: str) -> bool:
         if self._guard is None:
@@ -462,17 +546,19 @@ class _Answer:
         self.finish_reason = "repetition"
         return True
 
-    def take_completion(self, data: Any) -> None:
+    def take_completion(self, data: Any, url: str) -> None:
         choices = data.get("choices") if isinstance(data, dict) else None
-        if not choices or not isinstance(choices[0], dict):
-            raise RemoteEngineError("The OCR server's answer has no choices; check that it serves dots.ocr.")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise RemoteEngineError(f"The OCR server at {url} answered without a choice; check that it serves "
+                                    "dots.ocr.")
         message = choices[0].get("message") or {}
         content = message.get("content") if isinstance(message, dict) else None
         self.first_at = time.perf_counter()
         if isinstance(content, str):
-            self.parts.append(content)
+            self.parts.append(without_lone_surrogates(content))
             self.pieces = 1
-        self.finish_reason = str(choices[0].get("finish_reason") or "stop")
+        reason = choices[0].get("finish_reason")
+        self.finish_reason = reason[:40] if isinstance(reason, str) and reason else "stop"
         self._take_usage(data.get("usage"))
 
     def _take_usage(self, usage: Any) -> None:
@@ -501,16 +587,12 @@ def _retry_after(response: httpx.Response) -> float:
 def _json_or_none(content: bytes) -> Any:
     try:
         return json.loads(content)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, a number of thousands of digits, nesting past the stack
         return None
 
 
-def _json(response: httpx.Response, url: str) -> Any:
-    data = _json_or_none(response.content)
-    if data is None:
-        raise RemoteEngineError(f"The OCR server at {url} answered with something that is not JSON; check "
-                                "that remote_url points at an OpenAI-compatible server.")
-    return data
+def _size(count: int) -> str:
+    return f"{count / 2**20:g} MiB" if count >= 2**20 else f"{count / 1024:g} KiB"
 
 
 def _first_int(value: int | None, fallback: int) -> int:
@@ -522,9 +604,9 @@ def _error_message(data: Any) -> str:
     if not isinstance(data, dict):
         return ""
     error = data.get("error")
-    if isinstance(error, dict) and error.get("message"):
-        return str(error["message"])[:MAX_ERROR_BODY]
+    if isinstance(error, dict) and isinstance(error.get("message"), str) and error["message"]:
+        return without_lone_surrogates(error["message"][:MAX_ERROR_BODY])
     for key in ("message", "detail"):
         if isinstance(data.get(key), str):
-            return data[key][:MAX_ERROR_BODY]
-    return str(error)[:MAX_ERROR_BODY] if error else ""
+            return without_lone_surrogates(data[key][:MAX_ERROR_BODY])
+    return without_lone_surrogates(error[:MAX_ERROR_BODY]) if isinstance(error, str) else ""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -30,7 +30,8 @@ class OCRResult:
     gguf_type: str | None = None
     """With the llama.cpp decoder: the GGUF weight type (f32, f16, q8_0, q4_k_m)."""
     timings: dict[str, float] = field(default_factory=dict)
-    """Seconds per stage: preprocess, prefill (vision + prompt), decode, total."""
+    """Seconds per stage: preprocess, prefill (vision + prompt), decode, total; from the local engine also
+    draft_tokens and accepted_tokens (speculative decoding: drafted tokens the model checked, and kept)."""
     peak_gpu_mb: float | None = None
     loop_start: int | None = None
     """With stop_reason "repetition": the index among the generated tokens where the loop began (else None)."""
@@ -41,11 +42,20 @@ class OCRResult:
     """For a PDF page: its number, 1-based (width, height and any boxes are in that page's pixels)."""
     dpi: float | None = None
     """For a PDF page: what it was rendered at, so a box in its pixels is x * 72 / dpi points."""
+    low_confidence: list[list[int]] | None = None
+    """[start, end) character spans of `text` written by tokens the model gave less than even odds: where to look
+    twice (`answers/confidence.py`). None where the engine cannot tell (a remote server without logprobs)."""
+    pieces: list[tuple[str, float]] = field(default_factory=list, metadata={"json": False})
+    """(text, probability) per generated token of the answer, for the OpenAI route's `logprobs`; not in the JSON."""
 
     def to_json_dict(self) -> dict[str, Any]:
         """The JSON contract shared by `dotocr ocr --format json` and `POST /ocr`; page fields only for PDFs."""
-        data = asdict(self)
-        for optional in ("cells", "page", "dpi"):
+        data = {name: value for name, value in asdict(self).items() if name in JSON_FIELDS}
+        for optional in ("cells", "page", "dpi", "low_confidence"):
             if data[optional] is None:
                 del data[optional]
         return data
+
+
+JSON_FIELDS = tuple(item.name for item in fields(OCRResult) if item.metadata.get("json", True))
+"""The fields of the JSON contract, in order (the server's /ocr schema is made from these)."""

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Header, Request
 
 from dotocr import __version__
 from dotocr.local_secret import CHALLENGE_HEADER, MAX_CHALLENGE, load_or_create_secret, proof
-from dotocr.loopback import is_loopback_host
+from dotocr.loopback import LOOPBACK_ADDRESS, is_loopback_host
 
 from .auth import BearerTokenMiddleware
 from .browser import BrowserGuardMiddleware
@@ -31,7 +31,7 @@ log = logging.getLogger("dotocr.server")
 
 
 def create_app(engine: Any, *, api_token: str | None = None, limits: ServerLimits = ServerLimits(),
-               load_on_start: bool = True, host: str = "127.0.0.1", docs: bool = False) -> FastAPI:
+               load_on_start: bool = True, host: str = LOOPBACK_ADDRESS, docs: bool = False) -> FastAPI:
     """The HTTP app around one engine (local `DotOCRInference` or `RemoteEngine`).
 
     `load_on_start` loads the model on a thread when the app starts; with False the engine loads on the

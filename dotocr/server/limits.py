@@ -61,12 +61,18 @@ class ServerLimits:
     official parser's 64 A4 pages at 200 DPI, about 46 MiB each."""
     max_prompt_tokens: int = 4096
     """Tokens the text parts of a chat request may take (the image's tokens not counted)."""
+    render_timeout_s: float = 60.0
+    """Longest an uploaded PDF may take to open, or one of its pages to render, before its renderer is killed."""
+    render_memory_bytes: int = 768 * MIB
+    """Memory a PDF's renderer may take (its process's address space on Linux), counted in the decoded-image
+    budget for as long as the upload is read."""
 
     def __post_init__(self) -> None:
         if self.max_upload_bytes < 1 or self.max_waiting < 0 or self.request_timeout_s <= 0:
             raise ValueError("limits must be positive (max_waiting may be 0)")
         if min(self.max_connections, self.max_bodies, self.max_decoded_bytes, self.max_prompt_tokens,
-               self.min_body_rate) < 1 or min(self.header_timeout_s, self.body_timeout_s) <= 0 \
+               self.min_body_rate, self.render_memory_bytes) < 1 \
+                or min(self.header_timeout_s, self.body_timeout_s, self.render_timeout_s) <= 0 \
                 or self.body_grace_s < 0:
             raise ValueError("connection, body, memory and prompt limits must be positive")
 

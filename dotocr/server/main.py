@@ -14,7 +14,7 @@ import os
 import sys
 
 from dotocr.config import SettingsFile, add_engine_arguments, port_number, settings_from_args
-from dotocr.loopback import is_loopback_host
+from dotocr.loopback import LOOPBACK_ADDRESS, is_loopback_host
 from dotocr.version import VersionAction
 
 TOKEN_ENV = "DOTOCR_API_TOKEN"
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dotocr-serve", description="Serve the dots.ocr model over HTTP: POST /ocr (multipart upload) "
         "and an OpenAI-compatible /v1/chat/completions.")
     parser.add_argument("--version", action=VersionAction)
-    parser.add_argument("--host", default="127.0.0.1",
+    parser.add_argument("--host", default=LOOPBACK_ADDRESS,
                         help="address to listen on (default 127.0.0.1: this machine only; anything else "
                         "needs --api-token)")
     parser.add_argument("--port", type=port_number, help="port (default: api_port from the settings file, 8765)")
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--max-upload-mb, --request-timeout, --max-connections, --header-timeout, --body-timeout, "
                      "--max-image-memory-mb and --max-prompt-tokens must be positive, --max-waiting 0 or more.")
     settings_file = SettingsFile()
-    settings = settings_from_args(args, settings_file.load())
+    settings = settings_from_args(args, settings_file.load(), settings_file.problems)
     for problem in settings_file.problems:
         print(f"dotocr-serve: {problem}", file=sys.stderr)
     port = args.port if args.port is not None else settings.api_port

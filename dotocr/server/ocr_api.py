@@ -7,7 +7,8 @@ with one result object per page, in page order.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from anyio import to_thread
 from fastapi import APIRouter, Request
@@ -19,7 +20,10 @@ from dotocr.engine import (
     MAX_PAGE_PIXELS,
     Box,
     PdfDocument,
+    RenderLimits,
+    RenderStopped,
     check_dpi,
+    describe_pages,
     is_pdf,
     parse_box,
     parse_page_ranges,
@@ -33,6 +37,7 @@ from .state import ServerState
 from .uploads import Form, read_multipart
 
 router = APIRouter()
+T = TypeVar("T")
 
 MAX_FILENAME = 255
 MAX_PDF_PAGES = 100
@@ -72,10 +77,11 @@ async def ocr(request: Request) -> JSONResponse:
     ticket = server.admit()  # only now: a slow upload holds no place in line
     try:
         if pdf:
-            server.hold(ticket, MAX_PAGE_PIXELS * 12)  # one rendered page at a time: RGBA bitmap and RGB copy
+            # the renderer's process, and one rendered page at a time in this one (its bitmap and RGB copy)
+            server.hold(ticket, server.limits.render_memory_bytes + MAX_PAGE_PIXELS * 12)
             return JSONResponse(await _read_pdf(server, ticket, request, data, filename[:MAX_FILENAME], what,
                                                 form.fields, options))
-        image = await server.decode(ticket, data, what)
+        image = await server.decode(ticket, data, what, server.engine.settings.max_image_size)
         del form, data  # while it waits in line, the request holds the decoded image only
         result = await server.run_ocr(ticket, request.receive, image, file=filename[:MAX_FILENAME], **options)
     finally:
@@ -85,27 +91,29 @@ async def ocr(request: Request) -> JSONResponse:
 
 async def _read_pdf(server: ServerState, ticket: Ticket, request: Request, data: bytes, filename: str, what: str,
                     fields: dict[str, str], options: dict[str, Any]) -> dict[str, Any]:
-    """Every requested page, rendered off the event loop one at a time and read in page order."""
+    """Every requested page, rendered off the event loop one at a time and read in page order.
+
+    PDFium runs in a process of its own under the server's render limits, so a PDF built to render for
+    minutes or to take gigabytes costs its own request one sentence and holds up nobody else; a client that
+    leaves, or a request past its deadline, has its render killed.
+    """
     wanted = _parse_pages(fields.get("pages"))
     dpi = _parse_dpi(fields.get("dpi"))
-    try:
-        document = await to_thread.run_sync(PdfDocument, data, what)
-    except DotOCRError as exc:
-        raise engine_error(exc, server.limits.retry_after_s) from None
+    limits = RenderLimits(server.limits.render_timeout_s, server.limits.render_memory_bytes)
+    document = await _rendering(server, ticket, request, lambda: PdfDocument(
+        data, what, limits=limits, should_stop=ticket.should_stop))
     try:
         try:
             present, missing = document.select(wanted, MAX_PDF_PAGES)
         except DotOCRError as exc:
             raise engine_error(exc, server.limits.retry_after_s) from None
         if missing:
-            raise ApiError(400, f"{what} has {document.page_count} pages; page "
-                           f"{', '.join(map(str, missing))} does not exist.", "invalid_form")
+            raise ApiError(400, f"{what} has {document.page_count} pages; page {describe_pages(missing)} "
+                           f"{'does' if len(missing) == 1 else 'do'} not exist.", "invalid_form")
         pages = []
         for number in present:
-            try:
-                page = await to_thread.run_sync(document.render, number, dpi)
-            except DotOCRError as exc:
-                raise engine_error(exc, server.limits.retry_after_s) from None
+            page = await _rendering(server, ticket, request,
+                                    lambda n=number: document.render(n, dpi, should_stop=ticket.should_stop))
             result = await server.run_ocr(ticket, request.receive, page.image, file=filename, **options)
             result.page, result.dpi = page.number, page.dpi
             pages.append(result.to_json_dict())
@@ -115,13 +123,24 @@ async def _read_pdf(server: ServerState, ticket: Ticket, request: Request, data:
         document.close()
 
 
+async def _rendering(server: ServerState, ticket: Ticket, request: Request, work: Callable[[], T]) -> T:
+    """`work` (opening the PDF or rendering a page) on a worker thread, given up when the client leaves."""
+    try:
+        return await server.unless_gone(ticket, request.receive, to_thread.run_sync(work))
+    except RenderStopped:
+        raise server.stopped(ticket) from None
+    except DotOCRError as exc:
+        raise engine_error(exc, server.limits.retry_after_s) from None
+
+
 def _parse_pages(text: str | None) -> list[int] | None:
     if not text:
         return None
     try:
-        return parse_page_ranges(text)
+        return parse_page_ranges(text)  # linear, at most MAX_PAGES: cheap enough for the event loop
     except ValueError as exc:
-        raise ApiError(400, f"pages={text!r}: {exc}.", "invalid_form") from None
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise ApiError(400, f"pages={shown!r}: {exc}.", "invalid_form") from None
 
 
 def _parse_dpi(text: str | None) -> float:

@@ -62,10 +62,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     image_bytes, instruction, system = _render_messages(body, server.limits.max_upload_bytes)
     ticket = server.admit()
     try:
-        image = await server.decode(ticket, image_bytes, "The image in image_url")
+        image = await server.decode(ticket, image_bytes, "The image in image_url", 0)  # sized as vLLM does
         options: dict[str, Any] = {
             "max_prompt_tokens": server.limits.max_prompt_tokens,
             "prompt": _mode_for(instruction), "instruction": instruction, "system": system,
+            "output_format": "text",  # the answer goes back raw; no instruction: the prompt setting, as vLLM's
             "max_new_tokens": _token_cap(body, server.max_new_tokens),
             "temperature": body.temperature if body.temperature is not None else 0.0,
             "top_p": body.top_p if body.top_p is not None else 1.0,

@@ -6,11 +6,13 @@ do not use); responses carry the fields OpenAI clients read.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import dataclasses
+from typing import Annotated, Any, Literal, get_type_hints
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 from dotocr.config import OUTPUT_FORMATS, PROMPT_MODES
+from dotocr.engine import OCRResult
 
 
 class ErrorDetail(BaseModel):
@@ -43,31 +45,26 @@ class Health(BaseModel):
     """HMAC of the request's challenge with this user's server secret (see dotocr.local_secret)."""
 
 
-class OCRResponse(BaseModel):
-    """Exactly `OCRResult.to_json_dict()`, the object `dotocr ocr --format json` prints."""
+def _model_of(result: type, name: str, doc: str) -> type[BaseModel]:
+    """A pydantic model with exactly the fields of the dataclass `result`, so the schema cannot drift from it."""
+    hints = get_type_hints(result)
+    spec: dict[str, Any] = {}
+    for item in dataclasses.fields(result):
+        if not item.metadata.get("json", True):
+            continue
+        if item.default is not dataclasses.MISSING:
+            default: Any = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            default = Field(default_factory=item.default_factory)
+        else:
+            default = ...
+        spec[item.name] = (hints[item.name], default)
+    return create_model(name, __doc__=doc, **spec)
 
-    text: str
-    raw: str
-    prompt: str
-    stop_reason: str
-    width: int
-    height: int
-    image_tokens: int
-    prompt_tokens: int
-    generated_tokens: int
-    device: str
-    precision: str
-    decoder: str = "torch"
-    gguf_type: str | None = None
-    timings: dict[str, float]
-    peak_gpu_mb: float | None = None
-    loop_start: int | None = None
-    cells: list[dict[str, Any]] | None = None
-    file: str | None = None
-    page: int | None = None
-    """PDF pages only: the page number, 1-based."""
-    dpi: float | None = None
-    """PDF pages only: the rendering DPI; boxes and width/height are in pixels at this DPI."""
+
+OCRResponse = _model_of(OCRResult, "OCRResponse", "Exactly `OCRResult.to_json_dict()`, the object `dotocr ocr "
+                        "--format json` prints; `cells` only for the layout prompts, `page` and `dpi` only for PDF "
+                        "pages.")
 
 
 class DocumentResponse(BaseModel):
@@ -76,7 +73,7 @@ class DocumentResponse(BaseModel):
     file: str | None = None
     page_count: int
     """Pages in the PDF (not all of them are read when `pages` chose some)."""
-    pages: list[OCRResponse]
+    pages: list[OCRResponse]  # type: ignore[valid-type]
 
 
 OCR_FORM_SCHEMA: dict[str, Any] = {

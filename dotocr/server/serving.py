@@ -17,7 +17,7 @@ from typing import Any
 
 import uvicorn
 
-from ..loopback import is_loopback_host
+from ..loopback import LOOPBACK_ADDRESS, is_loopback_host
 from .app import create_app
 from .connections import AcceptErrorLog, ConnectionTable, protocol_class
 from .limits import ServerLimits
@@ -104,7 +104,7 @@ class BackgroundServer:
         self._thread.join(timeout)
 
 
-def start_background_server(engine: Any, port: int, *, host: str = "127.0.0.1", api_token: str | None = None,
+def start_background_server(engine: Any, port: int, *, host: str = LOOPBACK_ADDRESS, api_token: str | None = None,
                             limits: ServerLimits | None = None, load_on_start: bool = True,
                             startup_timeout: float = 15.0) -> BackgroundServer:
     """Serve `engine` on a thread (the tray's "Expose local API"). Port 0 picks a free port.

@@ -15,7 +15,7 @@ from PIL import Image
 from starlette.types import Receive
 
 from dotocr import __version__
-from dotocr.engine import OCRResult, Status, load_image
+from dotocr.engine import OCRResult, Status, load_image, preparation_bytes
 from dotocr.errors import DotOCRError
 
 from .errors import ApiError, busy_error, engine_error, loading_error, timeout_error
@@ -30,6 +30,9 @@ T = TypeVar("T")
 
 BYTES_NAME = "The image data"
 """How `load_image` names bytes in its messages."""
+PREPARE_RESERVE_BYTES = 192 * MIB
+"""Memory kept for the one image being prepared for the model (generations run one at a time): resizing any image
+within the 67-megapixel limit, a strip's padding included, takes at most about 186 MiB."""
 
 
 class ServerState:
@@ -38,7 +41,8 @@ class ServerState:
         self.limits = limits
         self.load_on_start = load_on_start
         self.gate = GenerationGate(limits.max_waiting)
-        self.budget = MemoryBudget(limits.max_decoded_bytes)
+        self.budget = MemoryBudget(limits.max_decoded_bytes,
+                                   prepare_room=min(PREPARE_RESERVE_BYTES, limits.max_decoded_bytes // 4))
         self.pacing = Pacing(limits.retry_after_s)
         self.loading = False
         self._loader: threading.Thread | None = None
@@ -125,19 +129,23 @@ class ServerState:
             return exc
         return busy_error(self.pacing.refused(self.gate.admitted)) if self.gate.full else None
 
-    async def decode(self, ticket: Ticket, data: bytes, what: str) -> Image.Image:
+    async def decode(self, ticket: Ticket, data: bytes, what: str, max_image_size: int | None) -> Image.Image:
         """Turn uploaded bytes into an image off the event loop, within the memory budget; 415/400/503.
 
         The header is read first (on a worker thread: even a header can be slow to parse) and the decoded
         size reserved from the budget before any pixel is decoded; the reservation lasts until the ticket
-        is given back, so images waiting in line count too.
+        is given back, so images waiting in line count too. What preparing it for the model will take (at
+        `max_image_size`, a strip's padding included) must fit the room kept for the one generation running.
         """
         size, mode = await to_thread.run_sync(inspect_image_bytes, data, what)
         cost = decoded_cost(size, mode)
-        if cost > self.budget.capacity:
-            raise ApiError(400, f"{what} is {size[0]} x {size[1]} pixels, about {cost // MIB} MiB once decoded, "
-                           f"more than this server holds ({self.budget.capacity // MIB} MiB); scale it down.",
-                           "invalid_image")
+        work = preparation_bytes(*size, max_image_size) if 0 not in size else 0
+        if cost > self.budget.holdable or work > self.budget.prepare_room:
+            need, room = max((cost, self.budget.holdable), (work, self.budget.prepare_room),
+                             key=lambda pair: pair[0] - pair[1])
+            raise ApiError(400, f"{what} is {size[0]} x {size[1]} pixels, about {need // MIB} MiB once decoded "
+                           f"and prepared, more than this server keeps for one image ({room // MIB} MiB); scale "
+                           "it down.", "invalid_image")
         self.hold(ticket, cost)
         try:
             return await to_thread.run_sync(load_image, data)
@@ -151,7 +159,7 @@ class ServerState:
         """The request's token cap, never above the server's setting (the official parser asks for 16k)."""
         return min(requested or self.max_new_tokens, self.max_new_tokens)
 
-    def _stopped(self, ticket: Ticket) -> ApiError:
+    def stopped(self, ticket: Ticket) -> ApiError:
         if ticket.expired:
             return timeout_error(self.limits.request_timeout_s)
         return ApiError(499, "The client closed the connection; the generation was stopped.", "cancelled")
@@ -173,11 +181,11 @@ class ServerState:
             return self._timed(lambda: self.engine.ocr(image, should_stop=ticket.should_stop, **kwargs))
 
         try:
-            result = await self._unless_gone(ticket, receive, ticket.run(work))
+            result = await self.unless_gone(ticket, receive, ticket.run(work))
         except (GateTimeout, StopGeneration):
-            raise self._stopped(ticket) from None
+            raise self.stopped(ticket) from None
         if result.stop_reason == "cancelled":
-            raise self._stopped(ticket)
+            raise self.stopped(ticket)
         return result
 
     async def stream_ocr(self, ticket: Ticket, receive: Receive, image: Image.Image,
@@ -215,21 +223,21 @@ class ServerState:
             try:
                 result = future.result()
             except StopGeneration:
-                raise self._stopped(ticket) from None
+                raise self.stopped(ticket) from None
             if result.stop_reason == "cancelled":
-                raise self._stopped(ticket)
+                raise self.stopped(ticket)
             return result
 
         async def begin() -> tuple[asyncio.Future[OCRResult], Any]:
             try:
                 started = await ticket.start(work)
             except GateTimeout:
-                raise self._stopped(ticket) from None
+                raise self.stopped(ticket) from None
             started.add_done_callback(lambda _f: pieces.put_nowait(finished))
             return started, await next_piece()
 
         # once the first piece is here, the streaming response listens for the client leaving
-        future, first = await self._unless_gone(ticket, receive, begin())
+        future, first = await self.unless_gone(ticket, receive, begin())
         if first is finished:
             outcome()  # raises the engine's error, if there was one
 
@@ -247,7 +255,7 @@ class ServerState:
         return iterate
 
 
-    async def _unless_gone(self, ticket: Ticket, receive: Receive, work: Awaitable[T]) -> T:
+    async def unless_gone(self, ticket: Ticket, receive: Receive, work: Awaitable[T]) -> T:
         """`await work`, unless the client leaves first: then the work is cancelled (a waiting request leaves
         the line at once, a running one stops at the next token) and the answer is the client-gone error."""
         task = asyncio.ensure_future(work)
@@ -262,7 +270,7 @@ class ServerState:
         if task.cancelled() or not task.done():
             with contextlib.suppress(BaseException):
                 await task
-            raise self._stopped(ticket)
+            raise self.stopped(ticket)
         return task.result()
 
 
@@ -273,14 +281,20 @@ async def _watch_disconnect(receive: Receive, ticket: Ticket) -> None:
 
 
 class MemoryBudget:
-    """Bytes of decoded images the requests in flight may hold together (used on the event loop only)."""
+    """Bytes of decoded images the requests in flight may hold together (used on the event loop only), less
+    `prepare_room`, kept for preparing the one image being read (the gate runs one generation at a time)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, prepare_room: int = 0) -> None:
         self.capacity = capacity
+        self.prepare_room = prepare_room
         self.used = 0
 
+    @property
+    def holdable(self) -> int:
+        return self.capacity - self.prepare_room
+
     def reserve(self, amount: int) -> bool:
-        if self.used + amount > self.capacity:
+        if self.used + amount > self.holdable:
             return False
         self.used += amount
         return True

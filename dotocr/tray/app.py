@@ -86,8 +86,11 @@ class TrayApp:
         from dotocr.tray.history import History
         from dotocr.tray.icon import draw_icon
         from dotocr.tray.menu import build_menu
+        from dotocr.tray.picture_sources import ask_image_file
+        from dotocr.tray.result_window import ResultWindow
         from dotocr.tray.services import Services
         from dotocr.tray.status_words import tooltip
+        from dotocr.tray.toast_visibility import ToastCheck
 
         enable_dpi_awareness()  # before any window or mss exists
         # Tk before the icon's thread starts, never after: Tk's start-up waits on the X server holding the GIL,
@@ -102,16 +105,23 @@ class TrayApp:
 
         self.icon = pystray.Icon("dotocr", draw_icon(STARTING), tooltip(STARTING, settings.hotkey))
         hotkey, hotkey_unavailable = _hotkey_backend()
+        notifier = get_notifier(self.icon)
+        self.toast_check = ToastCheck(notifier)
         services = Services(
             clipboard=_clipboard_backend(),
-            notifier=get_notifier(self.icon),
+            notifier=notifier,
             history=History(data_dir() / "history.json", settings.history_size),
             autostart=_autostart_backend(),
             hotkey=hotkey,
             hotkey_unavailable=hotkey_unavailable,
-            select_region=self._select_region,
+            select_region=self.selector.select,
             cancel_selection=self.selector.close,
-            grab_region=self._grab_region,
+            grab_region=lambda region: region.grab(),
+            open_result_window=lambda reading, on_cancel: ResultWindow(self.root, reading, on_cancel),
+            schedule=self.root.after,
+            toasts_visible=self.toast_check,
+            ask_image_file=lambda: ask_image_file(self.root),
+            pointer=self.root.winfo_pointerxy,
         )
         self.controller = Controller(
             settings=settings,
@@ -148,6 +158,7 @@ class TrayApp:
                       "again.", self.instance.folder / "instance.lock")
             return 1
         _start_icon(self.icon)
+        self.toast_check.start()
         self.refresh_icon()
         self.controller.report_settings_problems(self._problems)
         history_warning = self.controller.services.history.warning
@@ -171,8 +182,8 @@ class TrayApp:
             self.root.after(POLL_MS, self._tick)
 
     def _on_message(self, message: str) -> None:
-        if message.strip().lower() == "capture":
-            self.controller.capture()
+        if message.strip().lower() == "capture":  # `dotocr-tray --capture`: Wayland's hotkey, so it acts as one
+            self.controller.hotkey_pressed()
         else:
             log.warning("Ignoring unknown message %r from another dotocr-tray", message)
 
@@ -189,17 +200,6 @@ class TrayApp:
         self.root.destroy()
 
     # -- Tk-thread helpers -----------------------------------------------------------------------
-
-    def _select_region(self, on_done: Callable[[Any, Any], None]) -> None:
-        from dotocr.capture import grab_all
-
-        self.selector.open(grab_all(), on_done)
-
-    @staticmethod
-    def _grab_region(region: Any) -> Any:
-        from dotocr.capture import grab_rect
-
-        return grab_rect(region.left, region.top, region.width, region.height)
 
     def show_tk_menu(self) -> Any:
         from dotocr.tray.menu import popup_tk_menu
@@ -404,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     settings_file = SettingsFile()
     file_settings = settings_file.load()
-    overrides = overrides_from_args(args)
+    overrides = overrides_from_args(args, settings_file.problems)
     settings = file_settings.replace(**overrides)
     try:
         return run(settings, settings_file=settings_file, file_settings=file_settings,

@@ -211,8 +211,11 @@ class EngineHost:
 
     def engine_for_ocr(self, timeout: float = 600) -> Engine:
         """The engine, once created; a capture made during start-up waits for the attempt, a failed one is
-        reported at once with its reason."""
+        reported at once with its reason. While the loader thread hands the engine new settings (a menu change),
+        the read waits for it, so it always reads with the settings the menu shows."""
         engine = self._engine
+        if engine is not None and self._loading:
+            self._attempted.wait(timeout)  # a model still loading would hold the read on its lock anyway
         if engine is None:
             if self._loader is None:
                 self.load()

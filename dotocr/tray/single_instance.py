@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dotocr.config import data_dir
+from dotocr.loopback import LOOPBACK_ADDRESS
 from dotocr.storage import hold_lock, locked, make_private_folder, read_limited, write_atomic
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def _connect(address: str, timeout: float) -> socket.socket | None:
         target: object = where
     else:
         host, _, port = where.rpartition(":")
-        if host != "127.0.0.1" or not port.isdigit():
+        if host != LOOPBACK_ADDRESS or not port.isdigit():
             return None
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         target = (host, int(port))
@@ -217,7 +218,7 @@ class InstanceServer:
     def _listen(self) -> socket.socket:
         if self.family == "tcp":
             listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            listener.bind(("127.0.0.1", 0))
+            listener.bind((LOOPBACK_ADDRESS, 0))
             self.address = f"tcp:127.0.0.1:{listener.getsockname()[1]}"
         else:
             self._socket_dir = tempfile.mkdtemp(prefix="dotocr-", dir=_runtime_base())  # 0700, unguessable

@@ -3,6 +3,11 @@
 Boxes come in model-input pixels and leave in input-image pixels. When generation stops early (token limit,
 repetition) or the model slips (an unescaped LaTeX backslash), the JSON is broken; we still return every cell
 that parses on its own, so a long page loses its tail, not everything.
+
+Total and linear: whatever the model (or a remote server) wrote, the answer is a list of cells, possibly empty,
+never an exception, in time linear in its length. Objects nested thousands deep, numbers of thousands of digits
+and lone surrogates (`\ud800`, which no UTF-8 answer can carry) are refused or replaced, and the salvage finds
+every object's end in one pass over the text and spends at most SALVAGE_PASSES times its length decoding.
 """
 
 from __future__ import annotations
@@ -16,10 +21,18 @@ if TYPE_CHECKING:
     from ..inputs.preprocessing import PreparedImage
 
 _DECODER = json.JSONDecoder(strict=False)  # tolerate raw newlines and tabs inside strings
-_FENCE = re.compile(r"^\s*```[a-zA-Z]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
+_FENCE_MARK = "```"
 _INVALID_ESCAPE = re.compile(r'(?<!\\)((?:\\\\)*)\\(?=[^"\\/bfnrtu])')
 _CELL_KEYS = ("bbox", "category", "text")
 _CELL_START = re.compile(r'\{\s*"(?:bbox|category|text)"\s*:')
+_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[{}]', re.DOTALL)
+"""A JSON string (to its closing quote, or to the end of the text when it never closes), or a brace."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+SALVAGE_PASSES = 8
+"""Decoding work the salvage may do, in lengths of the answer: nested broken objects would otherwise cost the
+square of it (200 KB of `{"text": {` took 108 s)."""
+_DECODE_ERRORS = (ValueError, RecursionError)
+"""What decoding model text raises: malformed JSON, a number of thousands of digits, nesting past the stack."""
 
 
 def parse_cells(raw: str) -> tuple[list[dict], bool]:
@@ -28,7 +41,7 @@ def parse_cells(raw: str) -> tuple[list[dict], bool]:
     for candidate in (text, _repair_escapes(text)):
         try:
             value = _DECODER.decode(candidate)
-        except json.JSONDecodeError:
+        except _DECODE_ERRORS:
             continue
         cells = _cells_from_value(value)
         if cells is not None:
@@ -37,8 +50,17 @@ def parse_cells(raw: str) -> tuple[list[dict], bool]:
 
 
 def _strip_fence(raw: str) -> str:
-    match = _FENCE.match(raw)
-    return match.group(1) if match else raw.strip()
+    """The answer without a Markdown code fence around it (```json ... ```), by string steps, not a regex: a
+    pattern for it backtracks for minutes over a long run of spaces."""
+    text = raw.strip()
+    if len(text) >= 2 * len(_FENCE_MARK) and text.startswith(_FENCE_MARK) and text.endswith(_FENCE_MARK):
+        body = text[len(_FENCE_MARK):-len(_FENCE_MARK)]
+        newline = body.find("\n")
+        label = body[:newline] if newline >= 0 else ""
+        if newline >= 0 and (not label.strip() or label.strip().isalpha()):
+            body = body[newline + 1:]
+        return body.strip()
+    return text
 
 
 def _repair_escapes(text: str) -> str:
@@ -49,70 +71,86 @@ def _repair_escapes(text: str) -> str:
 def _cells_from_value(value: Any) -> list[dict] | None:
     if isinstance(value, dict):
         if _looks_like_cell(value):
-            return [value]
+            return [_clean_cell(value)]
         lists = [v for v in value.values() if isinstance(v, list)]  # {"layout": [...]} and the like
         value = lists[0] if len(lists) == 1 else None
     if isinstance(value, list):
-        return [item for item in value if _looks_like_cell(item)]
+        return [_clean_cell(item) for item in value if _looks_like_cell(item)]
     return None
+
+
+def without_lone_surrogates(text: str) -> str:
+    """`text` with each lone surrogate (a `\\ud800` escape in JSON decodes to one) as U+FFFD: no UTF-8 answer,
+    file or terminal can carry one."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def _looks_like_cell(item: Any) -> bool:
     return isinstance(item, dict) and any(key in item for key in _CELL_KEYS)
 
 
+def _clean_cell(cell: dict) -> dict:
+    """The cell's own keys only, its strings free of lone surrogates: a box that is a list of four, a category and
+    a text that are strings. Anything else the model put there is dropped (it could nest thousands deep)."""
+    clean: dict[str, Any] = {}
+    box = cell.get("bbox")
+    if isinstance(box, (list, tuple)) and len(box) == 4:
+        clean["bbox"] = [item if isinstance(item, (int, float, str)) else None for item in box]
+    for key in ("category", "text"):
+        value = cell.get(key)
+        if isinstance(value, str):
+            clean[key] = without_lone_surrogates(value)
+    return clean
+
+
 def _salvage(text: str) -> list[dict]:
     """Every cell object in `text` that parses by itself, in order.
 
-    Only positions that open a cell ('{' then a cell key) are tried, so the braces of LaTeX inside a
-    truncated cell cost nothing.
+    Only positions that open a cell ('{' then a cell key) are tried, each up to its closing brace as one pass over
+    the text finds it (strings skipped whole, so the braces of LaTeX inside a cell cost nothing); an object that
+    never closes is not tried at all. A cell found is taken whole; the objects inside a broken one are tried in
+    turn, until SALVAGE_PASSES lengths of the text have been decoded.
     """
+    starts = [match.start() for match in _CELL_START.finditer(text)]
+    if not starts:
+        return []
+    ends = _closing_braces(text, starts[0])
+    budget = SALVAGE_PASSES * len(text)
     cells: list[dict] = []
-    position = 0
-    while (match := _CELL_START.search(text, position)) is not None:
-        obj, end = _decode_object(text, match.start())
-        if _looks_like_cell(obj):
-            cells.append(obj)
-            position = end
-        else:
-            position = match.start() + 1
+    taken_to = 0
+    for start in starts:
+        end = ends.get(start)
+        if start < taken_to or end is None:
+            continue
+        budget -= 2 * (end - start)
+        if budget < 0:
+            break
+        cell = _decode_object(text[start:end])
+        if _looks_like_cell(cell):
+            cells.append(_clean_cell(cell))
+            taken_to = end
     return cells
 
 
-def _decode_object(text: str, start: int) -> tuple[Any, int]:
-    try:
-        return _DECODER.raw_decode(text, start)
-    except json.JSONDecodeError:
-        pass
-    end = _object_end(text, start)
-    if end is None:
-        return None, start + 1
-    try:
-        return _DECODER.decode(_repair_escapes(text[start:end])), end
-    except json.JSONDecodeError:
-        return None, start + 1
+def _closing_braces(text: str, start: int) -> dict[int, int]:
+    """For each '{' from `start` on, outside strings, the index after the '}' that closes it (closed ones only)."""
+    ends: dict[int, int] = {}
+    open_at: list[int] = []
+    for token in _TOKEN.finditer(text, start):
+        char = text[token.start()]
+        if char == "{":
+            open_at.append(token.start())
+        elif char == "}" and open_at:
+            ends[open_at.pop()] = token.end()
+    return ends
 
 
-def _object_end(text: str, start: int) -> int | None:
-    """Index after the '}' closing the object at `start`, tracking strings; None when it never closes."""
-    depth, in_string, escaped = 0, False, False
-    for index in range(start, len(text)):
-        char = text[index]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char == "{":
-            depth += 1
-        elif char == "}":
-            depth -= 1
-            if depth == 0:
-                return index + 1
+def _decode_object(span: str) -> Any:
+    for candidate in (span, _repair_escapes(span)):
+        try:
+            return _DECODER.decode(candidate)
+        except _DECODE_ERRORS:
+            continue
     return None
 
 
@@ -141,7 +179,7 @@ def as_box(value: Any) -> list[float] | None:
             return None
         try:
             number = float(item)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # a 400-digit integer is too large for a float
             return None
         if not math.isfinite(number):
             return None

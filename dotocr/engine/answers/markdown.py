@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .cells import as_box
@@ -17,6 +18,23 @@ if TYPE_CHECKING:
 FURNITURE = ("Page-header", "Page-footer")
 """Running heads and page numbers: left out of the Markdown when the page furniture is not wanted."""
 PICTURE_MODES = ("drop", "embed", "link")
+
+
+@dataclass(frozen=True)
+class MarkdownStyle:
+    """How layout cells become Markdown, chosen per call (the CLI's --pictures and --no-page-furniture)."""
+
+    furniture: bool = True
+    """Keep page headers and footers."""
+    pictures: str = "drop"
+    """One of PICTURE_MODES: drop, embed as a PNG data URL, or link to a saved crop."""
+    save_picture: Callable[[Image.Image, int], str] | None = None
+    """For "link": stores the n-th crop (1-based) and returns the path the Markdown links to."""
+
+    def render(self, cells: list[dict], picture: Image.Image) -> str:
+        """The cells as Markdown; picture cells are cut from `picture`, the input image (boxes in its pixels)."""
+        return cells_to_markdown(cells, furniture=self.furniture,
+                                 picture=picture_markdown(picture, self.pictures, self.save_picture))
 
 
 def cells_to_markdown(cells: list[dict], *, furniture: bool = True,

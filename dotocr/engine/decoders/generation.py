@@ -1,9 +1,11 @@
 """The one per-token pipeline every decoder drives: clock, loop guard, end-of-text, streaming text.
 
-A decoder (torch's `generate`, llama.cpp) picks tokens; after each one it calls `TokenPipeline.push`, which
-records when the first token came (prefill ends there), feeds the loop guard, notices end-of-text, and hands
-new text to the listener, never half a character. Its answer says whether to stop. Stop reasons, trimming and
-token counts are computed here too, so they are the same for every decoder.
+A decoder (torch, llama.cpp) picks tokens; after each one it calls `TokenPipeline.push` with the token and the
+probability the model gave it, which records both (`tokens`, `probabilities`) and when the first token came
+(prefill ends there), feeds the loop guard, notices end-of-text, and hands new text to the listener, never half
+a character. Its answer says whether to stop. Under speculative decoding the tokens of a verified draft arrive
+one by one like any others, and a True answer ends the draft there. Stop reasons, trimming and token counts are
+computed here too, so they are the same for every decoder.
 """
 
 from __future__ import annotations
@@ -63,6 +65,23 @@ class TextDeltas:
             self.on_text(delta)
 
 
+def token_pieces(tokenizer: Any, tokens: list[int], probabilities: list[float | None]
+                 ) -> list[tuple[str, float]]:
+    """(text, probability) per token: the characters each token added to the decoded answer, as a listener would
+    have received them (a token ending mid-character adds nothing; the token that completes it adds it all)."""
+    deltas = TextDeltas(tokenizer, lambda _text: None)
+    ends: list[int] = []
+    for token in tokens:
+        deltas.push(token)
+        ends.append(len(deltas.text))
+    deltas.end()
+    if ends:
+        ends[-1] = len(deltas.text)
+    starts = [0, *ends[:-1]]
+    return [(deltas.text[a:b], 1.0 if p is None else float(p))
+            for a, b, p in zip(starts, ends, probabilities, strict=True)]
+
+
 class TokenPipeline:
     """What happens to each generated token, whichever decoder made it. Not thread-safe: one per generation."""
 
@@ -73,6 +92,9 @@ class TokenPipeline:
         self.max_new_tokens = max_new_tokens
         self.guard = LoopGuard()
         self.tokens: list[int] = []
+        self.probabilities: list[float | None] = []
+        """The probability the model gave each token of `tokens` (softmax of that step's logits), same order;
+        None where the caller did not say."""
         self.first_token_time: float | None = None
         self.cancelled = False
         self._deltas = TextDeltas(tokenizer, on_text) if on_text is not None else None
@@ -83,11 +105,12 @@ class TokenPipeline:
         """Whether a listener has already received text (a retry would repeat it)."""
         return bool(self._deltas and self._deltas.text)
 
-    def push(self, token: int) -> bool:
-        """Take one new token; True when generation must stop now."""
+    def push(self, token: int, probability: float | None = None) -> bool:
+        """Take one new token (and the probability the model gave it); True when generation must stop now."""
         if self.first_token_time is None:
             self.first_token_time = time.perf_counter()
         self.tokens.append(token)
+        self.probabilities.append(probability)
         if token in self.eos:
             return True
         if self.guard.push(token):

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +30,12 @@ import numpy as np
 from ...errors import DotOCRError
 from ..gguf.convert import ensure_gguf
 from ..llamacpp_runtime import load_bindings, recent_llama_errors
-from ..model.vision_tower import load_vision_tower
+from ..model.vision_tower import int8_vision_tower, load_vision_tower
 from ..plan import LoadPlan
+from .amx import extra_buffers_allowed, request_amx_permission
 from .base import DecodeRequest, OnToken
 from .sampling import run_token_loop
+from .speculation import BatchCosts
 from .thread_tuner import ThreadTuner
 
 log = logging.getLogger("dotocr.engine.llamacpp")
@@ -52,7 +54,7 @@ class LlamaCppDecoder:
     name = "llamacpp"
 
     def __init__(self, gguf: Path, vision: Any, *, gguf_type: str, n_threads: int | None = None,
-                 device: str = "cpu", tune_threads: bool = True) -> None:
+                 device: str = "cpu", tune_threads: bool = True, extra_buffers: bool | None = None) -> None:
         import torch
 
         self._llama = load_bindings()
@@ -64,6 +66,7 @@ class LlamaCppDecoder:
         # kept across requests: it follows the machine's load (tune_threads=False: always n_threads, for benchmarks)
         self._tuner = ThreadTuner(self._n_threads, adaptive=tune_threads)
         self._decode_threads = self._n_threads
+        self.batch_costs = BatchCosts()
         llama = self._llama
         offload = device == "cuda" and bool(llama.llama_supports_gpu_offload())
         if device == "cuda" and not offload:
@@ -71,10 +74,10 @@ class LlamaCppDecoder:
         self.device = "cuda" if offload else "cpu"
         params = llama.llama_model_default_params()
         params.n_gpu_layers = -1 if offload else 0
-        if cpu_has_amx():
-            # llama.cpp 0.3.36 puts Q8_0/Q4 weights in its AMX buffer on such CPUs, whose kernel dies with an
-            # illegal instruction (tilezero) on our Xeon test machine; the plain AVX-512 kernels run fine.
-            params.use_extra_bufts = False
+        # On an AMX CPU llama.cpp puts Q8_0/Q4 weights in its AMX buffer, which needs Linux's per-process AMX
+        # permission and kernels that run: both checked before llama.cpp loads anything, else the buffers stay off.
+        self.extra_buffers = extra_buffers_allowed(gguf) if extra_buffers is None else extra_buffers
+        params.use_extra_bufts = self.extra_buffers
         self._model = llama.llama_model_load_from_file(os.fsencode(gguf), params)
         if not self._model:
             raise LlamaCppDecodeError(f"llama.cpp could not load {gguf}. {recent_llama_errors()}".rstrip())
@@ -98,7 +101,11 @@ class LlamaCppDecoder:
 
     def generate(self, request: DecodeRequest, on_token: OnToken, *, rng: np.random.Generator | None = None
                  ) -> list[int]:
-        """New tokens after the prompt, eos included if produced; `on_token` sees each as soon as it is picked."""
+        """New tokens after the prompt, eos included if produced; `on_token` sees each as soon as it is picked.
+
+        With `request.drafter` the drafted tokens are checked in one batch with logits at every row, and the
+        rejected ones are removed from the KV cache (`llama_memory_seq_rm`) before the next batch.
+        """
         with self._lock:
             self._start(len(request.prompt_ids) + request.max_new_tokens)
             if request.max_new_tokens <= 0:
@@ -106,15 +113,21 @@ class LlamaCppDecoder:
             first = self._prefill(request, all_logits=False)[-1]
             position = len(request.prompt_ids)
 
-            def advance(token: int) -> np.ndarray:
+            def feed(tokens: Sequence[int]) -> np.ndarray:
                 nonlocal position
-                logits = self._decode_next(token, position)
-                position += 1
+                logits = self._decode_next(list(tokens), position)
+                position += len(tokens)
                 return logits
 
-            return run_token_loop(first, advance, max_new_tokens=request.max_new_tokens, on_token=on_token,
+            def rewind(count: int) -> None:
+                nonlocal position
+                position -= count
+                self._forget_from(position)
+
+            return run_token_loop(first, feed, max_new_tokens=request.max_new_tokens, on_token=on_token,
                                   eos_token_ids=request.eos_token_ids, temperature=request.temperature,
-                                  top_p=request.top_p, rng=rng)
+                                  top_p=request.top_p, rng=rng, rewind=rewind, drafter=request.drafter,
+                                  plain_step=lambda: self._tuner.probing)
 
     def prompt_logits(self, request: DecodeRequest) -> np.ndarray:
         """Logits at every prompt position (prompt length x vocab): what parity is checked on."""
@@ -218,7 +231,7 @@ class LlamaCppDecoder:
 
         tower = self._vision
         with torch.inference_mode():
-            pixels = request.pixel_values.to(device=tower.merger.mlp[0].weight.device)
+            pixels = request.pixel_values.to(device=tower.patch_embed.patchifier.proj.weight.device)
             embeds = tower(pixels, request.grid_thw.to(pixels.device))
         rows = np.ascontiguousarray(embeds.float().cpu().numpy(), dtype=np.float32)
         if rows.shape != (n_image, self.n_embd):
@@ -228,17 +241,24 @@ class LlamaCppDecoder:
                 "merged patch.")
         return rows
 
-    def _decode_next(self, token: int, position: int) -> np.ndarray:
-        """One generated token's logits, decoded at the thread count the tuner picks, and timed for it."""
+    def _decode_next(self, tokens: list[int], position: int) -> np.ndarray:
+        """Generated tokens' logits (one row per token), decoded at the thread count the tuner picks, and timed
+        for it (the tuner compares single tokens; a verification batch only counts towards its clock)."""
         threads = self._tuner.threads()
         if threads != self._decode_threads:
             self._llama.llama_set_n_threads(self._ctx, threads, self._n_threads)
             self._decode_threads = threads
             log.debug("llama.cpp decodes with %d thread(s) now", threads)
         started = time.perf_counter()
-        logits = self._decode_tokens([token], position, want=[True])[-1]
-        self._tuner.record(threads, time.perf_counter() - started)
+        logits = self._decode_tokens(tokens, position, want=[True] * len(tokens))
+        self._tuner.record(threads, time.perf_counter() - started, tokens=len(tokens))
         return logits
+
+    def _forget_from(self, position: int) -> None:
+        """Remove every position from `position` on from the KV cache (a rejected draft leaves no trace)."""
+        llama = self._llama
+        if not llama.llama_memory_seq_rm(llama.llama_get_memory(self._ctx), 0, position, -1):
+            raise LlamaCppDecodeError(f"llama.cpp could not remove positions from {position} on from its cache.")
 
     def _decode_tokens(self, ids: list[int], position: int, want: list[bool]) -> np.ndarray:
         batch = self._tokens
@@ -278,15 +298,6 @@ class LlamaCppDecoder:
         return np.stack(rows) if rows else np.empty((0, self.n_vocab), dtype=np.float32)
 
 
-def cpu_has_amx() -> bool:
-    """Whether the CPU reports Intel AMX (Linux only; the desktop CPUs we target have none)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            return any(line.startswith("flags") and " amx_tile" in line for line in info)
-    except OSError:
-        return False
-
-
 # -- loading ---------------------------------------------------------------------------------------------------
 
 def load_llamacpp_decoder(folder: Path, plan: LoadPlan, *, n_threads: int | None = None,
@@ -300,9 +311,23 @@ def load_llamacpp_decoder(folder: Path, plan: LoadPlan, *, n_threads: int | None
     folder = Path(folder)
     load_bindings()  # fail with the install hint before spending minutes on a conversion
     gguf = ensure_gguf(folder, plan.gguf_type, directory=gguf_dir, n_threads=n_threads, on_progress=on_progress)
-    tower = load_vision_tower(folder, dtype=getattr(torch, plan.torch_dtype), device=plan.device)
+    if plan.vision_precision == "int8":
+        tower = int8_vision_tower(load_vision_tower(folder, dtype=torch.float32, device=plan.device))
+    else:
+        tower = load_vision_tower(folder, dtype=getattr(torch, plan.torch_dtype), device=plan.device)
     return LlamaCppDecoder(gguf, tower, gguf_type=plan.gguf_type, n_threads=n_threads, device=plan.device,
                            tune_threads=tune_threads)
 
 
-__all__ = ["LlamaCppDecodeError", "LlamaCppDecoder", "load_llamacpp_decoder"]
+def amx_probe(gguf: str) -> None:
+    """The child process `amx.amx_runs_here` starts on an AMX CPU: the permission, then `gguf` on llama.cpp's extra
+    (AMX) buffers, a prompt batch and a few tokens; "amx ok" when all of it ran. A SIGILL ends only this child."""
+    if not request_amx_permission():
+        raise SystemExit(3)
+    with LlamaCppDecoder(Path(gguf), None, gguf_type="probe", n_threads=2, extra_buffers=True) as decoder:
+        prompt = list(range(1, 33))
+        decoder.generate(DecodeRequest(prompt, None, None, -1, 4), lambda token, probability: False)
+    print("amx ok", flush=True)
+
+
+__all__ = ["LlamaCppDecodeError", "LlamaCppDecoder", "amx_probe", "load_llamacpp_decoder"]

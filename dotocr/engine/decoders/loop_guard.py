@@ -17,26 +17,34 @@ uses; the legitimate examples are the corpus in tests/test_loop_guard.py.
   separator row, two tokens (`|`, `---`) per column: up to 31 columns pass, a wider one would be cut.
   Why only up to 3 tokens: an empty HTML cell `<td></td>` is the 4-token block `><` `td` `></` `td`, and
   a real form (an attendance sheet, a calendar) has a row of 31 empty cells, 124 tokens; it must pass.
-* **Longer block** (an exact period of 4..MAX_PERIOD = 256 tokens): stopped after LOOSE_COPIES = 40
+* **Longer block** (an exact period of 4..MAX_PERIOD = 1024 tokens): stopped after LOOSE_COPIES = 40
   copies when the block has fewer than RICH_DISTINCT = 12 different tokens (markup, empty cells, rows of
   zeros: a real form has 30 empty rows, a real attendance row 31 empty cells), or after RICH_COPIES = 16
   copies when it has 12 or more (a sentence, a filled table row: real pages repeat one up to about 11
   times, as in a table of 11 identical rows). A loop of a 20-token empty row is stopped at 800 tokens,
-  of a 30-token sentence at 480, far below the default limit.
-* **Wandering**: the last WANDER_WINDOW = 96 tokens use at most WANDER_DISTINCT = 3 different tokens,
-  and the last half window held no exact periodic stretch of half a window or more (an exact run belongs
-  to the rules above: the 31 empty cells use 3 different tokens). A tail cycling among patterns like
-  `x`, `yx`, `xyy` with a shifting phase has no exact period, so only this rule sees it. Real text this
-  poor over 96 tokens and not periodic is rare: a long binary string (`0`, `1`, space) is the one case
-  known to be cut.
-* **Counting** (a fixed frame with a changing number, `1. 2. 3. ...`): a near-exact period of
-  FUZZY_MIN_PERIOD = 3 .. MAX_PERIOD tokens where each copy differs from the one before in one burst of at
-  most FUZZY_BURST = 3 tokens (the digits that changed; Qwen2 writes every digit as its own token), and
-  the last changed token (the units digit) comes back every COUNT_CYCLE = 10 copies. The last part is
-  what tells counting from a table of arbitrary numbers, whose cells also differ by a burst of digits.
-  Stopped after COUNT_COPIES = 100 such copies in one run. A run cannot pass a change in the number of
-  digits (the copy grows by a token), so a list counting from 1 is stopped near item 210: a real list
-  (one to 60 is in the corpus) or a numbered form never gets there.
+  of a 30-token sentence at 480, far below the default limit. A rich block longer than 128 tokens (a
+  paragraph, or two variants of a row taking turns, 260 tokens a pair) is stopped once its copies span
+  LONG_SPAN = 2048 tokens, and after at least LONG_COPIES = 4 copies: 8 copies of 257 tokens, 4 of 1024,
+  all within the default 4096 (16 copies of 300 tokens would not be). Real pages do not repeat a paragraph
+  of 130 tokens eight times over.
+* **Wandering**: the last WANDER_WINDOW = 96 tokens use at most WANDER_DISTINCT = 4 different tokens, each
+  more than once (a token the tail left behind does not count as part of it), and the last half window held
+  no exact periodic stretch of half a window or more (an exact run belongs to the rules above: the 31 empty
+  cells use 3 different tokens). A tail cycling among patterns like `x`, `yx`, `xyy` with a shifting phase,
+  or drawing at random from 4 tokens, has no exact period, so only this rule sees it. Real text this poor
+  over 96 tokens and not periodic is rare: a long binary string (`0`, `1`, space) is the one case known to be
+  cut.
+* **Counting** (a fixed frame with changing numbers, `1. 2. 3. ...`, or several columns counting at once,
+  `| 17 | 2017 |`, `<td>17</td><td>119</td>`): a near-exact period of FUZZY_MIN_PERIOD = 3 .. MAX_PERIOD
+  tokens where each copy differs from the one before in up to COUNT_BURSTS = 4 bursts of at most
+  FUZZY_BURST = 3 tokens each (the digits that changed; Qwen2 writes every digit as its own token), and at
+  each place in the copy the last changed token (a units digit) comes back every COUNT_CYCLE = 10 copies.
+  The last part is what tells counting from a table of arbitrary numbers, whose cells also differ by bursts
+  of digits. Stopped after COUNT_COPIES = 100 such copies in one run, or COUNT_COPIES / n when n places count
+  in lockstep (two counters together are far rarer on a real page than one: `<td>i</td><td>7i</td>` is
+  stopped near row 80, before 4096 tokens). A run cannot pass a change in the number of digits (the copy
+  grows by a token), so a list counting from 1 is stopped near item 210: a real list (one to 60 is in the
+  corpus) or a numbered form never gets there.
 
 Where the loop began is the start of the periodic stretch (its first copy), or for a wandering tail the
 first token of the poor stretch; `keep()` returns the tokens before it plus one copy of the block (for a
@@ -54,17 +62,21 @@ from collections.abc import Sequence
 
 SHORT_PERIOD = 3
 SHORT_SPAN = 64
-MAX_PERIOD = 256
+MAX_PERIOD = 1024
 RICH_DISTINCT = 12
 RICH_COPIES = 16
 LOOSE_COPIES = 40
+LONG_PERIOD = 128
+LONG_SPAN = 2048
+LONG_COPIES = 4
 WANDER_WINDOW = 96
-WANDER_DISTINCT = 3
+WANDER_DISTINCT = 4
 FUZZY_MIN_PERIOD = 3
 FUZZY_BURST = 3
 FUZZY_GAP = 2
 COUNT_CYCLE = 10
 COUNT_COPIES = 100
+COUNT_BURSTS = 4
 MAX_CANDIDATES = 12
 
 _PAIR_SHIFT = 32  # token ids are far below 2**32: a pair (a, b) is the int a << 32 | b, no tuple per token
@@ -84,19 +96,29 @@ class _Run:
         self.burst_start = -1
         self.burst_end = -1
         self.burst_last: int | None = None  # last changed token of the current burst (a units digit)
-        self.history: deque[int] = deque(maxlen=COUNT_CYCLE)  # that token for the previous bursts
-        self.cycled = 0  # bursts whose last token equals the one COUNT_CYCLE bursts before
+        self.history: dict[int, deque[int]] = {}  # place in the copy -> that token for the previous bursts there
+        self.cycled = 0  # bursts whose last token equals the one COUNT_CYCLE copies before, at the same place
         self.rich: bool | None = None  # whether the block has RICH_DISTINCT tokens; decided once, when needed
 
     def close_burst(self) -> bool:
         """Record the burst that just ended; False when it breaks the count cycle (then this is no count)."""
-        history = self.history
+        place = (self.burst_end - self.start) % self.period  # where its last token (the units digit) stands
+        history = self.history.get(place)
+        if history is None:
+            if len(self.history) == COUNT_BURSTS:
+                return False  # changes all over the copy: arbitrary numbers, not a count
+            history = self.history[place] = deque(maxlen=COUNT_CYCLE)
         if len(history) == COUNT_CYCLE:
             if history[0] != self.burst_last:
                 return False
             self.cycled += 1
         history.append(self.burst_last)
         return True
+
+    @property
+    def counted(self) -> int:
+        """Copies that kept the count cycle at every place that changes."""
+        return self.cycled // max(1, len(self.history))
 
 
 class LoopGuard:
@@ -105,10 +127,11 @@ class LoopGuard:
     def __init__(self, *, short_span: int = SHORT_SPAN, rich_copies: int = RICH_COPIES,
                  loose_copies: int = LOOSE_COPIES, wander_window: int = WANDER_WINDOW,
                  wander_distinct: int = WANDER_DISTINCT, count_copies: int = COUNT_COPIES,
-                 max_period: int = MAX_PERIOD) -> None:
-        if min(short_span, rich_copies, loose_copies, wander_window, count_copies) < 2 or max_period < 1:
+                 max_period: int = MAX_PERIOD, long_span: int = LONG_SPAN) -> None:
+        if min(short_span, rich_copies, loose_copies, wander_window, count_copies, long_span) < 2 or max_period < 1:
             raise ValueError("spans and copies must be at least 2, max_period at least 1")
         self.short_span, self.rich_copies, self.loose_copies = short_span, rich_copies, loose_copies
+        self.long_span = long_span
         self.wander_window, self.wander_distinct = wander_window, wander_distinct
         self.count_copies, self.max_period = count_copies, max_period
         self.tokens: list[int] = []
@@ -158,7 +181,7 @@ class LoopGuard:
                 counts[old] = left
             else:
                 del counts[old]
-        if runs or len(counts) <= self.wander_distinct:
+        if runs or (len(counts) <= self.wander_distinct and min(counts.values()) > 1):
             found = self._check(index)
             if found is not None:
                 self.triggered = True
@@ -219,11 +242,14 @@ class LoopGuard:
                 rule = "short"
             else:
                 copies = span // period
-                met = copies >= self.rich_copies and (copies >= self.loose_copies or self._rich(run, index))
+                rich_copies = self.rich_copies
+                if period > LONG_PERIOD:  # a long rich block: a span's worth of copies, at least LONG_COPIES
+                    rich_copies = min(rich_copies, max(LONG_COPIES, -(-self.long_span // period)))
+                met = copies >= rich_copies and (copies >= self.loose_copies or self._rich(run, index))
                 rule = "block"
             if met:
                 found = (index + 1 - span, period, rule)
-            elif run.cycled >= self.count_copies:
+            elif run.counted >= -(-self.count_copies // max(1, len(run.history))):
                 found = (run.start - period, period, "count")
             else:
                 continue
@@ -231,8 +257,9 @@ class LoopGuard:
                 best = found
         if best is not None:
             return best
-        if (len(self._counts) <= self.wander_distinct and len(self._window) >= self.wander_window
-                and index - self._periodic_at >= self._half_window):
+        counts = self._counts
+        if (len(counts) <= self.wander_distinct and len(self._window) >= self.wander_window
+                and index - self._periodic_at >= self._half_window and min(counts.values()) > 1):
             return self._wander_start(index)
         return None
 

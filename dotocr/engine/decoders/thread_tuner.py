@@ -57,8 +57,21 @@ class ThreadTuner:
         """The count to decode the next token with."""
         return self._queue[0] if self._queue else self.best
 
-    def record(self, threads: int, seconds: float) -> None:
-        """How long a token decoded with `threads` took."""
+    @property
+    def probing(self) -> bool:
+        """A measurement is under way: the next decodes should be single tokens (drafts wait)."""
+        return bool(self._queue)
+
+    def record(self, threads: int, seconds: float, *, tokens: int = 1) -> None:
+        """How long a decode of `tokens` generated tokens (a verified draft when more than one) took with
+        `threads`. Only single tokens are compared; a batch's time only counts towards the next measurement."""
+        if tokens != 1:
+            self._since_probe += seconds
+            if len(self.candidates) > 1 and not self._queue and self._since_probe >= REPROBE_AFTER_S:
+                # no fresh single-token times to stand for the current count: both are measured
+                self._samples = {}
+                self._queue = [self.best, *(n for n in self.candidates if n != self.best)]
+            return
         if self._queue and self._queue[0] == threads:
             self._take_probe(threads, seconds)
             return

@@ -1,43 +1,25 @@
-"""The torch decoder: transformers' `generate()` on our PyTorch dots.ocr model.
+"""The torch decoder: our PyTorch dots.ocr model, run step by step on a KV cache by the shared token loop.
 
-`generate` calls its stopping criteria once per step with the whole sequence so far; the adapter below hands
-the newest token to the engine's pipeline, which decides whether to stop (loop guard, end-of-text, caller
-cancelled). One small device-to-host copy per step, as any stopping criterion costs.
+One forward over the prompt (the image included) fills a `DynamicCache` and gives the first logits; then each
+feed is one forward over the new tokens, asking the lm_head for those positions only (`logits_to_keep`), as
+transformers' `generate()` does for one token. A verified draft is fed the same way, all its tokens in one
+forward, and the rejected tail is cropped off the cache. The loop itself (picking, verification, probabilities,
+stopping) is `sampling.run_token_loop`, shared with the llama.cpp decoder.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache
 
 from ..model.vector_linear import use_vector_linear
 from .base import DecodeRequest, OnToken
-
-MIN_SAMPLING_TEMPERATURE = 1e-3
-"""Below this, sampling is greedy decoding in all but name, and dividing the logits by it overflows."""
-
-
-class _PerToken(StoppingCriteria):
-    def __init__(self, prompt_length: int, on_token: OnToken) -> None:
-        self.prompt_length = prompt_length
-        self.on_token = on_token
-        self._seen = prompt_length
-        self._stop: torch.Tensor | None = None
-        self._go: torch.Tensor | None = None
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any = None, **kwargs: Any) -> torch.BoolTensor:
-        if self._go is None or self._go.device != input_ids.device:
-            self._go = torch.zeros(1, dtype=torch.bool, device=input_ids.device)
-            self._stop = torch.ones(1, dtype=torch.bool, device=input_ids.device)
-        stop = False
-        length = input_ids.shape[1]
-        if length > self._seen:
-            for token in input_ids[0, self._seen:].tolist():
-                stop = self.on_token(int(token)) or stop
-            self._seen = length
-        return self._stop if stop else self._go  # type: ignore[return-value]
+from .sampling import run_token_loop
+from .speculation import BatchCosts
 
 
 class TorchDecoder:
@@ -50,24 +32,41 @@ class TorchDecoder:
         self.device = device
         self.precision = precision
         self.max_positions = int(model.config.max_position_embeddings)
+        self.batch_costs = BatchCosts()
         if device == "cpu":  # the decode step's matrix-vector kernel: see vector_linear.py
             use_vector_linear(model.model)
             use_vector_linear(model.lm_head)
 
-    def generate(self, request: DecodeRequest, on_token: OnToken) -> list[int]:
-        device = self.device
-        input_ids = torch.tensor([request.prompt_ids], device=device)
-        sampling: dict[str, Any] = {"do_sample": False}
-        if request.temperature >= MIN_SAMPLING_TEMPERATURE:
-            sampling = {"do_sample": True, "temperature": request.temperature, "top_p": request.top_p}
+    def generate(self, request: DecodeRequest, on_token: OnToken, *, rng: np.random.Generator | None = None
+                 ) -> list[int]:
+        """New tokens after the prompt, eos included if produced; `on_token` sees each as soon as it is picked."""
+        if request.max_new_tokens <= 0:
+            return []
+        model, device = self.model, self.device
+        cache = DynamicCache(config=model.config)
         with torch.inference_mode():
-            output = self.model.generate(
-                input_ids, attention_mask=torch.ones_like(input_ids),
-                pixel_values=request.pixel_values.to(device), image_grid_thw=request.grid_thw.to(device),
-                max_new_tokens=request.max_new_tokens,
-                stopping_criteria=StoppingCriteriaList([_PerToken(len(request.prompt_ids), on_token)]),
-                **sampling)
-        return output[0, len(request.prompt_ids):].tolist()
+            ids = torch.tensor([request.prompt_ids], device=device)
+            pixels = request.pixel_values.to(device) if request.pixel_values is not None else None
+            grid = request.grid_thw.to(device) if request.grid_thw is not None else None
+            out = model(input_ids=ids, pixel_values=pixels, image_grid_thw=grid, cache=cache, use_cache=True,
+                        logits_to_keep=1)
+            first = _rows(out.logits)[-1]
+
+            def feed(tokens: Sequence[int]) -> np.ndarray:
+                step = torch.tensor([list(tokens)], device=device)
+                return _rows(model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=len(tokens)).logits)
+
+            def rewind(count: int) -> None:
+                cache.crop(-count)
+
+            return run_token_loop(first, feed, max_new_tokens=request.max_new_tokens, on_token=on_token,
+                                  eos_token_ids=request.eos_token_ids, temperature=request.temperature,
+                                  top_p=request.top_p, rng=rng, rewind=rewind, drafter=request.drafter)
 
     def close(self) -> None:
         self.model = None
+
+
+def _rows(logits: torch.Tensor) -> np.ndarray:
+    """(positions, vocab) float32 logits on the host: what the token loop picks from."""
+    return logits[0].float().cpu().numpy()

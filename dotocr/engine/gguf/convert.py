@@ -4,6 +4,11 @@
 vision tower for llama.cpp's own multimodal path; `convert_gguf` makes both for use elsewhere. Every file is
 written through `storage.atomic_path`: a crash or a second process never leaves a half-written file where a
 reader would take it, and two processes making the same file both succeed.
+
+A cached file is checked each time it is handed out (`gguf_problem`: its header and tensor table read through and
+every byte its tensors need is there, a few tenths of a second): one truncated or damaged since (a full disk, a
+copy cut short, a bad sector) is set aside as `NAME.broken-DATE`, said in one line, and written again, rather
+than failing every run with "llama.cpp could not load" for good.
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ...config import GGUF_TYPES
-from ...storage import NORMAL_FILE, atomic_path
+from ...storage import NORMAL_FILE, atomic_path, move_aside
 from ..checkpoint import resolve_checkpoint
 from ..llamacpp_runtime import load_bindings
-from .base import GGUFExportError, cached_path
+from .base import GGUFExportError, cached_path, gguf_problem
 from .decoder import WRITTEN_TYPES, quantize_gguf, source_is_f32, write_decoder_gguf
 from .mmproj import check_mmproj_type, write_mmproj_gguf
 
@@ -51,7 +56,7 @@ def ensure_gguf(folder: Path, gguf_type: str, *, directory: Path | None = None, 
     """
     folder = Path(folder)
     target = gguf_path(folder, gguf_type, directory=directory)
-    if target.is_file():
+    if usable_cached(target):
         return target
     try:
         return _make_gguf(folder, gguf_type, target, directory, progress, n_threads, on_progress)
@@ -73,7 +78,7 @@ def _make_gguf(folder: Path, gguf_type: str, target: Path, directory: Path | Non
     source_type = "f32" if source_is_f32(folder) else "f16"
     cached = gguf_path(folder, source_type, directory=directory)
     with contextlib.ExitStack() as stack:
-        if cached.is_file():
+        if usable_cached(cached):
             source = cached
         else:
             source = stack.enter_context(atomic_path(target.with_suffix(f".{source_type}.gguf"), keep=False))
@@ -89,7 +94,7 @@ def ensure_mmproj(folder: Path, mmproj_type: str = "bf16", *, directory: Path | 
     """The mmproj of `folder`, written now if it is not in the cache yet (a few seconds; ~0.7-2.5 GB)."""
     folder = Path(folder)
     target = mmproj_path(folder, mmproj_type, directory=directory)
-    if target.is_file():
+    if usable_cached(target):
         return target
     log.info("Writing the vision tower of %s as a %s mmproj (once): %s", folder, mmproj_type.upper(), target)
     try:
@@ -99,6 +104,28 @@ def ensure_mmproj(folder: Path, mmproj_type: str = "bf16", *, directory: Path | 
         raise GGUFExportError(f"Could not write {target} ({exc.strerror or exc}); free some disk space, or point "
                               "DOTOCR_DATA_DIR at a drive with room.") from None
     return target
+
+
+def usable_cached(path: Path) -> bool:
+    """Whether the cache's file at `path` can be handed out: it is there and whole. A damaged one is set aside (never
+    deleted: it may be worth a look) so that it is written again, and the log says so in one line."""
+    if not path.is_file():
+        return False
+    problem = gguf_problem(path)
+    if problem is None:
+        return True
+    aside = move_aside(path)
+    if aside is None:
+        raise GGUFExportError(f"The cached GGUF {path} {problem} and could not be set aside; delete it, and it is "
+                              "written again on the next run.")
+    log.warning("The cached GGUF %s %s; it was set aside as %s and is written again.", path, problem, aside.name)
+    return False
+
+
+def cached_gguf_problem(path: Path) -> str | None:
+    """For `dotocr doctor`: what is wrong with the cache's file at `path`, as the end of a sentence, or None when it is
+    whole or not written yet. Nothing is moved."""
+    return gguf_problem(path) if path.is_file() else None
 
 
 def convert_gguf(model: str, gguf_type: str = "q8_0", *, mmproj_type: str | None = "bf16",
@@ -140,5 +167,5 @@ def _copy_out(path: Path, output: Path) -> Path:
     return output
 
 
-__all__ = ["GGUFExportError", "check_gguf_type", "convert_gguf", "ensure_gguf", "ensure_mmproj", "gguf_path",
-           "mmproj_path"]
+__all__ = ["GGUFExportError", "cached_gguf_problem", "check_gguf_type", "convert_gguf", "ensure_gguf", "ensure_mmproj",
+           "gguf_path", "mmproj_path", "usable_cached"]

@@ -5,22 +5,36 @@ model's `max_pixels`: more would only be shrunk again) is rendered at the highes
 says the DPI it was rendered at, so boxes in page pixels can be turned back into points (x * 72 / dpi).
 Pages render one at a time, on demand, so a long PDF never sits in memory as images.
 
-pypdfium2 (PDFium, the renderer in Chrome: wheels for Windows, macOS and Linux, Apache-2.0/BSD) is imported
-only when a PDF is opened. PDFium is not thread-safe, so every call into it holds one lock.
+PDFium (pypdfium2, the renderer in Chrome: wheels for Windows, macOS and Linux, Apache-2.0/BSD) runs in a
+process of its own for each open document (`pdf_worker.py`), under `RenderLimits`: a deadline for opening and
+for each page, and on Linux an address-space limit. A PDF of nested forms that would render for minutes, or a
+flate bomb that would take gigabytes, costs that process only: it is killed (or dies of its limit), the page
+fails with one sentence, other documents never wait for it (PDFium's global lock is per process), and the next
+page of the same document starts a fresh process. A caller that stops wanting the page (`should_stop`: a client
+that left, a deadline) has the render killed too. On Windows the deadline is the bound; memory is not capped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import queue
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator, Sequence
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from dotocr.errors import ImageError
+
+from .pdf_worker import read_message, write_message
 
 DEFAULT_DPI = 200
 """What dots.ocr's parser renders PDF pages at."""
@@ -29,8 +43,19 @@ MAX_PAGE_PIXELS = 11_289_600
 """The model's max_pixels: a page rendered bigger would only be shrunk again before the model sees it."""
 MAX_PAGES = 2000
 """Most pages one document may have read from it in one run."""
+RENDER_TIMEOUT_S = 60.0
+"""Longest a PDF may take to open, or one page to render: a dense real page takes a few seconds."""
+RENDER_MEMORY_BYTES = 768 * 1024 * 1024
+"""Address space of the renderer's process (Linux): a page at the model's 11.3 megapixels is a 45 MB bitmap, and
+a 600 DPI scan inside it a few hundred MB more."""
+_WORKER = Path(__file__).with_name("pdf_worker.py")
 _PDF_MAGIC = b"%PDF-"
-_LOCK = threading.RLock()
+_HEAD_BYTES = 1024
+_IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
+                     b"RIFF", b"\x00\x00\x00\x0cjP  \r\n", b"\xffO\xffQ", b"\x00\x00\x01\x00", b"qoif", b"8BPS",
+                     b"P1", b"P2", b"P3", b"P4", b"P5", b"P6")
+"""How the image formats we read begin (PNG, JPEG, GIF, BMP, TIFF, WebP, JPEG 2000, ICO, QOI, PSD, PNM; AVIF and
+HEIC by their `ftyp` box): a file that begins so is an image, whatever bytes follow."""
 _PASSWORD_ERROR = 4  # FPDF_ERR_PASSWORD
 _SECURITY_ERROR = 5  # FPDF_ERR_SECURITY
 
@@ -49,59 +74,174 @@ class Page:
 
 
 def is_pdf(source: bytes | str | os.PathLike) -> bool:
-    """Whether `source` (bytes or a file path) starts like a PDF; reads at most 1 KiB of a file."""
+    """Whether `source` (bytes or a file path) is a PDF, by its structure; reads at most 1 KiB of a file.
+
+    `%PDF-` at the start, or within the first KiB after a little junk (as PDF readers allow), unless the file
+    begins as an image format does: a PNG whose text chunk holds `%PDF-` is a PNG.
+    """
     if isinstance(source, (bytes, bytearray, memoryview)):
-        head = bytes(source[:1024])
+        head = bytes(source[:_HEAD_BYTES])
     else:
         try:
             with open(os.fspath(source), "rb") as file:
-                head = file.read(1024)
+                head = file.read(_HEAD_BYTES)
         except OSError:
             return False
-    return _PDF_MAGIC in head  # the header may follow a little junk, as PDF readers allow
+    if head.startswith(_PDF_MAGIC):
+        return True
+    is_image = head.startswith(_IMAGE_SIGNATURES) or head[4:8] == b"ftyp"
+    return _PDF_MAGIC in head and not is_image
 
 
-def parse_page_ranges(text: str) -> list[int]:
-    """"1-3,7" as [1, 2, 3, 7] (1-based, in the order given, each page once); ValueError with a sentence."""
+def parse_page_ranges(text: str, max_pages: int = MAX_PAGES) -> list[int]:
+    """"1-3,7" as [1, 2, 3, 7] (1-based, in the order given, each page once); ValueError with a sentence.
+
+    Linear in the text, and at most `max_pages` pages in all: a short value (40 ranges of 1999 pages) must not
+    cost seconds, nor an answer listing 80,000 pages.
+    """
     pages: list[int] = []
+    seen: set[int] = set()
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
         first, dash, last = part.partition("-")
+        if len(first) > 9 or len(last) > 9:  # more digits than any page count: no int() of thousands of digits
+            raise ValueError(f"{_shorten(part)!r} is not a page or a range like 1-3")
         try:
             low = int(first)
             high = int(last) if dash else low
         except ValueError:
-            raise ValueError(f"{part!r} is not a page or a range like 1-3") from None
+            raise ValueError(f"{_shorten(part)!r} is not a page or a range like 1-3") from None
         if low < 1 or high < low:
             raise ValueError(f"{part!r} is not a page range: pages count from 1 and a range goes upwards")
-        if high - low >= MAX_PAGES:
-            raise ValueError(f"{part!r} asks for more than {MAX_PAGES} pages")
-        pages.extend(n for n in range(low, high + 1) if n not in pages)
+        if high - low >= max_pages - len(pages):
+            raise ValueError(f"{_shorten(text)!r} asks for more than {max_pages} pages")
+        for number in range(low, high + 1):
+            if number not in seen:
+                seen.add(number)
+                pages.append(number)
     if not pages:
-        raise ValueError(f"{text!r} names no pages; write them like 1-3,7")
+        raise ValueError(f"{_shorten(text)!r} names no pages; write them like 1-3,7")
     return pages
 
 
-class PdfDocument:
-    """An open PDF. Use as a context manager; `render(n)` gives page n (1-based) as a `Page`."""
+def describe_pages(numbers: Sequence[int], shown: int = 5) -> str:
+    """Page numbers for a sentence: all of a few, or the first `shown` and how many more."""
+    head = ", ".join(map(str, numbers[:shown]))
+    return head if len(numbers) <= shown else f"{head} and {len(numbers) - shown} more"
 
-    def __init__(self, source: bytes | str | os.PathLike, name: str = "The PDF") -> None:
-        self.name = name
+
+def _shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+@dataclass(frozen=True)
+class RenderLimits:
+    """What opening a PDF, and rendering each of its pages, may take."""
+
+    seconds: float = RENDER_TIMEOUT_S
+    memory_bytes: int = RENDER_MEMORY_BYTES
+
+
+class _Abandoned(Exception):
+    """The renderer's process was killed (deadline, caller) or died (memory); `why` says which."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+class RenderStopped(DocumentError):
+    """The caller stopped wanting the page (`should_stop`); its render was killed."""
+
+
+class _RenderProcess:
+    """One `pdf_worker.py` process: requests go in one at a time, each answered before its deadline or the process
+    is killed. A thread reads the replies, so waiting for one can watch the clock and the caller."""
+
+    def __init__(self, memory_bytes: int) -> None:
+        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0)  # no console window flashing up under the tray
+        self._process = subprocess.Popen([sys.executable, str(_WORKER), str(memory_bytes)], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, creationflags=flags)
+        self._replies: queue.Queue[tuple[dict[str, Any], bytes] | None] = queue.Queue()
+        threading.Thread(target=self._read, name="dotocr-pdf-replies", daemon=True).start()
+        self._finalizer = weakref.finalize(self, _end, self._process)
+
+    def _read(self) -> None:
+        stream = self._process.stdout
+        assert stream is not None
         try:
-            import pypdfium2 as pdfium
-        except ImportError as exc:  # pragma: no cover - a dependency; only a broken install lacks it
-            raise DocumentError(f"{name} is a PDF, and reading PDFs needs pypdfium2; install it with "
-                                "pip install pypdfium2.") from exc
-        data: Any = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
-        with _LOCK:
+            while (message := read_message(stream)) is not None:
+                self._replies.put(message)
+        except (OSError, ValueError):
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                stream.close()
+        self._replies.put(None)
+
+    def ask(self, request: dict[str, Any], payload: bytes, seconds: float,
+            should_stop: Callable[[], bool] | None) -> tuple[dict[str, Any], bytes]:
+        deadline = time.monotonic() + seconds
+        try:
+            assert self._process.stdin is not None
+            write_message(self._process.stdin, request, payload)
+        except (OSError, ValueError):
+            raise _Abandoned("died") from None
+        while True:
+            if should_stop is not None and should_stop():
+                self.kill()
+                raise _Abandoned("stopped")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.kill()
+                raise _Abandoned("deadline")
             try:
-                self._pdf = pdfium.PdfDocument(data)
-                self.page_count = len(self._pdf)
-            except pdfium.PdfiumError as exc:
-                raise DocumentError(_open_error(name, getattr(exc, "err_code", None))) from None
-            except (OSError, ValueError) as exc:
-                raise DocumentError(f"{name} could not be opened ({exc}); check the file.") from None
+                reply = self._replies.get(timeout=min(0.05, left))
+            except queue.Empty:
+                continue
+            if reply is None:
+                self.kill()
+                raise _Abandoned("died")
+            return reply
+
+    def kill(self) -> None:
+        self._finalizer()
+
+
+def _end(process: subprocess.Popen) -> None:
+    """End the process: it exits by itself at the end of its input, a busy or stuck one is killed. Killed first,
+    then waited for: the reading thread holds its output pipe until the process is gone (it then sees the end)."""
+    with contextlib.suppress(OSError, ValueError):
+        if process.stdin is not None:
+            process.stdin.close()
+    if process.poll() is None:
+        with contextlib.suppress(OSError):
+            process.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+
+
+class PdfDocument:
+    """An open PDF. Use as a context manager; `render(n)` gives page n (1-based) as a `Page`.
+
+    Thread-safe: calls on one document take turns; different documents render side by side, each in its own
+    process. `should_stop`, asked several times a second while PDFium works, abandons the work when it says so.
+    """
+
+    def __init__(self, source: bytes | str | os.PathLike, name: str = "The PDF", *,
+                 limits: RenderLimits | None = None, should_stop: Callable[[], bool] | None = None) -> None:
+        self.name = name
+        self.limits = limits or RenderLimits()
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            self._open_request: tuple[dict[str, Any], bytes] = ({"op": "open"}, bytes(source))
+        else:
+            self._open_request = ({"op": "open", "path": os.fspath(source)}, b"")
+        self._lock = threading.Lock()
+        self._process: _RenderProcess | None = None
+        self.page_count = 0
+        with self._lock:
+            self._worker(should_stop)
         if self.page_count < 1:
             self.close()
             raise DocumentError(f"{name} has no pages; nothing to read.")
@@ -113,10 +253,9 @@ class PdfDocument:
         self.close()
 
     def close(self) -> None:
-        with _LOCK:
-            pdf, self._pdf = getattr(self, "_pdf", None), None
-            if pdf is not None:
-                pdf.close()
+        process, self._process = self._process, None
+        if process is not None:
+            process.kill()
 
     def select(self, pages: Sequence[int] | None, max_pages: int = MAX_PAGES) -> tuple[list[int], list[int]]:
         """(the requested pages this PDF has, the ones it lacks); all pages when `pages` is None.
@@ -130,30 +269,67 @@ class PdfDocument:
                                 f"once; choose some with pages, e.g. 1-{max_pages}.")
         return present, [n for n in wanted if n > self.page_count]
 
-    def render(self, number: int, dpi: float = DEFAULT_DPI, max_pixels: int = MAX_PAGE_PIXELS) -> Page:
+    def render(self, number: int, dpi: float = DEFAULT_DPI, max_pixels: int = MAX_PAGE_PIXELS, *,
+               should_stop: Callable[[], bool] | None = None) -> Page:
         """Page `number` (1-based) as an RGB image at `dpi`, or lower when it would exceed `max_pixels`."""
         if not 1 <= number <= self.page_count:
             raise DocumentError(f"{self.name} has {self.page_count} pages; there is no page {number}.")
-        import pypdfium2 as pdfium
-
-        with _LOCK:
-            try:
-                page = self._pdf[number - 1]
-                try:
-                    width_pt, height_pt = page.get_size()
-                    dpi = fitting_dpi(width_pt, height_pt, dpi, max_pixels)
-                    bitmap = page.render(scale=dpi / 72)
-                    image = bitmap.to_pil().convert("RGB")
-                finally:
-                    page.close()
-            except pdfium.PdfiumError:
-                raise DocumentError(f"Page {number} of {self.name} could not be rendered (the file is damaged); "
-                                    "repair or re-export the PDF.") from None
+        what = f"Page {number} of {self.name}"
+        with self._lock:
+            size, _ = self._ask({"op": "size", "page": number - 1}, what, should_stop)
+            dpi = fitting_dpi(float(size["width"]), float(size["height"]), dpi, max_pixels)
+            reply, pixels = self._ask({"op": "render", "page": number - 1, "scale": dpi / 72}, what, should_stop)
+        image = Image.frombuffer(reply["mode"], (reply["width"], reply["height"]), pixels, "raw", reply["raw"],
+                                 reply["stride"], 1).convert("RGB")
         return Page(number, image, dpi)
 
     def pages(self, numbers: Sequence[int], dpi: float = DEFAULT_DPI) -> Iterator[Page]:
         for number in numbers:
             yield self.render(number, dpi)
+
+    # -- the renderer's process ----------------------------------------------------------------------------
+
+    def _worker(self, should_stop: Callable[[], bool] | None) -> _RenderProcess:
+        """The document's process, started and the PDF opened in it when there is none (the first call, or after
+        a page killed the last one)."""
+        if self._process is not None:
+            return self._process
+        process = _RenderProcess(self.limits.memory_bytes)
+        try:
+            reply, _ = process.ask(*self._open_request, self.limits.seconds, should_stop)
+        except _Abandoned as exc:
+            raise self._abandoned(exc, self.name, "open") from None
+        if "error" in reply:
+            process.kill()
+            raise DocumentError(_open_error(self.name, reply)) from None
+        self._process, self.page_count = process, int(reply["pages"])
+        return process
+
+    def _ask(self, request: dict[str, Any], what: str,
+             should_stop: Callable[[], bool] | None) -> tuple[dict[str, Any], bytes]:
+        process = self._worker(should_stop)
+        try:
+            reply, payload = process.ask(request, b"", self.limits.seconds, should_stop)
+        except _Abandoned as exc:
+            self._process = None  # the next page starts a fresh process
+            raise self._abandoned(exc, what, "render") from None
+        if "error" in reply:
+            if reply["error"] == "memory":
+                raise DocumentError(self._memory_sentence(what, "render"))
+            raise DocumentError(f"{what} could not be rendered (the file is damaged); repair or re-export the PDF.")
+        return reply, payload
+
+    def _abandoned(self, exc: _Abandoned, what: str, doing: str) -> DocumentError:
+        if exc.why == "stopped":
+            return RenderStopped(f"{what} was not {doing}ed: the result is no longer wanted.")
+        if exc.why == "deadline":
+            return DocumentError(f"{what} took longer than {self.limits.seconds:g} s to {doing}; re-export the PDF "
+                                 "(print it to a new PDF) or leave that page out.")
+        return DocumentError(self._memory_sentence(what, doing))
+
+    def _memory_sentence(self, what: str, doing: str) -> str:
+        return (f"{what} needs more than {self.limits.memory_bytes // 2**20} MiB of memory to {doing}; re-export "
+                "the PDF (print it to a new PDF) or leave that page out.")
 
 
 def fitting_dpi(width_pt: float, height_pt: float, dpi: float, max_pixels: int = MAX_PAGE_PIXELS) -> float:
@@ -178,7 +354,12 @@ def check_dpi(dpi: float) -> float:
     return dpi
 
 
-def _open_error(name: str, code: int | None) -> str:
+def _open_error(name: str, reply: dict[str, Any]) -> str:
+    code = reply.get("code")
+    if reply.get("error") == "missing":
+        return f"{name} is a PDF, and reading PDFs needs pypdfium2; install it with pip install pypdfium2."
+    if reply.get("error") == "memory":
+        return f"{name} needs more memory to open than a PDF may take; re-export it (print it to a new PDF)."
     if code == _PASSWORD_ERROR:
         return f"{name} is encrypted with a password; save an unprotected copy and try again."
     if code == _SECURITY_ERROR:

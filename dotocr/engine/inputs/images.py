@@ -1,6 +1,8 @@
 """Any image a person hands us, decoded into a fresh RGB image, or one sentence saying why not.
 
-Any Pillow-readable file, bytes or image becomes an RGB image with its EXIF orientation applied.
+Any Pillow-readable file, bytes or image becomes an RGB image with its EXIF orientation applied. A PIL image
+that already is plain upright RGB is returned as it is (nothing downstream changes an input image), so a front
+end that checked a file here hands the engine that image, and the engine does not decode or copy it again.
 Transparent pixels become white (the model was trained on white pages), 16-bit and float images are
 scaled into 0..255 rather than clipped. Every failure is an `ImageError` whose message is one sentence
 naming the input, the problem and the fix. Images above MAX_INPUT_PIXELS are refused before decoding,
@@ -29,12 +31,11 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError,
                   MemoryError, AttributeError, ArithmeticError, RuntimeError, struct.error)
 """What Pillow's decoders raise on damaged files (a plugin's arithmetic or unpacking gone wrong included)."""
-
-
+_EXIF_ORIENTATION = 0x0112
 
 
 def load_image(source: ImageInput) -> Image.Image:
-    """Decode `source` fully into a fresh RGB image, or raise `ImageError` with a one-sentence reason."""
+    """Decode `source` fully into an RGB image, or raise `ImageError` with a one-sentence reason."""
     name = _describe(source)
     try:
         with warnings.catch_warnings():
@@ -42,7 +43,7 @@ def load_image(source: ImageInput) -> Image.Image:
             # is process-wide while it lasts; a race only loses the warning, our own size check stays.)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             if isinstance(source, Image.Image):
-                return _normalise(source, name)
+                return _normalise(source, name, fresh=False)
             if isinstance(source, (bytes, bytearray, memoryview)):
                 if len(source) == 0:
                     raise ImageError(f"{name} is empty (0 bytes); copy or save the image again and retry.")
@@ -54,7 +55,7 @@ def load_image(source: ImageInput) -> Image.Image:
                 if os.path.isfile(fp) and os.path.getsize(fp) == 0:
                     raise ImageError(f"{name} is empty (0 bytes); save the image again and retry.")
             with Image.open(fp) as image:
-                return _normalise(image, name)
+                return _normalise(image, name, fresh=True)
     except ImageError:
         raise
     except FileNotFoundError as exc:
@@ -119,8 +120,9 @@ def declared_png_size(head: bytes) -> tuple[int, int] | None:
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
-def _normalise(image: Image.Image, name: str) -> Image.Image:
-    """Size checks, full decode, orientation and RGB conversion; always returns a new image."""
+def _normalise(image: Image.Image, name: str, *, fresh: bool) -> Image.Image:
+    """Size checks, full decode, orientation and RGB conversion. `fresh`: the result must not be `image` itself
+    (an image opened from a file is closed afterwards, which would leave it unusable)."""
     width, height = image.size
     if width == 0 or height == 0:
         raise ImageError(f"{name} is {width} x {height} pixels and has nothing to read; "
@@ -128,12 +130,18 @@ def _normalise(image: Image.Image, name: str) -> Image.Image:
     if width * height > MAX_INPUT_PIXELS:
         raise ImageError(_too_large_message(name, (width, height)))
     image.load()  # forces a full decode: truncated files fail here, not later in the model
+    rgb = _to_rgb(_upright(image), name)
+    return rgb.copy() if fresh and rgb is image else rgb
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says; the image itself when there is nothing to turn."""
     try:
-        oriented = ImageOps.exif_transpose(image)
+        if image.getexif().get(_EXIF_ORIENTATION, 1) == 1:
+            return image
+        return ImageOps.exif_transpose(image) or image
     except _DECODE_ERRORS:
-        oriented = image  # a damaged EXIF block should not stop the OCR; keep the stored orientation
-    rgb = _to_rgb(oriented if oriented is not None else image, name)
-    return rgb.copy() if rgb is image else rgb
+        return image  # a damaged EXIF block should not stop the OCR; keep the stored orientation
 
 
 def _to_rgb(image: Image.Image, name: str) -> Image.Image:
@@ -141,6 +149,8 @@ def _to_rgb(image: Image.Image, name: str) -> Image.Image:
     if mode.startswith("I;16") or mode in ("I", "F"):
         return Image.fromarray(_deep_to_uint8(image), mode="L").convert("RGB")
     has_alpha = mode in ("RGBA", "RGBa", "LA", "La", "PA") or "transparency" in image.info
+    if mode == "RGB" and not has_alpha:
+        return image
     try:
         if has_alpha:
             rgba = image.convert("RGBA")

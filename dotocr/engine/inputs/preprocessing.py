@@ -20,7 +20,12 @@ Two additions, neither of which touches an image the official rule handles on it
   the image is first scaled uniformly so its longest side is that cap rounded down to a multiple of 28,
   then the rule above runs. 0 or None means no cap (the OpenAI route uses none, like vLLM).
 * A strip longer than 200 times its width (a 3000 x 14 screen line), which `smart_resize` refuses, is
-  padded with white at the right or bottom to exactly 200:1 first, instead of failing.
+  padded with white at the right or bottom to exactly 200:1 first, instead of failing. The padded canvas is
+  never built: the long side is resized on the strip alone, then the short side on a canvas holding only
+  the lines that resize reads (`_resize_strip`), so a 1 KB PNG of 1,000,000 x 1 pixels costs megabytes, not
+  the 14 GiB its padded canvas would. The image is the padded one resized, up to rounding (the passes may run
+  in another order than Pillow's own). `SizePlan.work_bytes` says what preparing will allocate before
+  anything is.
 
 The resized image is handed to `Qwen2VLImageProcessorPil` with resizing switched off, so the processor
 only normalises and cuts patches (in 2x2 merge-window order); we check its grid matches. The sizing
@@ -46,6 +51,16 @@ from .boxes import check_box
 
 MAX_ASPECT_RATIO = 200
 """The longest side over the shortest that `smart_resize` accepts; longer strips are padded to it."""
+STRIP_CHUNK_PIXELS = 4_000_000
+"""Most pixels of the white canvas a strip's second resize pass builds at once (16 MB)."""
+STRIP_TABLE_BYTES = 32 * 1024 * 1024
+"""Largest filter table a strip's long side may need before it is first reduced (a side of 1,000,000 pixels)."""
+STRIP_REDUCING_GAP = 3.0
+"""Pillow's `reducing_gap` for such a side: reduced by whole pixels to 3x its size, then resized bicubic."""
+_BICUBIC_SUPPORT = 2.0
+"""Pillow's bicubic filter reaches 2 source pixels each way, times the scale when shrinking."""
+RGB_BYTES = 4
+"""Bytes Pillow keeps per RGB pixel (one spare byte each)."""
 
 # The official dots.ocr preprocessor_config.json, used when no checkpoint folder is given.
 DOTS_PREPROCESSOR_CONFIG: dict[str, Any] = {
@@ -125,9 +140,27 @@ class SizePlan:
         padded_w, padded_h = self.original[0] + self.pad[0], self.original[1] + self.pad[1]
         return self.size[0] / padded_w, self.size[1] / padded_h
 
+    @property
+    def work_bytes(self) -> int:
+        """Memory `prepare` allocates on top of the input, padding included, reckoned before anything is
+        allocated (a server checks it before decoding): Pillow's filter tables and first-pass rows and the model
+        image; for a strip, its long side resized and one chunk of white canvas, never the padded canvas."""
+        model = self.size[0] * self.size[1]
+        width, height = self.original
+        if self.pad == (0, 0):
+            tables = _filter_bytes(width, self.size[0]) + _filter_bytes(height, self.size[1])
+            return (model + self.size[0] * height) * RGB_BYTES + tables
+        strip = _Strip.of(self)
+        long_source = strip.long // strip.reduce
+        chunk = min(strip.out_long, STRIP_CHUNK_PIXELS // strip.rows + 1) * (2 * strip.rows + strip.touched)
+        reduced = long_source * strip.short if strip.reduce > 1 else 0
+        return ((model + strip.out_long * strip.short + reduced + chunk) * RGB_BYTES
+                + _filter_bytes(long_source, strip.out_long) + _filter_bytes(strip.padded, strip.touched))
 
-def smart_resize(height: float, width: float, factor: int = 28, min_pixels: int = 3136,
-                 max_pixels: int = 11289600) -> tuple[int, int]:
+
+def smart_resize(height: float, width: float, factor: int = PATCH_SIZE * MERGE_SIZE,
+                 min_pixels: int = DOTS_PREPROCESSOR_CONFIG["min_pixels"],
+                 max_pixels: int = DOTS_PREPROCESSOR_CONFIG["max_pixels"]) -> tuple[int, int]:
     """(height, width) as Qwen2-VL's processor sizes an image, step for step (vLLM uses that processor).
 
     Raises ValueError past MAX_ASPECT_RATIO, as the original does; `ImagePreparer.plan` pads before that.
@@ -223,12 +256,12 @@ class ImagePreparer:
         if image.mode != "RGB":
             image = image.convert("RGB")
         plan = self.plan(image.width, image.height, max_image_size)
-        source = image
         if plan.pad != (0, 0):
-            source = Image.new("RGB", (image.width + plan.pad[0], image.height + plan.pad[1]), (255, 255, 255))
-            source.paste(image, (0, 0))
-        model_image = source.resize(plan.size, Image.Resampling.BICUBIC) if plan.size != source.size else (
-            source if source is not image else image.copy())
+            model_image = _resize_strip(image, plan)
+        elif plan.size != image.size:
+            model_image = image.resize(plan.size, Image.Resampling.BICUBIC)
+        else:
+            model_image = image.copy()
 
         grid_w, grid_h = model_image.width // self.patch_size, model_image.height // self.patch_size
         common = {"image": model_image, "original_size": image.size, "scale": plan.scale, "pad": plan.pad}
@@ -247,5 +280,85 @@ class ImagePreparer:
                              image_tokens=t * grid_h * grid_w // (self.merge_size**2))
 
 
+@dataclass(frozen=True)
+class _Strip:
+    """A strip's geometry along its long side and its short (padded) side, whichever way it lies."""
+
+    tall: bool
+    long: int
+    short: int
+    padded: int
+    """The short side with its white padding (200:1)."""
+    out_long: int
+    out_short: int
+    touched: int
+    """Output lines (along the short side) that can see the strip; the rest see only white."""
+    rows: int
+    """Canvas lines those output lines read."""
+    reduce: int
+    """Pillow's `reduce` factor taken on the long side first (1: none), so its filter table stays small."""
+
+    @classmethod
+    def of(cls, plan: SizePlan) -> _Strip:
+        (width, height), (out_w, out_h) = plan.original, plan.size
+        tall = plan.pad[0] > 0
+        long, short, padded, out_long, out_short = ((height, width, width + plan.pad[0], out_h, out_w) if tall
+                                                    else (width, height, height + plan.pad[1], out_w, out_h))
+        step = padded / out_short  # canvas lines per output line
+        reach = _BICUBIC_SUPPORT * max(step, 1.0)
+        touched = min(out_short, math.floor((short + reach) / step) + 2)
+        rows = min(padded, math.ceil(touched * step + reach) + 2)
+        reduce = 1
+        if _filter_bytes(long, out_long) > STRIP_TABLE_BYTES:
+            reduce = max(1, int(long / out_long / STRIP_REDUCING_GAP))
+        return cls(tall, long, short, padded, out_long, out_short, touched, rows, reduce)
+
+
+def _resize_strip(image: Image.Image, plan: SizePlan) -> Image.Image:
+    """`image` padded white as `plan.pad` says and resized to `plan.size`, without building the padded canvas.
+
+    The long side first, on the strip alone; then the short side on a canvas holding only the lines that the
+    output lines touching the strip read (the others read white only, and stay white), made in chunks of at
+    most STRIP_CHUNK_PIXELS, so memory stays bounded however much padding there is.
+    """
+    strip = _Strip.of(plan)
+    gap = STRIP_REDUCING_GAP if strip.reduce > 1 else None
+    long_size = (image.width, strip.out_long) if strip.tall else (strip.out_long, image.height)
+    resized = image.resize(long_size, Image.Resampling.BICUBIC, reducing_gap=gap) if long_size != image.size \
+        else image
+    out = Image.new("RGB", plan.size, (255, 255, 255))
+    chunk = max(1, STRIP_CHUNK_PIXELS // strip.rows)
+    span = strip.touched * strip.padded / strip.out_short
+    for start in range(0, strip.out_long, chunk):
+        part = min(chunk, strip.out_long - start)
+        if strip.tall:
+            canvas = Image.new("RGB", (strip.rows, part), (255, 255, 255))
+            canvas.paste(resized.crop((0, start, strip.short, start + part)), (0, 0))
+            piece = canvas.resize((strip.touched, part), Image.Resampling.BICUBIC, box=(0.0, 0.0, span, part))
+            out.paste(piece, (0, start))
+        else:
+            canvas = Image.new("RGB", (part, strip.rows), (255, 255, 255))
+            canvas.paste(resized.crop((start, 0, start + part, strip.short)), (0, 0))
+            piece = canvas.resize((part, strip.touched), Image.Resampling.BICUBIC, box=(0.0, 0.0, part, span))
+            out.paste(piece, (start, 0))
+    return out
+
+
+def _filter_bytes(source: int, target: int) -> int:
+    """Pillow's filter table for resizing one axis: a double per target pixel per source pixel it reads (about
+    4 x source / target when shrinking), so 32 bytes per source pixel: 180 MB for a 5,644,000-pixel side."""
+    taps = math.ceil(2 * _BICUBIC_SUPPORT * max(source / target, 1.0)) + 2
+    return target * taps * 8
+
+
+def preparation_bytes(width: int, height: int, max_image_size: int | None = None) -> int:
+    """What preparing a `width` x `height` image for dots.ocr will allocate (`SizePlan.work_bytes`), from its size
+    alone: a server reckons it from the header, before a pixel is decoded."""
+    return _DEFAULT_PREPARER.plan(width, height, max_image_size).work_bytes
+
+
 def _clamp(value: float, low: float, high: float) -> float:
     return min(max(value, low), high)
+
+
+_DEFAULT_PREPARER = ImagePreparer()

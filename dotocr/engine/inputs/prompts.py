@@ -57,25 +57,28 @@ _INSTRUCTIONS = {"text": PROMPT_OCR, "layout": PROMPT_LAYOUT_ALL_EN, "layout-jso
 
 def resolve_prompt(prompt: str | None, *, output_format: str | None = None, bbox: Any = None,
                    instruction: str | None = None, default: str = "text") -> str:
-    """The prompt mode for one call, the one rule every front end and engine uses.
+    """The prompt mode for one call: the one rule every front end and engine uses.
 
-    A bbox means grounding, Markdown output means layout (tables and formulas), else `default` (the
-    settings' prompt). A grounding prompt needs a box and a box needs the grounding prompt, unless the
-    caller brings its own instruction.
+    An explicit `prompt` wins; else a bbox means grounding; else Markdown output asks for the layout prompt
+    (headings, tables and formulas rather than flat text) unless the settings chose a prompt other than plain
+    text; else `default`, the settings' prompt. A grounding prompt needs a box and a box needs the grounding
+    prompt, unless the caller brings its own instruction. A contradiction is one sentence (DotOCRError), which
+    a front end may show before any model loads.
     """
     if prompt is None:
         if bbox is not None:
             prompt = "grounding"
-        elif output_format == "markdown":
+        elif output_format == "markdown" and default == "text":
             prompt = "layout"
         else:
             prompt = default
+    _check_mode(prompt)
     if instruction is not None and not _encodable(instruction):
         raise DotOCRError("The instruction holds a lone surrogate (\\ud800 to \\udfff), which is not text; "
                           "send it as valid UTF-8.")
     if instruction is None:
         if prompt == "grounding" and bbox is None:
-            raise DotOCRError("The grounding prompt needs a bounding box (x1, y1, x2, y2 in image pixels).")
+            raise DotOCRError("The grounding prompt needs a bounding box (bbox: x1, y1, x2, y2 in image pixels).")
         if prompt != "grounding" and bbox is not None:
             raise DotOCRError(f"A bounding box only applies to the grounding prompt, not to {prompt!r}; "
                               "drop the box or use the grounding prompt.")
@@ -92,12 +95,15 @@ def _encodable(text: str) -> bool:
 
 def instruction_for(mode: str, bbox: Sequence[float] | None = None) -> str:
     """The instruction for a prompt mode; `bbox` (model-input pixels) is used by grounding only."""
+    _check_mode(mode)
     if mode == "grounding":
         return PROMPT_GROUNDING_OCR + format_bbox(bbox)
-    try:
-        return _INSTRUCTIONS[mode]
-    except KeyError:
-        raise DotOCRError(f"Unknown prompt {mode!r}; use one of {', '.join(PROMPT_MODES)}.") from None
+    return _INSTRUCTIONS[mode]
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in PROMPT_MODES:
+        raise DotOCRError(f"Unknown prompt {mode!r}; use one of {', '.join(PROMPT_MODES)}.")
 
 
 def format_bbox(bbox: Sequence[float] | None) -> str:

@@ -1,4 +1,5 @@
-"""The vision tower loaded alone, for a decoder that runs the language model elsewhere (llama.cpp).
+"""The vision tower loaded alone, for a decoder that runs the language model elsewhere (llama.cpp), and its
+optional int8 form.
 
 Only the checkpoint's vision weights are read, so the decoder's 1.5 B weights are never held by torch.
 """
@@ -38,3 +39,17 @@ def load_vision_tower(folder: Path, *, dtype: Any, device: str = "cpu") -> Any:
                                     "checkpoint?")
     tower.load_state_dict(state, strict=True, assign=True)
     return tower.eval()
+
+
+def int8_vision_tower(tower: Any) -> Any:
+    """The tower with every Linear layer in dynamic int8 (`--vision-precision int8`, CPU only; measured, not the
+    default: docs/performance.md, section 10). torch quantizes from fp32 weights; the patch conv and the norms
+    stay fp32."""
+    import warnings
+
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():  # torch marks its quantized tensors deprecated; the kernels are current
+        warnings.simplefilter("ignore", UserWarning)
+        return quantize_dynamic(tower.float(), {torch.nn.Linear}, dtype=torch.qint8)
