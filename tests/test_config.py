@@ -294,7 +294,7 @@ def test_every_front_end_path_gives_one_sentence_not_a_traceback(tmp_path):
 
 # -- permissions and concurrent writers -------------------------------------------------------------------
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes")
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows fact: privacy is an ACL there, not POSIX modes")
 def test_the_settings_file_is_private_it_can_hold_an_api_key(tmp_path):
     path = tmp_path / "new-folder" / "settings.toml"
     store = SettingsFile(path)
@@ -303,7 +303,7 @@ def test_the_settings_file_is_private_it_can_hold_an_api_key(tmp_path):
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes")
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows fact: privacy is an ACL there, not POSIX modes")
 def test_an_old_readable_file_with_an_api_key_is_closed_up(tmp_path):
     path = tmp_path / "settings.toml"
     path.write_text('remote_api_key = "sk-secret"\n')

@@ -315,7 +315,8 @@ def test_images_are_limited_by_decoded_memory(dots_tiny: Path) -> None:
             assert third.headers["retry-after"] == "2"
             engine.release.set()
             assert first.result(timeout=60).status_code == 200
-            assert second.result(timeout=60).status_code == 200
+            answer = second.result(timeout=60)
+            assert answer.status_code == 200, answer.text
         assert upload(url, big).status_code == 200  # the reservations were given back
 
 
