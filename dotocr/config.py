@@ -248,7 +248,7 @@ class SettingsFile:
     def _read(self) -> dict[str, Any] | None:
         """The file's table, None when there is no file; _Unreadable (with its sentence) otherwise."""
         try:
-            raw = read_limited(self.path, MAX_SETTINGS_BYTES)
+            raw = read_limited(self.path, MAX_SETTINGS_BYTES, writers_lock=True)
         except FileNotFoundError:
             return None
         except FileTooLargeError:

@@ -6,6 +6,12 @@ loses one writer's keys. Here a write goes to a fresh temporary file in the targ
 exclusively, never through a symlink), is flushed to disk, then renamed over the target, so a reader sees
 the old file or the new one, never a partial one. Files that hold secrets or screen text are 0600 and the
 folders we create for them 0700 (on Windows the per-user AppData folders' ACLs do this job).
+
+Windows differs in one way that matters here: a rename over a file fails while any handle to that file is open
+(MoveFileEx's classic semantics), so a reader would make a save fail. Our own readers of a file that writers
+lock (`read_limited(..., writers_lock=True)`) therefore hold that lock while the file is open on Windows, so
+our rename never meets our reader; and a rename that meets another program's handle (an editor, a virus
+scanner) waits for that handle to close, up to LOCK_TIMEOUT_S, instead of giving up after a fixed count.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import os
 import stat
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +36,9 @@ LOCK_TIMEOUT_S = 10.0
 _IS_WINDOWS = sys.platform == "win32"
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
+_held = threading.local()
+"""`_held.paths`: the lock files this thread holds, so a read inside a locked read-modify-write does not wait
+for itself (Windows byte-range locks belong to a handle, not a process)."""
 
 
 class FileTooLargeError(OSError):
@@ -128,16 +138,24 @@ def _umask() -> int:
     return current
 
 
-def _replace(tmp: Path, path: Path) -> None:
-    """os.replace, retried briefly on Windows, where a reader holding the target open blocks the rename."""
-    for attempt in range(20 if _IS_WINDOWS else 1):
+def _replace(tmp: Path, path: Path, timeout: float | None = None) -> None:
+    """os.replace. On Windows an open handle to the target (or to the fresh temporary file: a virus scanner)
+    makes it fail with a sharing violation until that handle closes, so it is retried until the handle is
+    gone, for as long as a lock is waited for; then one sentence says what kept the file."""
+    deadline = time.monotonic() + (LOCK_TIMEOUT_S if timeout is None else timeout)
+    pause = 0.002
+    while True:
         try:
             os.replace(tmp, path)
             return
-        except PermissionError:
-            if not _IS_WINDOWS or attempt == 19:
+        except PermissionError as exc:
+            if not _IS_WINDOWS:
                 raise
-            time.sleep(0.05)
+            if time.monotonic() >= deadline:
+                raise PermissionError(exc.errno, f"another program kept {path.name} open for longer than "
+                                      f"{LOCK_TIMEOUT_S if timeout is None else timeout:g} s", str(path)) from None
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
 
 
 def _place_new(tmp: Path, path: Path) -> None:
@@ -170,8 +188,25 @@ def _sync_folder(folder: Path) -> None:
             os.close(fd)
 
 
-def read_limited(path: Path | str, max_bytes: int) -> bytes:
-    """The file's bytes, or FileTooLargeError before reading anything when it is over `max_bytes`."""
+def read_limited(path: Path | str, max_bytes: int, *, writers_lock: bool = False) -> bytes:
+    """The file's bytes, or FileTooLargeError before reading anything when it is over `max_bytes`.
+
+    `writers_lock=True` for a file whose writers take `locked(path)`: on Windows the read then holds that lock,
+    so it never keeps the file open while one of our writers renames over it (see the module's docstring).
+    If the lock cannot be had (a read-only folder, a writer stuck for LOCK_TIMEOUT_S) the file is read anyway.
+    """
+    if not (writers_lock and _IS_WINDOWS) or _holds_lock(path) or not os.path.isfile(path):
+        return _read_limited(path, max_bytes)
+    try:
+        with locked(path):
+            return _read_limited(path, max_bytes)
+    except (FileNotFoundError, FileTooLargeError):
+        raise
+    except OSError:  # the lock file could not be made or locked: a plain read, which a writer waits out
+        return _read_limited(path, max_bytes)
+
+
+def _read_limited(path: Path | str, max_bytes: int) -> bytes:
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         if size > max_bytes:
@@ -197,12 +232,27 @@ def locked(path: Path | str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
             if time.monotonic() >= deadline:
                 raise LockTimeoutError(f"{lock_path} stayed locked by another process for {timeout:g} s")
             time.sleep(0.01)
+        held = _held_paths()
+        held.add(str(lock_path))
         try:
             yield
         finally:
+            held.discard(str(lock_path))
             _unlock(fd)
     finally:
         os.close(fd)
+
+
+def _held_paths() -> set[str]:
+    if not hasattr(_held, "paths"):
+        _held.paths = set()
+    return _held.paths
+
+
+def _holds_lock(path: Path | str) -> bool:
+    """Whether this thread is inside `locked(path)` now."""
+    path = Path(path)
+    return str(path.with_name(path.name + ".lock")) in _held_paths()
 
 
 def hold_lock(path: Path | str) -> int | None:

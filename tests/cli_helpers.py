@@ -35,6 +35,26 @@ def run_dotocr(*args: str, stdin: bytes | None = None, timeout: float = 180,
                                        done.stderr.decode("utf-8"))
 
 
+NEW_GROUP = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
+"""Popen's creationflags for a child that `interrupt` may stop: on Windows Ctrl+Break goes to a process group."""
+
+
+def interrupt(process: subprocess.Popen) -> None:
+    """Ctrl+C as a person gives it: SIGINT on POSIX. Windows has no SIGINT for another process; there a console
+    sends Ctrl+Break to the child's process group (start it with `creationflags=NEW_GROUP`), which Python and
+    uvicorn take as SIGBREAK. Without a console (Wine when our output is a pipe: GenerateConsoleCtrlEvent fails
+    with error 12) the child is terminated instead, so only its start-up output can be checked."""
+    if process.poll() is not None:
+        return
+    if sys.platform != "win32":
+        process.send_signal(signal.SIGINT)
+        return
+    try:
+        process.send_signal(signal.CTRL_BREAK_EVENT)
+    except (OSError, SystemError):
+        process.terminate()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -49,7 +69,8 @@ def warm_server(port: int, log_path: Path, env: dict[str, str] | None = None) ->
     full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
     with open(log_path, "wb") as log:
         server = subprocess.Popen([sys.executable, "-m", "dotocr.server", "--port", str(port), *TINY_FLAGS[:6]],
-                                  stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO)
+                                  stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=REPO,
+                                  creationflags=NEW_GROUP)
     try:
         deadline = time.monotonic() + 180
         while (found := probe_server(port)) is None or found.status != "ready":
@@ -58,7 +79,7 @@ def warm_server(port: int, log_path: Path, env: dict[str, str] | None = None) ->
             time.sleep(0.3)
         yield server
     finally:
-        server.send_signal(signal.SIGINT)
+        interrupt(server)
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -55,6 +55,12 @@ def _desktop_exec_to_argv(value: str) -> list[str]:
     return args
 
 
+def _set_home(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    """Point `~` at `home`: POSIX reads HOME, Windows' expanduser and Path.home() read USERPROFILE."""
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("USERPROFILE", str(home))
+
+
 def _exec_value(path: Path) -> str:
     line, = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.startswith("Exec=")]
     return line[len("Exec="):]
@@ -82,6 +88,8 @@ def test_xdg_enable_writes_a_valid_entry_and_disable_removes_it():
     backend.disable()  # idempotent
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows fact: there is no sh; Exec= lines are run by Linux "
+                    "desktops only (the Run key's quoting meets CreateProcess in the next section)")
 def test_xdg_exec_quoting_survives_a_real_shell(tmp_path):
     backend = XdgAutostart()
     argv = [sys.executable, "-c", "import sys; print(repr(sys.argv[1:]))", *TRICKY_ARGS]
@@ -126,7 +134,7 @@ def test_xdg_garbage_file_reads_as_disabled():
 
 def test_relative_xdg_config_home_is_ignored(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CONFIG_HOME", "relative/dir")
-    monkeypatch.setenv("HOME", str(tmp_path))
+    _set_home(monkeypatch, tmp_path)
     assert XdgAutostart().path == tmp_path / ".config" / "autostart" / "dotocr.desktop"
 
 
@@ -211,6 +219,16 @@ def test_windows_run_value_parses_back_to_the_same_arguments():
     program, rest = value[1:].split('"', 1)
     assert program == argv[0]
     assert _crt_split(rest.lstrip()) == argv[1:]
+
+
+@pytest.mark.skipif(sys.platform != "win32", reason="CreateProcess and the C runtime's argv exist on Windows only "
+                    "(the pure-Python parser above stands in for them elsewhere)")
+def test_windows_run_value_survives_createprocess():
+    """The Run value as Windows runs it at login: one command line, CreateProcess, the C runtime's argv."""
+    argv = [sys.executable, "-c", "import sys; print(ascii(sys.argv[1:]))", *TRICKY_ARGS, "C:\\a b\\"]
+    done = subprocess.run(run_command_line(argv), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == ascii(argv[3:])
 
 
 def _crt_split(line: str) -> list[str]:
@@ -345,7 +363,7 @@ def test_unsupported_platform_refuses_clearly(monkeypatch):
 def test_launch_flags_drop_capture_and_make_local_model_paths_absolute(tmp_path, monkeypatch):
     (tmp_path / "models" / "dots").mkdir(parents=True)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("HOME", str(tmp_path))
+    _set_home(monkeypatch, tmp_path)
     absolute = str(tmp_path / "models" / "dots")
     assert launch_flags_from(["--model", "./models/dots", "--max-image-size", "1024", "--capture"]) == [
         "--model", absolute, "--max-image-size", "1024"]

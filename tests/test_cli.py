@@ -136,7 +136,8 @@ def test_folder_writer_never_reuses_a_name_or_an_input(tmp_path):
     assert targets == ["a.txt", "a.jpg.txt", "scan.txt.txt", "stdin.txt"]
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="symlinks")
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows fact: creating a symlink needs a privilege "
+                    "(SeCreateSymbolicLinkPrivilege) that a normal user lacks")
 def test_folder_writer_never_writes_through_a_planted_symlink(tmp_path):
     """The old fixed temporary name `a.txt.part`, planted as a link to another file, is not followed."""
     victim = tmp_path / "victim"
@@ -170,7 +171,8 @@ def test_folder_writer_leaves_existing_files_alone_unless_told(tmp_path):
     assert mine.read_text() == "result\n"
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="creating symlinks needs a privilege on Windows")
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows fact: creating a symlink needs a privilege "
+                    "(SeCreateSymbolicLinkPrivilege) that a normal user lacks")
 def test_linked_pictures_never_go_through_a_planted_symlink_nor_over_a_file(tmp_path):
     """--pictures link: the crops are written like results (issue 18, item 4)."""
     from PIL import Image
@@ -462,7 +464,8 @@ def test_grounding_with_a_bbox(cli, images):
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.skipif(sys.platform == "win32", reason="needs a Unix pseudo-terminal")
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows fact: there is no pseudo-terminal; the console is "
+                    "covered under Wine by tests/test_windows_e2e.py")
 def test_progress_bar_on_a_terminal_never_on_stdout(images):
     """stderr is a real pseudo-terminal here, as in a console; stdout is a pipe."""
     import fcntl
@@ -514,7 +517,8 @@ def _dotocr_child(*args: str) -> subprocess.Popen:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGINT and FIFOs: POSIX; /proc: Linux")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Windows fact: there are no FIFOs, and SIGINT "
+                    "cannot be sent to one child process; the wait reads Linux's /proc")
 def test_ctrl_c_exits_130_quietly(tmp_path):
     """Issue 18: the interrupt always lands mid-run. The second input is a FIFO whose writer stays open and
     never finishes the image, so the batch cannot end before the signal (40 tiny images once could)."""
@@ -572,7 +576,8 @@ def _renderers_of(parent: int) -> list[int]:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="watches the renderer in /proc")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="watches the renderer in /proc (Windows fact: "
+                    "there is no /proc)")
 def test_ctrl_c_during_a_pdf_keeps_the_pages_read_under_out(tmp_path):
     """Issue 18: Ctrl-C during a PDF with --out lost every page read (exit 130, no message, no file). The third
     page renders for minutes, so the interrupt lands while it does, after the first two were read."""
@@ -610,7 +615,8 @@ def test_ctrl_c_during_a_pdf_keeps_the_pages_read_under_out(tmp_path):
 def test_an_out_folder_that_cannot_be_written_is_said_before_any_work(cli, tmp_path, images):
     """Issue 18: an unwritable --out was found only after every page had been read."""
     if os.name == "nt":
-        pytest.skip("no folder here refuses files to this user on Windows")
+        pytest.skip("Windows fact: a folder refuses files through its ACL, and this test takes the right "
+                    "away with chmod, which Windows ignores for folders")
     if os.geteuid() == 0:
         locked = Path("/sys")  # refuses new files even to root
     else:

@@ -170,7 +170,9 @@ def test_a_pdf_that_renders_for_minutes_is_given_up_at_its_deadline_and_its_othe
         assert page.image.size == (1700, 2200) and np.asarray(page.image.convert("L")).min() < 50  # it drew
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the renderer's memory cap is Linux's RLIMIT_AS")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the PDF renderer's memory cap is "
+                    "RLIMIT_AS (Windows fact: there is no address-space limit for a process; there the renderer's "
+                    "deadline is its only bound)")
 def test_a_flate_bomb_dies_of_the_renderers_memory_cap_not_ours():
     """An 80 KB page that inflates to a gigabyte of PDFium objects: its process dies at 768 MiB, we say so."""
     bomb = content_bomb()

@@ -12,7 +12,7 @@ import threading
 import pytest
 import torch
 from engine_contract import EngineContract, sample_image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from tiny_models import save_tiny_checkpoint
 
 from dotocr.config import Settings
@@ -105,7 +105,8 @@ def test_four_bit_on_cpu(dots_tiny):
 def _constant_token_checkpoint(tmp_path, dots_tiny, token_id: int):
     """A real checkpoint whose weights make `token_id` the most likely token at every step."""
     folder = save_tiny_checkpoint(tmp_path / f"always-{token_id}", dots_tiny)
-    weights = load_file(folder / "model.safetensors")
+    # read from bytes, not mapped: Windows refuses to rewrite a file while a mapping of it is open
+    weights = load((folder / "model.safetensors").read_bytes())
     weights["model.embed_tokens.weight"][:, 0] = 50.0
     for name in list(weights):
         if name.endswith(("o_proj.weight", "down_proj.weight")):
@@ -271,7 +272,7 @@ def test_idle_unload(dots_tiny):
 def test_renamed_checkpoint_keys_load_through_the_engine(dots_tiny, tmp_path):
     folder = tmp_path / "dots.mocr-like"
     shutil.copytree(dots_tiny, folder)
-    weights = load_file(dots_tiny / "model.safetensors")
+    weights = load((dots_tiny / "model.safetensors").read_bytes())
     save_file({k.replace(".attn.qkv.", ".attn.qkv_proj.").replace(".attn.proj.", ".attn.out_proj."): v
                for k, v in weights.items()}, folder / "model.safetensors", metadata={"format": "pt"})
     reference = DotOCRInference(tiny_settings(dots_tiny)).ocr(sample_image(), max_new_tokens=6)

@@ -272,10 +272,20 @@ def test_x11_combination_grabbed_by_another_client_is_reported(xvfb):
         other.close()
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows fact: RegisterHotKey needs no DISPLAY, so Windows "
+                    "always has a backend (the next test)")
 def test_no_backend_without_a_display_says_what_to_do(monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
     with pytest.raises(HotkeyError, match="dotocr-tray --capture"):
         get_hotkey_backend()
+
+
+@pytest.mark.skipif(sys.platform != "win32", reason="RegisterHotKey exists on Windows only")
+def test_windows_has_its_hotkey_backend_without_a_display(monkeypatch):
+    from dotocr.desktop.hotkey.windows import WindowsHotkeys
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    assert isinstance(get_hotkey_backend(), WindowsHotkeys)
 
 
 def test_wayland_session_is_not_treated_as_x11(monkeypatch):
@@ -288,15 +298,17 @@ def test_importing_needs_no_display_and_loads_no_platform_library():
     # dotocr.engine's package init loads torch (slow); this only checks our modules, so it loads
     # dotocr.errors without that init.
     code = (
-        "import sys, types; import dotocr; engine = types.ModuleType('dotocr.engine'); "
+        "import sys, types; before = set(sys.modules); import dotocr; "
+        "engine = types.ModuleType('dotocr.engine'); "
         "engine.__path__ = [dotocr.__path__[0] + '/engine']; sys.modules['dotocr.engine'] = engine; "
         "import dotocr.desktop.hotkey, dotocr.desktop.clipboard, dotocr.desktop.notification; "
         "import dotocr.desktop.autostart; "
         "import dotocr.tray.single_instance, dotocr.tray.history; "
         "print(sorted(m for m in ('pynput', 'pystray', 'Xlib', 'pyperclip', 'winreg', 'torch') "
-        "if m in sys.modules))"
+        "if m in sys.modules and m not in before))"  # Windows CPython loads winreg at start-up, before us
     )
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO)}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO),
+           **{name: os.environ[name] for name in ("SYSTEMROOT",) if name in os.environ}}  # Windows needs it
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"

@@ -236,6 +236,8 @@ def test_a_strip_is_the_padded_strip_resized_without_building_the_padding(prepar
         assert far.min() == 255  # the padding far from the strip is white, exactly
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="caps the child with RLIMIT_AS and reads its "
+                    "peak from /proc (Windows facts: no address-space limit for a process, no /proc)")
 def test_a_tiny_file_of_a_huge_strip_is_prepared_in_memory_proportional_to_it(tmp_path):
     """Issue 18: a 1 KB PNG of 1,000,000 x 1 pixels asked for a 14 GiB canvas. Now it is prepared in a process
     whose address space is capped at 1.5 GiB, within seconds, both ways round and with or without a cap."""

@@ -111,7 +111,8 @@ def test_a_pdf_that_renders_for_minutes_gets_its_answer_and_holds_up_nobody(engi
         assert time.monotonic() - started < 30
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts the renderer processes in /proc")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts the renderer processes in /proc "
+                    "(Windows fact: there is no /proc)")
 def test_a_client_that_leaves_stops_its_pdf_render(engine: RecordingEngine) -> None:
     with running_server(engine) as url, concurrent.futures.ThreadPoolExecutor(1) as pool:  # deadline: a minute
         assert wait_for(lambda: not renderers(), 10)
@@ -123,7 +124,9 @@ def test_a_client_that_leaves_stops_its_pdf_render(engine: RecordingEngine) -> N
         assert upload(url, make_pdf(pages=1), "normal.pdf", timeout=30).status_code == 200
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the renderer's memory cap is Linux's RLIMIT_AS")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the PDF renderer's memory cap is "
+                    "RLIMIT_AS (Windows fact: there is no address-space limit for a process; there the renderer's "
+                    "deadline is its only bound)")
 def test_a_pdf_flate_bomb_is_one_sentence_within_seconds(engine: RecordingEngine) -> None:
     """Issue 18: a 400 KB flate bomb took 31 s and 4 GB of the server's own memory."""
     with running_server(engine) as url:

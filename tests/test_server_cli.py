@@ -6,7 +6,7 @@ import json
 import os
 import re
 import shlex
-import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,9 +18,14 @@ import httpx
 import pytest
 from server_helpers import png_bytes
 
+from tests.cli_helpers import NEW_GROUP, interrupt
+
 pytestmark = pytest.mark.timeout(240)
 
 REPO = Path(__file__).resolve().parents[1]
+needs_curl = pytest.mark.skipif(sys.platform == "win32" and shutil.which("curl") is None,
+                                reason="Wine has no curl.exe (Windows 10 and 11 ship one in System32); "
+                                       "tests/test_windows_e2e.py runs curl from Linux against dotocr-serve under Wine")
 
 
 def readme_curl() -> str:
@@ -42,7 +47,7 @@ def serve(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pope
                                                                                os.environ.get("PYTHONPATH")]))}
     environment.update(env or {})
     return subprocess.Popen([sys.executable, "-m", "dotocr.server", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=environment)
+                            stderr=subprocess.PIPE, text=True, env=environment, creationflags=NEW_GROUP)
 
 
 def wait_ready(process: subprocess.Popen, port: int, timeout: float = 150) -> dict:
@@ -62,8 +67,7 @@ def wait_ready(process: subprocess.Popen, port: int, timeout: float = 150) -> di
 
 def stop(process: subprocess.Popen) -> str:
     """Ctrl+C, as a person stops it; returns stderr."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
+    interrupt(process)
     try:
         _out, err = process.communicate(timeout=30)
     except subprocess.TimeoutExpired:
@@ -92,6 +96,7 @@ def curl(command: str, port: int, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
+@needs_curl
 def test_readme_curl_command_as_written(served: int, tmp_path: Path) -> None:
     (tmp_path / "shot.png").write_bytes(png_bytes((210, 64), "README"))
     command = readme_curl()
@@ -104,6 +109,7 @@ def test_readme_curl_command_as_written(served: int, tmp_path: Path) -> None:
     assert {"text", "raw", "stop_reason", "image_tokens", "generated_tokens", "timings"} <= set(result)
 
 
+@needs_curl
 def test_curl_with_format_markdown(served: int, tmp_path: Path) -> None:
     (tmp_path / "shot.png").write_bytes(png_bytes())
     done = curl("curl -F file=@shot.png -F prompt=layout -F format=markdown http://127.0.0.1:8765/ocr",
@@ -112,6 +118,7 @@ def test_curl_with_format_markdown(served: int, tmp_path: Path) -> None:
     assert result["prompt"] == "layout" and isinstance(result["cells"], list)
 
 
+@needs_curl
 def test_curl_with_a_text_file_gets_a_json_sentence(served: int, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not a picture")
     done = curl("curl -s -w '\\n%{http_code}' -F file=@notes.txt http://127.0.0.1:8765/ocr", served, tmp_path)
@@ -123,7 +130,7 @@ def test_curl_with_a_text_file_gets_a_json_sentence(served: int, tmp_path: Path)
 def test_network_address_with_token_from_env_and_port_from_settings(dots_tiny: Path, tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "settings.toml"
-    config.write_text(f'api_port = {port}\nmodel = "{dots_tiny}"\ndevice = "cpu"\nprecision = "fp32"\n')
+    config.write_text(f"api_port = {port}\nmodel = '{dots_tiny}'\ndevice = \"cpu\"\nprecision = \"fp32\"\n")
     process = serve(["--host", "0.0.0.0"], env={"DOTOCR_API_TOKEN": "s3cret", "DOTOCR_CONFIG": str(config)})
     try:
         wait_ready(process, port)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import io
 import os
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -351,3 +353,30 @@ def test_data_url_limit_is_checked_before_decoding(url: str) -> None:
     body = {"model": "m", "messages": chat_messages(b"")}
     body["messages"][0]["content"][0]["image_url"]["url"] = data_url(b"\0" * (MIB + 1024))
     error_of(httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60), 413)
+
+
+def test_a_deadline_timer_that_fires_early_still_times_the_request_out(monkeypatch) -> None:
+    """asyncio runs a timer up to its clock's resolution early: 15.6 ms on Windows, where `time.monotonic` is
+    GetTickCount64. The Windows lane found timed-out requests answered 499 (client gone) instead of 504, as the
+    clock still said "not yet" when the deadline's own timer had fired. Here the clock stands still."""
+    from dotocr.server import gate as gate_module
+    from dotocr.server.gate import GateTimeout, GenerationGate
+
+    now = time.monotonic()
+    monkeypatch.setattr(gate_module, "time", SimpleNamespace(monotonic=lambda: now))  # the gate's clock only
+    generation = GenerationGate(max_waiting=1)
+    ticket = generation.admit(0.05)
+    release = threading.Event()
+
+    async def main() -> None:
+        with pytest.raises(GateTimeout):
+            await asyncio.wait_for(ticket.run(lambda: release.wait(10)), 5)  # the deadline timer fires, at once
+
+    try:
+        asyncio.run(main())
+        assert gate_module.time.monotonic() < ticket.deadline  # the clock says "not yet", as a coarse one can
+        assert ticket.expired and ticket.should_stop()
+    finally:
+        release.set()
+        ticket.close()
+        generation.close()

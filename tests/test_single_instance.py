@@ -29,7 +29,8 @@ from dotocr.tray.single_instance import (
 
 pytestmark = pytest.mark.timeout(60)
 REPO = Path(__file__).resolve().parents[1]
-posix_only = pytest.mark.skipif(sys.platform == "win32", reason="Unix sockets and modes")
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="Windows fact: the tray's single instance is the "
+                                "msvcrt lock and a loopback TCP hand-off there, no Unix socket with POSIX modes")
 FAMILIES = ["unix", "tcp"] if sys.platform != "win32" else ["tcp"]  # tcp: what Windows uses
 
 

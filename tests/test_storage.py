@@ -26,7 +26,8 @@ from dotocr.storage import (
 
 pytestmark = pytest.mark.timeout(60)
 REPO = Path(__file__).resolve().parents[1]
-posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes and symlinks")
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="Windows fact: privacy is an ACL there, not POSIX "
+                                "modes, and a symlink needs a privilege a normal user lacks")
 
 
 def mode_of(path: Path) -> int:

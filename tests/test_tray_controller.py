@@ -193,7 +193,8 @@ def test_a_broken_settings_file_is_never_overwritten_and_warned_about_once(xvfb,
     assert titles(controller).count("Settings not saved") == 1
 
 
-@pytest.mark.skipif(os.name != "posix", reason="uses a shell script as the desktop opener")
+@pytest.mark.skipif(os.name != "posix", reason="uses a shell script as the desktop "
+                    "opener (Windows fact: there is no sh; os.startfile opens the file there)")
 def test_open_settings_file_creates_it_from_the_file_settings_and_opens_it(xvfb, dots_tiny, tmp_path,
                                                                            monkeypatch):
     bin_dir = tmp_path / "bin"

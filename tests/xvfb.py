@@ -42,8 +42,12 @@ import pytest
 
 MonitorRect = tuple[int, int, int, int]  # left, top, width, height
 
-needs_xvfb = pytest.mark.skipif(shutil.which("Xvfb") is None, reason="Xvfb is not installed")
-needs_xdotool = pytest.mark.skipif(shutil.which("xdotool") is None, reason="xdotool is not installed")
+_ON_WINDOWS = ("Windows fact: there is no X server (tests/test_windows_e2e.py drives the Windows tray under Wine "
+               "from Linux instead)")
+needs_xvfb = pytest.mark.skipif(sys.platform == "win32" or shutil.which("Xvfb") is None,
+                                reason=_ON_WINDOWS if sys.platform == "win32" else "Xvfb is not installed")
+needs_xdotool = pytest.mark.skipif(sys.platform == "win32" or shutil.which("xdotool") is None,
+                                   reason=_ON_WINDOWS if sys.platform == "win32" else "xdotool is not installed")
 
 _FIRST_DISPLAY = 100
 

@@ -100,6 +100,7 @@ class Ticket:
         self.gate = gate
         self.deadline = deadline
         self.cancelled = threading.Event()
+        self._timed_out = False
         self._running = False
         self._closed = False
         self._returned = False
@@ -114,7 +115,15 @@ class Ticket:
 
     @property
     def expired(self) -> bool:
-        return time.monotonic() > self.deadline
+        """Past the deadline, or one of its timers fired: asyncio runs a timer up to its clock's resolution
+        early (15.6 ms on Windows, where `time.monotonic` ticks that coarsely), so the clock alone could still
+        say "not yet" and a timed-out request would be answered as one whose client left."""
+        return self._timed_out or time.monotonic() > self.deadline
+
+    def time_out(self) -> None:
+        """A timer set for the deadline fired: the result is no longer wanted."""
+        self._timed_out = True
+        self.cancelled.set()
 
     def check(self) -> None:
         if self.should_stop():
@@ -133,7 +142,11 @@ class Ticket:
         The turn and the place in line are given back when `work` returns, not when the caller stops
         waiting for it.
         """
-        await self.gate._acquire(self.deadline)
+        try:
+            await self.gate._acquire(self.deadline)
+        except GateTimeout:
+            self._timed_out = True
+            raise
         if self.should_stop():  # the deadline passed or the client left just as the turn came
             self.gate._release()
             raise GateTimeout()
@@ -158,7 +171,7 @@ class Ticket:
         try:
             return await asyncio.wait_for(asyncio.shield(future), self.remaining())
         except asyncio.TimeoutError:
-            self.cancelled.set()
+            self.time_out()
             raise GateTimeout() from None
         except asyncio.CancelledError:
             self.cancelled.set()

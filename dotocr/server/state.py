@@ -213,7 +213,7 @@ class ServerState:
             try:
                 return await asyncio.wait_for(pieces.get(), ticket.remaining())
             except asyncio.TimeoutError:
-                ticket.cancelled.set()
+                ticket.time_out()
                 raise timeout_error(self.limits.request_timeout_s) from None
             except asyncio.CancelledError:
                 ticket.cancelled.set()

@@ -1,5 +1,5 @@
 """The global hotkey as registered for this tray: the backend, and why the configured combination does not
-work when it does not (shown as a menu line, in the tooltip and once as a toast)."""
+work when it does not (shown as a menu line, in the tooltip, once as a toast, and in the log)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class HotkeyBinding:
             self._backend.register(parse_hotkey(combo), on_press)
         except (HotkeyError, ValueError) as exc:
             self.error = str(exc)
+            log.warning("Hotkey not available: %s", exc)  # the toast fades; the tray's log keeps why
             self._notify("Hotkey not available", str(exc))
             return False
         self.error = None
