@@ -28,6 +28,17 @@ class CheckpointInfo:
     """The one sentence loading would fail with, if it will."""
 
 
+_MOCR_NAME = re.compile(r"dots[._\-\s]?mocr", re.IGNORECASE)
+
+
+def is_dots_mocr(model: str) -> bool:
+    """Whether `model` names dots.mocr (or dots.mocr-svg), by its name: dots.mocr's config.json is dots.ocr's, word
+    for word (same architecture, `model_type` dots_ocr), so the checkpoint cannot tell. The repo id
+    (rednote-hilab/dots.mocr), a folder (DotsMOCR, as its README asks, dots_mocr, dots-mocr) or a Hugging Face cache
+    path (models--rednote-hilab--dots.mocr) anywhere in the name counts."""
+    return _MOCR_NAME.search(model) is not None
+
+
 def describe_checkpoint(model: str) -> CheckpointInfo:
     """Folder, cached repo or repo still to download; never touches the network."""
     path = Path(model).expanduser()
