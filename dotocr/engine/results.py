@@ -41,11 +41,18 @@ class OCRResult:
     """For a PDF page: its number, 1-based (width, height and any boxes are in that page's pixels)."""
     dpi: float | None = None
     """For a PDF page: what it was rendered at, so a box in its pixels is x * 72 / dpi points."""
+    source: str = "model"
+    """Who answered: "model", "barcode" (only QR codes or bar codes showed: zxing-cpp answered, the model was neither
+    loaded nor asked; decoder "zxing-cpp", no tokens) or "barcode+model" (the codes' contents come first in text)."""
+    codes: list[dict[str, Any]] | None = None
+    """The QR codes and bar codes found (text, format as zxing-cpp names it: QRCode, EAN13, ..., bbox in input-image
+    pixels), top to bottom; absent when there were none."""
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The JSON contract shared by `dotocr ocr --format json` and `POST /ocr`; page fields only for PDFs."""
+        """The JSON contract shared by `dotocr ocr --format json` and `POST /ocr`; page fields only for PDFs, codes
+        only where some were found."""
         data = asdict(self)
-        for optional in ("cells", "page", "dpi"):
+        for optional in ("cells", "page", "dpi", "codes"):
             if data[optional] is None:
                 del data[optional]
         return data
