@@ -15,9 +15,10 @@ from typing import Any
 
 from ..config import GGUF_TYPES, Settings
 from ..errors import DotOCRError
+from .answers.forms import AnswerForms, answer_forms
 from .answers.markdown import FURNITURE, PICTURE_MODES, MarkdownStyle
 from .base import Engine
-from .checkpoint import CheckpointInfo, describe_checkpoint
+from .checkpoint import CheckpointInfo, describe_checkpoint, is_dots_mocr
 from .gguf.convert import convert_gguf
 from .inputs.boxes import Box, check_box, parse_box
 from .inputs.documents import (
@@ -75,3 +76,4 @@ __all__ = ["DEFAULT_DPI", "FURNITURE", "GGUF_TYPES", "IMAGE_PLACEHOLDER", "LLAMA
            "check_box", "check_dpi", "convert_gguf", "cpu_prefers_bf16", "declared_png_size", "describe_checkpoint",
            "describe_cuda", "describe_llamacpp", "instruction_for", "is_pdf", "load_image", "make_engine",
            "parse_box", "parse_page_ranges", "plan_load", "resolve_prompt", "strip_image_placeholder"]
+__all__ += ["AnswerForms", "answer_forms", "is_dots_mocr"]  # the answer's forms (clipboard, result window)
