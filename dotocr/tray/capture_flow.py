@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from dotocr.desktop.clipboard.base import ClipboardContent
+from dotocr.engine import AnswerForms, answer_forms
 from dotocr.errors import DotOCRError
 from dotocr.storage import write_atomic
 from dotocr.tray.messages import error_sentence, summarize_result
@@ -159,8 +161,10 @@ class CaptureFlow:
     def _read(self, image: Image.Image) -> None:
         started = time.monotonic()
         try:
-            result = self._engine().ocr(image)  # the engine holds the tray's settings: prompt, output format
-            self._deliver(result.text, time.monotonic() - started, result.prompt)
+            engine = self._engine()
+            result = engine.ocr(image)  # the engine holds the tray's settings: prompt, output format
+            forms = answer_forms(result, table_text=engine.settings.table_text)
+            self._deliver(forms, time.monotonic() - started, result.prompt)
         except Exception as exc:
             log.error("OCR failed: %s", exc, exc_info=not isinstance(exc, DotOCRError))
             self._notify("OCR failed", error_sentence(exc))
@@ -169,7 +173,9 @@ class CaptureFlow:
                 self._busy = False
             self._changed()
 
-    def _deliver(self, text: str, seconds: float, prompt: str) -> None:
+    def _deliver(self, forms: AnswerForms, seconds: float, prompt: str) -> None:
+        """The answer to the history and the clipboard: a table as a real table (HTML) beside its TSV text."""
+        text = forms.text
         if not text.strip():
             self._notify(*summarize_result("", seconds))  # the clipboard keeps what it had
             return
@@ -181,7 +187,7 @@ class CaptureFlow:
             log.exception("Saving the result to the history failed")
         self._changed()
         try:
-            self._services.clipboard.copy(text)
+            self._services.clipboard.copy(ClipboardContent(text, forms.html) if forms.html is not None else text)
         except Exception as exc:
             log.error("Copying to the clipboard failed: %s", exc)
             reason = error_sentence(exc).rstrip(".")
