@@ -81,9 +81,23 @@ def resolve_checkpoint(model: str, on_progress: Callable[[float], None] | None =
         return Path(snapshot_download(model, **kwargs))
     except Exception as exc:
         raise ModelUnavailableError(
-            f"Could not download {model} from {ENDPOINT} ({one_line(exc, 200)}); check the network or set HF_ENDPOINT "
-            "to a mirror, or download the checkpoint elsewhere and pass its folder with --model."
+            f"The model {model} cannot be downloaded from {ENDPOINT} ({_download_problem(exc)}); check the network "
+            "or set HF_ENDPOINT to a mirror, or download the checkpoint elsewhere and pass its folder with --model."
         ) from None
+
+
+def _download_problem(exc: BaseException) -> str:
+    """Why a download failed, in words: "no connection" when the hub could not be reached at all (the first thing a
+    person on a closed network sees), else the library's own message."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # the hub wraps its transport's error a few levels deep
+        if seen is None:
+            break
+        if isinstance(seen, (ConnectionError, TimeoutError)) or type(seen).__name__ in ("ConnectError",
+                                                                                     "ConnectTimeout"):
+            return "no connection to it"
+        seen = seen.__cause__ or seen.__context__
+    return one_line(exc, 200)
 
 
 def _progress_tqdm(on_progress: Callable[[float], None]):
