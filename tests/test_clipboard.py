@@ -186,3 +186,82 @@ def test_cf_html_offsets_point_at_the_document_and_the_fragment(fragment):
     assert data[:offsets["StartFragment"]].endswith(b"<!--StartFragment-->")
     assert data[offsets["EndFragment"]:].startswith(b"<!--EndFragment-->")
     assert b'<meta charset="utf-8">' in data[offsets["StartHTML"]:offsets["StartFragment"]]
+
+
+class FakeWin32:
+    """user32 and kernel32 as far as the Windows backend calls them, for running its logic off Windows: memory is
+    real (GlobalLock hands out a ctypes buffer the backend copies into), the clipboard a dict."""
+
+    CF_HTML = 49_300
+
+    def __init__(self, *, busy_opens: int = 0, refuse: int | None = None) -> None:
+        import ctypes
+
+        self.ctypes = ctypes
+        self.calls: list[str] = []
+        self.buffers: dict[int, object] = {}
+        self.clipboard: dict[int, bytes] = {}
+        self.busy_opens, self.refuse = busy_opens, refuse
+
+    def __call__(self, name: str, use_last_error: bool = False) -> FakeWin32:
+        return self
+
+    def __getattr__(self, name: str):
+        if name.startswith(("do_", "_")):
+            raise AttributeError(name)
+
+        def call(*args):
+            self.calls.append(name)
+            return getattr(self, "do_" + name, lambda *_a: 1)(*args)
+
+        call.argtypes = call.restype = None
+        setattr(self, name, call)
+        return call
+
+    def do_CreateWindowExW(self, *args):
+        return 7
+
+    def do_OpenClipboard(self, window):
+        assert window == 7  # our own message-only window, never NULL
+        self.busy_opens -= 1
+        return self.busy_opens < 0
+
+    def do_RegisterClipboardFormatW(self, name):
+        assert name == "HTML Format"
+        return self.CF_HTML
+
+    def do_GlobalAlloc(self, flags, size):
+        buffer = self.ctypes.create_string_buffer(size)
+        self.buffers[self.ctypes.addressof(buffer)] = buffer
+        return self.ctypes.addressof(buffer)
+
+    def do_GlobalLock(self, handle):
+        return handle
+
+    def do_SetClipboardData(self, kind, handle):
+        if kind == self.refuse:
+            return 0
+        self.clipboard[kind] = self.buffers[handle].raw
+        return handle
+
+
+def test_the_windows_backend_sets_unicode_text_and_cf_html_and_always_closes(monkeypatch):
+    import ctypes
+
+    from dotocr.desktop.clipboard.windows import CF_UNICODETEXT, WindowsClipboard
+
+    fake = FakeWin32(busy_opens=2)  # another program holds the clipboard for two tries
+    monkeypatch.setattr(ctypes, "WinDLL", fake, raising=False)
+    WindowsClipboard().copy(ClipboardContent("Item\tQty\nÄpfel 東京\t3", TABLE))
+    assert fake.clipboard[CF_UNICODETEXT] == "Item\tQty\nÄpfel 東京\t3".encode("utf-16-le") + b"\0\0"
+    assert fake.clipboard[FakeWin32.CF_HTML] == cf_html(TABLE) + b"\0"
+    assert fake.calls.count("OpenClipboard") == 3 and fake.calls.index("EmptyClipboard") < fake.calls.index(
+        "SetClipboardData")
+    assert fake.calls[-2:] == ["CloseClipboard", "DestroyWindow"]
+
+    refused = FakeWin32(refuse=FakeWin32.CF_HTML)
+    monkeypatch.setattr(ctypes, "WinDLL", refused, raising=False)
+    monkeypatch.setattr(ctypes, "get_last_error", lambda: 1418, raising=False)  # Windows only, like WinDLL
+    with pytest.raises(ClipboardError, match="refused the clipboard data .error 1418"):
+        WindowsClipboard().copy(ClipboardContent("text", TABLE))
+    assert "GlobalFree" in refused.calls and refused.calls[-2:] == ["CloseClipboard", "DestroyWindow"]

@@ -2,8 +2,10 @@
 
 CF_HTML ("HTML Format") is UTF-8 with a header of byte offsets to the document and the fragment
 (learn.microsoft.com: "HTML Clipboard Format"); `cf_html` builds it and is plain Python, tested everywhere. The
-clipboard is opened with a few retries (another program may hold it for a moment), emptied, filled with both
-formats, and closed; the system then owns the data, so it outlives our process.
+clipboard is opened for a message-only window of our own (EmptyClipboard with no owner window makes
+SetClipboardData fail, says EmptyClipboard's documentation; pyperclip does the same), with a few retries (another
+program may hold it for a moment), emptied, filled with both formats, and closed; the system then owns the data,
+so it outlives the window and our process.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from .base import ClipboardContent, ClipboardError
 
 CF_UNICODETEXT = 13
 GMEM_MOVEABLE = 0x0002
+HWND_MESSAGE = -3
 OPEN_TRIES = 10
 OPEN_PAUSE_S = 0.02
 
@@ -62,7 +65,7 @@ class WindowsClipboard:
             for kind, data in formats:
                 api.put(kind, data)
         finally:
-            api.user32.CloseClipboard()
+            api.close()
 
     def paste(self) -> str:
         api = _Win32()
@@ -81,7 +84,7 @@ class WindowsClipboard:
             finally:
                 api.kernel32.GlobalUnlock(handle)
         finally:
-            api.user32.CloseClipboard()
+            api.close()
 
 
 class _Win32:
@@ -92,9 +95,15 @@ class _Win32:
         from ctypes import wintypes
 
         self.ctypes = ctypes
+        self.window: Any = None
         self.user32: Any = ctypes.WinDLL("user32", use_last_error=True)  # type: ignore[attr-defined]
         self.kernel32: Any = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
         u, k = self.user32, self.kernel32
+        u.CreateWindowExW.argtypes = [wintypes.DWORD, wintypes.LPCWSTR, wintypes.LPCWSTR, wintypes.DWORD,
+                                      ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_int, wintypes.HWND,
+                                      wintypes.HMENU, wintypes.HINSTANCE, wintypes.LPVOID]
+        u.CreateWindowExW.restype = wintypes.HWND
+        u.DestroyWindow.argtypes, u.DestroyWindow.restype = [wintypes.HWND], wintypes.BOOL
         u.OpenClipboard.argtypes, u.OpenClipboard.restype = [wintypes.HWND], wintypes.BOOL
         u.CloseClipboard.argtypes, u.CloseClipboard.restype = [], wintypes.BOOL
         u.EmptyClipboard.argtypes, u.EmptyClipboard.restype = [], wintypes.BOOL
@@ -113,11 +122,19 @@ class _Win32:
         return kind
 
     def open(self) -> None:
+        """Open the clipboard for a message-only window made here (destroyed again by `close`)."""
+        self.window = self.user32.CreateWindowExW(0, "STATIC", None, 0, 0, 0, 0, 0, HWND_MESSAGE, None, None, None)
         for _ in range(OPEN_TRIES):
-            if self.user32.OpenClipboard(None):
+            if self.user32.OpenClipboard(self.window):
                 return
             time.sleep(OPEN_PAUSE_S)
+        self.user32.DestroyWindow(self.window)
         raise ClipboardError("Another program is holding the clipboard; try the capture again.")
+
+    def close(self) -> None:
+        self.user32.CloseClipboard()
+        if self.window:
+            self.user32.DestroyWindow(self.window)
 
     def put(self, kind: int, data: bytes) -> None:
         """Hand `data` to the clipboard as format `kind`; the system owns the memory once it accepts it."""
