@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from dotocr.config import data_dir
+from dotocr.storage import PRIVATE_FILE, write_atomic
 
 SECRET_NAME = "server-secret"
 CHALLENGE_HEADER = "X-DotOCR-Challenge"
@@ -51,16 +52,8 @@ def load_or_create_secret(path: Path | None = None) -> bytes:
     existing = read_secret(path)
     if existing is not None:
         return existing
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     value = secrets.token_hex(32).encode("ascii")
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
-    try:
-        os.write(fd, value)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
+    write_atomic(path, value, mode=PRIVATE_FILE)  # 0600 in a 0700 folder, never through a planted file
     return value
 
 

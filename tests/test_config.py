@@ -16,7 +16,10 @@ from dotocr.config import (
     SettingsFile,
     add_engine_arguments,
     declaration,
+    environment_values,
+    environment_variable,
     overrides_from_args,
+    setting_sources,
     settings_from_args,
     tomllib,  # the stdlib module, or tomli on 3.10
 )
@@ -153,6 +156,53 @@ def test_server_flag_makes_that_server_the_engine():
 
     tray = build_parser().parse_args(["--server", "http://127.0.0.1:11434"])
     assert overrides_from_args(tray) == {"remote_url": "http://127.0.0.1:11434", "engine": "remote"}
+
+
+# -- DOTOCR_<KEY> environment variables: above the file, below the flags --------------------------------------
+
+def test_environment_variables_set_any_key_above_the_file_and_below_the_flags():
+    parser = argparse.ArgumentParser()
+    add_engine_arguments(parser)
+    environ = {"DOTOCR_PRECISION": "4bit", "DOTOCR_DEVICE": "cpu", "DOTOCR_MAX_IMAGE_SIZE": "1536",
+               "DOTOCR_API_ENABLED": "yes", "DOTOCR_CONFIG": "/elsewhere.toml", "DOTOCR_UNKNOWN": "x"}
+    base = Settings(precision="fp16", hotkey="ctrl+alt+q")  # what the file holds
+    overrides = overrides_from_args(parser.parse_args(["--device", "cuda"]), environ=environ)
+    merged = base.replace(**overrides)
+    assert (merged.precision, merged.max_image_size, merged.api_enabled) == ("4bit", 1536, True)  # environment
+    assert merged.device == "cuda"  # the flag wins over DOTOCR_DEVICE
+    assert merged.hotkey == "ctrl+alt+q"  # the file's, untouched
+    assert environment_variable("max_image_size") == "DOTOCR_MAX_IMAGE_SIZE"
+
+
+@pytest.mark.parametrize(("variable", "value", "words"), [
+    ("DOTOCR_PRECISION", "8bit", "precision = '8bit' is not one of"),
+    ("DOTOCR_MAX_IMAGE_SIZE", "big", "must be a whole number"),
+    ("DOTOCR_MAX_IMAGE_SIZE", "9" * 40, "must be a whole number"),
+    ("DOTOCR_API_PORT", "70000", "from 1 to 65535"),
+    ("DOTOCR_API_ENABLED", "maybe", "must be true or false"),
+])
+def test_a_bad_environment_value_is_one_sentence_and_ignored(variable, value, words):
+    problems: list[str] = []
+    values, sources = environment_values({variable: value, "DOTOCR_DECODER": "torch"}, problems)
+    assert values == {"decoder": "torch"} and sources == {"decoder": "environment DOTOCR_DECODER"}
+    assert len(problems) == 1 and problems[0].startswith(f"The environment variable {variable}: ")
+    assert words in problems[0] and problems[0].endswith("It is ignored.")
+
+
+def test_an_empty_environment_variable_sets_nothing():
+    assert environment_values({"DOTOCR_PRECISION": "", "DOTOCR_MODEL": "  "}) == ({}, {})
+
+
+def test_where_each_value_comes_from(tmp_path):
+    store = SettingsFile(tmp_path / "settings.toml")
+    store.path.write_text('hotkey = "ctrl+alt+q"\nprecision = "fp16"\n', encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    add_engine_arguments(parser)
+    sources = setting_sources(parser.parse_args(["--server", "http://127.0.0.1:9"]), store,
+                              environ={"DOTOCR_PRECISION": "bf16"})
+    assert sources["hotkey"] == "settings file" and sources["model"] == "default"
+    assert sources["precision"] == "environment DOTOCR_PRECISION"
+    assert sources["remote_url"] == sources["engine"] == "flag --server"
 
 
 def test_decoder_and_gguf_type_settings_and_flags():

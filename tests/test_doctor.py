@@ -287,3 +287,17 @@ def test_no_report_prints_any_part_of_a_key_or_token(tmp_path):
     for secret in (key, token):
         for start in range(0, len(secret) - 5):  # no piece of it either: any 6 characters in a row
             assert secret[start:start + 6] not in text
+
+
+@pytest.mark.timeout(240)
+def test_environment_variables_reach_the_plan_and_doctor_names_them(tmp_path):
+    """DOTOCR_DEVICE and DOTOCR_PRECISION, as a shortcut or a service sets them, choose what runs; doctor says
+    where each value came from, and a bad one is one sentence."""
+    code, report = doctor_json(env={"DOTOCR_CONFIG": str(tmp_path / "settings.toml"), "DOTOCR_DEVICE": "cpu",
+                                    "DOTOCR_PRECISION": "fp32", "DOTOCR_MAX_NEW_TOKENS": "lots"})
+    checks = {c["key"]: c for c in report["checks"]}
+    assert checks["plan"]["details"]["plan"]["precision"] == "fp32"
+    sources = checks["settings"]["details"]["sources"]
+    assert sources["precision"] == "environment DOTOCR_PRECISION" and sources["hotkey"] == "default"
+    assert checks["settings"]["status"] == WARN
+    assert "DOTOCR_MAX_NEW_TOKENS: max_new_tokens = 'lots' must be a whole number" in checks["settings"]["summary"]

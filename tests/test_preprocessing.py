@@ -341,6 +341,20 @@ def test_paths_bytes_and_images_load_the_same(tmp_path):
     assert np.array_equal(np.asarray(loaded), expected)
 
 
+def test_an_image_already_loaded_is_not_decoded_or_copied_again(tmp_path):
+    """A front end checks a file with load_image and hands the engine the result: the engine's own load_image
+    then takes it as it is, not a second copy; anything that needs a change still comes back new."""
+    path = tmp_path / "shot.png"
+    noise(31, 17, seed=5).save(path)
+    checked = load_image(path)
+    assert load_image(checked) is checked
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    assert load_image(rgba) is not rgba and load_image(rgba).mode == "RGB"
+    turned = Image.new("RGB", (8, 4))
+    turned.getexif()[0x0112] = 6
+    assert load_image(turned).size == (4, 8)
+
+
 def test_one_bit_and_grey_load_as_rgb():
     assert load_image(Image.new("1", (3, 3), 1)).getpixel((1, 1)) == (255, 255, 255)
     assert load_image(png_bytes(Image.new("L", (3, 3), 77))).getpixel((0, 0)) == (77, 77, 77)
