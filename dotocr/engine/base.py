@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dotocr.engine")
 
+CODES_NOT_READ = ("grounding", "layout-json", "svg")
+"""Prompts whose answer is no place for codes: a box was asked, or the answer must stay JSON or SVG."""
+
 
 @dataclass(frozen=True)
 class Call:
@@ -189,9 +192,6 @@ class Engine:
                 self._on_state(self._state)
             except Exception:  # a front end's display problem must never break inference
                 log.exception("state callback failed")
-
-
-CODES_NOT_READ = ("grounding", "layout-json", "svg")
 
 
 def _codes_only(reading: CodeReading, picture: Image.Image, call: Call, started: float, file: str | None
