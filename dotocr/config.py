@@ -48,6 +48,8 @@ TABLE_TEXTS = ("auto", "tsv", "markdown")
 when the answer is Markdown, else TSV)."""
 OUTPUT_FORMATS = ("text", "markdown", "json")
 ENGINES = ("local", "remote")
+RESULT_WINDOW_MODES = ("auto", "always", "never")
+"""When the tray shows its result window; "auto" is defined in dotocr/tray/result_display.py (docs/tray.md)."""
 
 ENV_PREFIX = "DOTOCR_"
 """`DOTOCR_<KEY>` sets a setting for this run, above the file and below the flags (DOTOCR_PRECISION=4bit)."""
@@ -110,6 +112,9 @@ class Settings:
     hotkey: str = setting("ctrl+alt+shift+o", "global hotkey of the tray, e.g. ctrl+alt+shift+o",
                           flag="--hotkey", metavar="KEYS")
     history_size: int = setting(20, "how many results the tray's history keeps", minimum=0, maximum=1000)
+    result_window: str = setting("auto", "the tray's result window, which shows the text as it is read and can stop "
+                                 "it: always, never (a notification only), or auto (when no notification can be "
+                                 "seen, or when a read takes more than a second)", choices=RESULT_WINDOW_MODES)
     idle_minutes: int = setting(0, "unload the model after this many idle minutes (0: never)", minimum=0,
                                 maximum=10080)
     api_enabled: bool = setting(False, "the tray also serves the local HTTP API")

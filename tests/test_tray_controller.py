@@ -430,3 +430,40 @@ def test_quit_unregisters_the_hotkey_before_the_app_stops(xvfb, dots_tiny, tmp_p
     assert order == ["hotkey unregistered", "app stopped"]
     controller.capture()  # after Quit a late hotkey press is ignored
     assert titles(controller) == []
+
+
+def xclip_write_png(path: Path) -> None:
+    """Own the clipboard with a PNG, as a screenshot tool does (xclip forks and keeps serving it)."""
+    import subprocess
+
+    subprocess.run(["xclip", "-selection", "clipboard", "-t", "image/png", "-i", str(path)], timeout=5, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_the_clipboards_picture_is_read_from_the_real_x11_clipboard(loaded, tmp_path):
+    picture = pattern_image(90, 50)
+    picture.save(tmp_path / "shot.png")
+    xclip_write_png(tmp_path / "shot.png")
+    loaded.read_clipboard_picture()
+    assert loaded.wait_idle(60)
+    engine = loaded.engine
+    assert len(engine.images) == 1 and engine.images[0].tobytes() == picture.tobytes()
+    wait_for(lambda: xclip_read() == engine.results[0].text, 10)  # the picture gave way to its text
+
+    xclip_write("only text here")
+    loaded.read_clipboard_picture()
+    assert loaded.wait_idle(30)
+    assert titles(loaded)[-1] == "No picture to read"
+    assert len(engine.images) == 1 and xclip_read() == "only text here"
+
+
+def test_an_image_file_that_is_no_picture_is_one_sentence_and_changes_nothing(loaded, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a picture", encoding="utf-8")
+    loaded.services.ask_image_file = lambda: notes
+    xclip_write("untouched")
+    loaded.read_image_file()
+    assert loaded.wait_idle(30)
+    title, sentence = loaded.services.notifier.shown[-1]
+    assert title == "OCR failed" and "notes.txt" in sentence and "Traceback" not in sentence, sentence
+    assert xclip_read() == "untouched"

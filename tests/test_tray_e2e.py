@@ -206,7 +206,9 @@ def test_hotkey_drag_clipboard_escape_second_launch_and_repeat(xvfb_one, dots_ti
         wait_for_result(app, engine, 3)
         assert engine.images[2].tobytes() == expected2.tobytes()
 
-        # 5. the menu, drawn with Tk because pystray's X11 backend has none, for the docs
+        # 5. the menu, drawn with Tk because pystray's X11 backend has none, for the docs (the last result window
+        # closed first: it would show behind the menu)
+        app.controller.post(app.controller.display.close_all)
         app.controller.post(app.show_tk_menu)
         wait_for(lambda: subprocess.run(["xdotool", "search", "--onlyvisible", "--class", "Menu"],
                                         capture_output=True).returncode == 0, 10)

@@ -75,7 +75,8 @@ def test_the_menu_has_every_entry_in_order(controller, icon):
     labels = visible_labels(menu)
     api = ["Expose local API (127.0.0.1:8765)"] if api_available() else []
     assert labels == [
-        "Loading the model", "---", "Capture region", "Repeat last region", "---", "Precision", "Output",
+        "Loading the model", "---", "Capture region", "Repeat last region", "OCR an image file\u2026",
+        "OCR the clipboard's picture", "Cancel reading", "---", "Precision", "Output",
         "History", "---", "Start at login", *api, "Free GPU memory", "Open settings file", "Reload settings",
         "---", "Quit",
     ]
@@ -84,6 +85,7 @@ def test_the_menu_has_every_entry_in_order(controller, icon):
     assert visible_labels(item_named(menu, "Precision").submenu) == ["4-bit GPU", "16-bit GPU", "CPU"]
     assert visible_labels(item_named(menu, "Output").submenu) == ["Plain text", "Markdown"]
     assert not item_named(menu, "Repeat last region").enabled  # nothing captured yet
+    assert not item_named(menu, "Cancel reading").enabled  # nothing is being read
     assert item_named(menu, "Capture region").default  # a click on the icon captures
 
 

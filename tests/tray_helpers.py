@@ -247,3 +247,45 @@ class FakeNotifier:
 
     def titles(self) -> list[str]:
         return [title for title, _ in self.shown]
+
+
+class ThrottledEngine(RecordingEngine):
+    """The real engine with a TEST-ONLY decoder throttle: each decode step waits `step_s` in the engine's per-token
+    `should_stop` hook, so the real decoder, pipeline and streaming all run and only the clock is slowed. A read
+    of a tiny checkpoint then lasts long enough to watch it stream and to stop it. Records when each read returned
+    (time.perf_counter())."""
+
+    step_s = 0.12
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(settings, **kwargs)
+        self.returned_at: list[float] = []
+
+    def ocr(self, image: Any, **kwargs: Any) -> Any:
+        asked = kwargs.get("should_stop")
+
+        def throttled() -> bool:
+            time.sleep(self.step_s)
+            return bool(asked is not None and asked())
+
+        kwargs["should_stop"] = throttled
+        try:
+            return super().ocr(image, **kwargs)
+        finally:
+            self.returned_at.append(time.perf_counter())
+
+
+SCRIPTED_TOKENS = (336, 469, 465, 431, 467, 468, 260, 432, 466, 13, 198, 481, 437, 11, 473, 304, 311, 436, 316, 464,
+                   404, 438, 458, 312)
+"""A chain of distinct tokens of the golden tokenizer: "The quick brown fox ..." (below)."""
+SCRIPTED_TEXT = ("The quick brown fox jumps over the lazy dog.\n"
+                 "Hello world, this text from each image and PDF within its layout")
+ASSISTANT, END_OF_ANSWER = 1007, 1008
+
+
+def save_reading_checkpoint(folder: Path, tokenizer_source: Path) -> Path:
+    """A tiny checkpoint that answers SCRIPTED_TEXT for any picture (tests/tiny_models.save_scripted_checkpoint)."""
+    from tests.tiny_models import save_scripted_checkpoint
+
+    chain = (ASSISTANT, *SCRIPTED_TOKENS, END_OF_ANSWER)
+    return save_scripted_checkpoint(folder, tokenizer_source, dict(zip(chain, chain[1:], strict=False)))

@@ -1,4 +1,4 @@
-"""Screens, DPI awareness and the region-selection overlay.
+"""Screens, DPI awareness, the region-selection overlay, and where a window goes beside a selection.
 
 The overlay needs tkinter, so it is imported on first use of `RegionSelector`; the rest imports
 cleanly anywhere."""
@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dotocr.capture.dpi import enable_dpi_awareness
+from dotocr.capture.dpi import BASE_DPI, enable_dpi_awareness, monitor_dpi
+from dotocr.capture.placement import Rect, monitor_at, place_near, work_area
 from dotocr.capture.region import Region
 from dotocr.capture.screens import CaptureError, Monitor, grab_all, grab_rect, list_monitors
 
@@ -15,14 +16,20 @@ if TYPE_CHECKING:
     from dotocr.capture.overlay import RegionSelector
 
 __all__ = [
+    "BASE_DPI",
     "CaptureError",
     "Monitor",
+    "Rect",
     "Region",
     "RegionSelector",
     "enable_dpi_awareness",
     "grab_all",
     "grab_rect",
     "list_monitors",
+    "monitor_at",
+    "monitor_dpi",
+    "place_near",
+    "work_area",
 ]
 
 

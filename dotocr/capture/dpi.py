@@ -58,3 +58,75 @@ def _set_awareness(windll: Any) -> str:
     except (AttributeError, OSError):
         pass
     return "unavailable"
+
+
+BASE_DPI = 96.0
+"""What 100 % scaling means on Windows and X11 alike."""
+
+
+def monitor_dpi(monitor: Any) -> float | None:
+    """The DPI a person chose for this monitor (Windows: its effective DPI; X11: the desktop's Xft.dpi), or None
+    when the system does not say, so the caller falls back on what Tk measured."""
+    if sys.platform == "win32":
+        return _windows_monitor_dpi(monitor)
+    if sys.platform.startswith("linux"):
+        return _xft_dpi()
+    return None
+
+
+def _windows_monitor_dpi(monitor: Any) -> float | None:
+    from dotocr.capture.screens import windows_monitor_handle
+
+    handle = windows_monitor_handle(monitor)
+    if handle is None:
+        return None
+    try:
+        shcore = ctypes.windll.shcore  # type: ignore[attr-defined]
+        x, y = ctypes.c_uint(), ctypes.c_uint()
+        if shcore.GetDpiForMonitor(ctypes.c_void_p(handle), 0, ctypes.byref(x), ctypes.byref(y)) == 0:
+            return float(x.value) or None
+    except (AttributeError, OSError):  # before Windows 8.1: no shcore
+        pass
+    return None
+
+
+_xft: list[float | None] = []
+
+
+def _xft_dpi() -> float | None:
+    """Xft.dpi from the X resources (what GNOME, KDE and Xfce set for their scaling); read once per process."""
+    if not _xft:
+        _xft.append(_read_xft_dpi())
+    return _xft[0]
+
+
+def _read_xft_dpi() -> float | None:
+    try:
+        from Xlib import X, Xatom, display
+    except ImportError:
+        return None
+    try:
+        connection = display.Display()
+    except Exception:  # no X server (Wayland without Xwayland): nothing to read
+        return None
+    try:
+        prop = connection.screen().root.get_full_property(Xatom.RESOURCE_MANAGER, X.AnyPropertyType)
+        text = prop.value.decode("utf-8", "replace") if prop is not None and isinstance(prop.value, bytes) else ""
+    except Exception:
+        return None
+    finally:
+        connection.close()
+    return parse_xft_dpi(text)
+
+
+def parse_xft_dpi(resources: str) -> float | None:
+    """The value of `Xft.dpi` in an X resource string, or None when it is missing or not a sensible number."""
+    for line in resources.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "Xft.dpi":
+            try:
+                dpi = float(value.strip())
+            except ValueError:
+                return None
+            return dpi if 24 <= dpi <= 960 else None
+    return None

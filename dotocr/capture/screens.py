@@ -3,6 +3,8 @@ Windows when a monitor sits left of or above the primary one)."""
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -111,3 +113,25 @@ def grab_rect(left: int, top: int, width: int, height: int) -> Image.Image:
                 f"The region {width}x{height}+{left}+{top} is not on any current monitor; select a new region."
             )
         return _grab(sct, left, top, width, height)
+
+
+class _Point(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_long), ("y", ctypes.c_long)]
+
+
+MONITOR_DEFAULTTONEAREST = 2
+
+
+def windows_monitor_handle(monitor: Monitor) -> int | None:
+    """Windows' HMONITOR for the monitor (found by its centre), for the calls that ask about one monitor (its
+    work area, its DPI); None elsewhere or when Windows does not answer."""
+    if sys.platform != "win32":
+        return None
+    try:
+        user32 = ctypes.windll.user32  # type: ignore[attr-defined]
+        user32.MonitorFromPoint.restype = ctypes.c_void_p
+        user32.MonitorFromPoint.argtypes = [_Point, ctypes.c_uint32]
+        centre = _Point(monitor.left + monitor.width // 2, monitor.top + monitor.height // 2)
+        return user32.MonitorFromPoint(centre, MONITOR_DEFAULTTONEAREST) or None
+    except (AttributeError, OSError):
+        return None

@@ -87,8 +87,11 @@ class TrayApp:
         from dotocr.tray.history import History
         from dotocr.tray.icon import draw_icon
         from dotocr.tray.menu import build_menu
+        from dotocr.tray.picture_sources import ask_image_file
+        from dotocr.tray.result_window import ResultWindow
         from dotocr.tray.services import Services
         from dotocr.tray.status_words import tooltip
+        from dotocr.tray.toast_visibility import ToastCheck
 
         enable_dpi_awareness()  # before any window or mss exists
         # Tk before the icon's thread starts, never after: Tk's start-up waits on the X server holding the GIL,
@@ -103,9 +106,11 @@ class TrayApp:
 
         self.icon = pystray.Icon("dotocr", draw_icon(STARTING), tooltip(STARTING, settings.hotkey))
         hotkey, hotkey_unavailable = _hotkey_backend()
+        notifier = get_notifier(self.icon)
+        self.toast_check = ToastCheck(notifier)
         services = Services(
             clipboard=_clipboard_backend(),
-            notifier=get_notifier(self.icon),
+            notifier=notifier,
             history=History(data_dir() / "history.json", settings.history_size),
             autostart=_autostart_backend(),
             hotkey=hotkey,
@@ -113,6 +118,11 @@ class TrayApp:
             select_region=self.selector.select,
             cancel_selection=self.selector.close,
             grab_region=lambda region: region.grab(),
+            open_result_window=lambda reading, on_cancel: ResultWindow(self.root, reading, on_cancel),
+            schedule=self.root.after,
+            toasts_visible=self.toast_check,
+            ask_image_file=lambda: ask_image_file(self.root),
+            pointer=self.root.winfo_pointerxy,
         )
         self.controller = Controller(
             settings=settings,
@@ -149,6 +159,7 @@ class TrayApp:
                       "again.", self.instance.folder / "instance.lock")
             return 1
         _start_icon(self.icon)
+        self.toast_check.start()
         self.refresh_icon()
         self.controller.report_settings_problems(self._problems)
         history_warning = self.controller.services.history.warning
@@ -172,8 +183,8 @@ class TrayApp:
             self.root.after(POLL_MS, self._tick)
 
     def _on_message(self, message: str) -> None:
-        if message.strip().lower() == "capture":
-            self.controller.capture()
+        if message.strip().lower() == "capture":  # `dotocr-tray --capture`: Wayland's hotkey, so it acts as one
+            self.controller.hotkey_pressed()
         else:
             log.warning("Ignoring unknown message %r from another dotocr-tray", message)
 

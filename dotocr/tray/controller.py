@@ -4,7 +4,8 @@ Who owns what:
 - `EngineHost` (engine_host.py): the engine, its loader thread, the state shown, the GPU's facts, the local API;
 - `TraySettings` (tray_settings.py): the settings file, this run's command-line flags, menu saves, reload;
 - `CaptureFlow` (capture_flow.py): the overlay, the running read, the last region;
-- `HotkeyBinding` (hotkey_binding.py): the registered hotkey and why it does not work.
+- `HotkeyBinding` (hotkey_binding.py): the registered hotkey and why it does not work;
+- `ResultDisplay` (result_display.py): the result windows, and whether a read ends in a window or a toast.
 The controller itself holds only the Tk-thread queue and whether the tray is quitting. Hotkey, pystray and
 single-instance callbacks only `post()` work; the Tk thread runs it in `drain()`. Nothing on the way to the
 icon imports torch, transformers or the web server.
@@ -37,6 +38,7 @@ from dotocr.tray.choices import (
 from dotocr.tray.engine_host import EngineFactory, EngineHost
 from dotocr.tray.hotkey_binding import HotkeyBinding
 from dotocr.tray.messages import error_sentence, preview
+from dotocr.tray.result_display import ResultDisplay
 from dotocr.tray.services import Services, open_with_os
 from dotocr.tray.status_words import status_line
 from dotocr.tray.tray_settings import TraySettings
@@ -74,9 +76,14 @@ class Controller:
                                           launch_flags=launch_flags)
         self.host = EngineHost(engine_factory, settings=lambda: self.tray_settings.current, changed=self._changed,
                                notify=self.notify, cuda_probe=services.cuda_probe)
+        self.display = ResultDisplay(post=self.post, notify=self.notify, mode=lambda: self.settings.result_window,
+                                     copy=lambda text: self.services.clipboard.copy(text),
+                                     open_window=services.open_result_window, schedule=services.schedule,
+                                     toasts_visible=services.toasts_visible or (lambda: True))
         self.flow = CaptureFlow(services, engine=self.host.engine_for_ocr, changed=self._changed,
-                                notify=self.notify, quitting=lambda: self._quitting,
+                                notify=self.notify, listener=self.display, quitting=lambda: self._quitting,
                                 last_region_path=last_region_path)
+        self.display.cancel = self.flow.cancel_reading
         self.hotkeys = HotkeyBinding(services.hotkey, unavailable=services.hotkey_unavailable, notify=self.notify)
 
     # -- the Tk-thread queue ---------------------------------------------------------------------------
@@ -160,7 +167,7 @@ class Controller:
         self.tray_settings.report_problems(problems)
 
     def register_hotkey(self) -> bool:
-        registered = self.hotkeys.register(self.settings.hotkey, lambda: self.post(self.flow.hotkey_pressed))
+        registered = self.hotkeys.register(self.settings.hotkey, lambda: self.post(self.hotkey_pressed))
         self._changed()
         return registered
 
@@ -180,11 +187,25 @@ class Controller:
     def capture(self) -> None:
         self.flow.capture()
 
+    def hotkey_pressed(self) -> None:
+        """The hotkey, or a second `dotocr-tray --capture` (Wayland's hotkey): capture; again, close the overlay
+        or stop the read."""
+        self.flow.hotkey_pressed()
+
     def repeat_last_region(self) -> None:
         self.flow.repeat_last_region()
 
-    def start_ocr(self, image: Image.Image) -> bool:
-        return self.flow.start_ocr(image)
+    def read_image_file(self) -> None:
+        self.flow.read_image_file()
+
+    def read_clipboard_picture(self) -> None:
+        self.flow.read_clipboard_picture()
+
+    def cancel_reading(self) -> bool:
+        return self.flow.cancel_reading()
+
+    def start_ocr(self, image: Image.Image, *, anchor: Any | None = None) -> bool:
+        return self.flow.start_ocr(image, anchor=anchor)
 
     def wait_idle(self, timeout: float) -> bool:
         return self.flow.wait_idle(timeout)
@@ -346,12 +367,14 @@ class Controller:
             self.host.stop_api()
 
     def quit(self) -> None:
-        """Menu Quit (Tk thread): the hotkey first (no capture can start), then the local API; app.py then
-        stops the icon and, last, Tk."""
+        """Menu Quit (Tk thread): the hotkey first (no capture can start), a running read and its window, then
+        the local API; app.py then stops the icon and, last, Tk."""
         if self._quitting:
             return
         self._quitting = True
         self.hotkeys.unregister()
+        self.flow.cancel_reading()  # the engine stops within a step; nothing reaches the clipboard
+        self.display.close_all()
         self.host.stop()
         if self.on_quit is not None:
             self.on_quit()

@@ -22,6 +22,8 @@ from dotocr.tray.choices import CudaFacts
 log = logging.getLogger(__name__)
 
 RegionDone = Callable[[Any, "Image.Image | None"], None]
+WindowFactory = Callable[[Any, Callable[[], None]], Any]
+"""Opens the result window for a `Reading` (Tk thread); the callable stops the read (result_display.py)."""
 
 
 class Notifier(Protocol):
@@ -49,6 +51,18 @@ class Services:
     open_file: Callable[[Path], bool] | None = None
     cuda_probe: Callable[[], CudaFacts] | None = None
     """What the GPU can do; runs on the loader thread. None: ask PyTorch (engine_host.probe_cuda)."""
+    open_result_window: WindowFactory | None = None
+    """The result window (Tk); None where none can be drawn: every read ends in a toast."""
+    schedule: Callable[[int, Callable[[], None]], Any] | None = None
+    """Tk's `after`: runs a callable on the Tk thread after some milliseconds ("auto"'s delay)."""
+    toasts_visible: Callable[[], bool] | None = None
+    """Whether a toast can be seen here (toast_visibility.py); None: assume it can."""
+    ask_image_file: Callable[[], Path | None] | None = None
+    """The file dialog of "OCR an image file…" (Tk thread); None where there is none."""
+    grab_clipboard_picture: Callable[[], Any] | None = None
+    """What the clipboard holds, as PIL's ImageGrab.grabclipboard() answers; None: that function."""
+    pointer: Callable[[], tuple[int, int]] | None = None
+    """The pointer's desktop position, where a read without a region shows its window."""
 
 
 def open_with_os(path: Path) -> bool:

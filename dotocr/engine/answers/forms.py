@@ -19,6 +19,7 @@ from __future__ import annotations
 import html as html_lib
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PAGE_SEPARATOR = "\n\n"
+"""Between the answers of several pictures (a PDF's pages): a blank line, which every paste target keeps."""
 VERBATIM_PROMPTS = ("layout-json", "svg")
 """Answers whose text is JSON or SVG: a table or formula inside them is data, not something to paste as one."""
 
@@ -86,12 +89,16 @@ class _Block:
     latex: str = ""
 
 
-def answer_forms(answer: OCRResult | str, *, prompt: str | None = None, table_text: str = "auto") -> AnswerForms:
-    """The forms of an answer: an `OCRResult`, or an answer's text with the prompt mode it was read with.
+def answer_forms(answer: OCRResult | Sequence[OCRResult] | str, *, prompt: str | None = None,
+                 table_text: str = "auto") -> AnswerForms:
+    """The forms of an answer: an `OCRResult`, several (a PDF's pages, joined by PAGE_SEPARATOR), or an answer's
+    text with the prompt mode it was read with.
 
     `table_text` is the `table_text` setting: "tsv", "markdown", or "auto" (Markdown when the answer is Markdown,
     i.e. the layout and web prompts, else TSV).
     """
+    if isinstance(answer, Sequence) and not isinstance(answer, str):
+        return _joined([answer_forms(page, prompt=prompt, table_text=table_text) for page in answer])
     if isinstance(answer, str):
         text, mode = answer, prompt or "text"
     else:
@@ -109,6 +116,18 @@ def answer_forms(answer: OCRResult | str, *, prompt: str | None = None, table_te
         html="\n".join(_html(block) for block in blocks),
         tables=sum(block.kind == "table" for block in blocks),
         formulas=sum(block.kind == "formula" for block in blocks))
+
+
+def _joined(pages: list[AnswerForms]) -> AnswerForms:
+    """Several answers as one: each form joined by PAGE_SEPARATOR; HTML where any page has some (the others' text
+    as paragraphs)."""
+    structured = any(page.html is not None for page in pages)
+    return AnswerForms(
+        text=PAGE_SEPARATOR.join(page.text for page in pages),
+        markdown=PAGE_SEPARATOR.join(page.markdown for page in pages),
+        html="\n".join(page.html if page.html is not None else _paragraphs(page.text) for page in pages)
+        if structured else None,
+        tables=sum(page.tables for page in pages), formulas=sum(page.formulas for page in pages))
 
 
 # -- reading ------------------------------------------------------------------------------------------------
