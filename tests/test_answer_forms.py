@@ -144,3 +144,10 @@ def test_huge_spans_are_capped():
     texts = grid(rows)
     assert len(texts[0]) == 100 and texts[1][0] == "b"
     assert tsv([["a\tb", "c\nd"]]) == "a b\tc d"
+
+
+def test_a_pdfs_pages_become_one_answer_joined_by_a_blank_line():
+    forms = answer_forms([result("Page one, prose."), result(TABLE)])
+    assert forms.text == "Page one, prose.\n\nItem\tQty\nApples\t3"
+    assert forms.html == "<p>Page one, prose.</p>\n" + answer_forms(TABLE).html and forms.tables == 1
+    assert answer_forms([result("a"), result("b")]) == AnswerForms("a\n\nb", "a\n\nb", None)
