@@ -43,7 +43,13 @@ SPECULATE = ("auto", "on", "off")
 """Speculative decoding: auto drafts where it pays (the tokens never change), off never drafts."""
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_k_m")
 """What the GGUF writer makes: F32 (exact against the torch decoder), F16, and llama.cpp's Q8_0 and Q4_K_M."""
-PROMPT_MODES = ("text", "layout", "layout-json", "grounding")
+PROMPT_MODES = ("text", "layout", "layout-json", "grounding", "web", "scene-text", "svg", "general")
+MOCR_PROMPTS = ("web", "scene-text", "svg", "general")
+"""dots.mocr's own prompts (web page, scene text, image to SVG, a general question): offered where the checkpoint is
+dots.mocr; dots.ocr was not trained on them."""
+TABLE_TEXTS = ("auto", "tsv", "markdown")
+"""How a table reads in the clipboard's plain text: TSV (cells paste into a spreadsheet), Markdown, or auto (Markdown
+when the answer is Markdown, else TSV)."""
 OUTPUT_FORMATS = ("text", "markdown", "json")
 ENGINES = ("local", "remote")
 RESULT_WINDOW_MODES = ("auto", "always", "never")
@@ -105,10 +111,16 @@ class Settings:
     max_new_tokens: int = setting(4096, "most tokens the model may write per image", minimum=1, maximum=131072,
                                   flag="--max-new-tokens", metavar="N")
     prompt: str = setting("text", "what to ask the model: plain text, layout as Markdown, layout cells as "
-                          "JSON, or the text inside a box (grounding)", choices=PROMPT_MODES, flag="--prompt")
+                          "JSON, or the text inside a box (grounding); dots.mocr also: a web page as Markdown, scene "
+                          "text, an image as SVG, a general description", choices=PROMPT_MODES, flag="--prompt")
     output_format: str = setting("text", "text, markdown, or json: one object per image per line",
                                  choices=OUTPUT_FORMATS, flag="--format")
+    barcodes: bool = setting(True, "read QR codes and bar codes first (zxing-cpp): their content comes before "
+                             "the text, and a region that is only a code never loads the model")
     # tray
+    table_text: str = setting("auto", "how a table reads in the clipboard's plain text: tsv (cells paste into a "
+                              "spreadsheet), markdown, or auto (Markdown when the output is Markdown, else TSV); the "
+                              "clipboard's HTML always holds the real table", choices=TABLE_TEXTS)
     hotkey: str = setting("ctrl+alt+shift+o", "global hotkey of the tray, e.g. ctrl+alt+shift+o",
                           flag="--hotkey", metavar="KEYS")
     history_size: int = setting(20, "how many results the tray's history keeps", minimum=0, maximum=1000)

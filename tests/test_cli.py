@@ -324,7 +324,7 @@ def test_json_contract_one_object_per_image(cli, images):
 
     from dotocr.engine.results import JSON_FIELDS
 
-    expected_keys = set(JSON_FIELDS) - {"cells", "page", "dpi"}  # layout prompts, PDFs only
+    expected_keys = set(JSON_FIELDS) - {"cells", "page", "dpi", "codes"}  # layout prompts, PDFs, codes only
     for result, size in zip(results, [(200, 60), (57, 31)], strict=True):
         assert set(result) == expected_keys
         assert (result["width"], result["height"]) == size

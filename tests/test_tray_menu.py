@@ -101,12 +101,25 @@ def test_without_cuda_the_gpu_items_are_disabled_and_cpu_is_checked(controller, 
 def test_output_radio_switches_to_markdown_and_back(controller, icon):
     menu = build_menu(controller)
     output = item_named(menu, "Output").submenu
-    assert [i.checked for i in output.items] == [True, False]
+    assert [(i.text, i.checked) for i in output.items if i.visible] == [("Plain text", True), ("Markdown", False)]
     click(controller, menu, icon, "Output", "Markdown")
     assert (controller.settings.prompt, controller.settings.output_format) == ("layout", "markdown")
-    assert [i.checked for i in output.items] == [False, True]
+    assert [i.checked for i in output.items if i.visible] == [False, True]
     click(controller, menu, icon, "Output", "Plain text")
     assert (controller.settings.prompt, controller.settings.output_format) == ("text", "text")
+
+
+def test_with_dots_mocr_the_output_menu_offers_its_prompts(xvfb, dots_tiny, tmp_path, icon):
+    mocr = tmp_path / "DotsMOCR"  # recognised by its name: dots.mocr's config.json is dots.ocr's
+    mocr.symlink_to(dots_tiny, target_is_directory=True)
+    controller = make_controller(tiny_settings(mocr), tmp_path)
+    menu = build_menu(controller)
+    output = item_named(menu, "Output").submenu
+    assert [i.text for i in output.items if i.visible] == [
+        "Plain text", "Markdown", "Web page (Markdown)", "Scene text", "Picture as SVG", "Describe the picture"]
+    click(controller, menu, icon, "Output", "Scene text")
+    assert (controller.settings.prompt, controller.settings.output_format) == ("scene-text", "text")
+    assert [i.text for i in output.items if i.visible and i.checked] == ["Scene text"]
 
 
 def test_history_lists_results_newest_first_and_a_click_copies_again(controller, icon):

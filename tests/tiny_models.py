@@ -117,6 +117,33 @@ def save_scripted_checkpoint(folder: Path, tokenizer_source: Path, successor: di
     return folder
 
 
+FIRST_FREE_TOKEN = 486
+"""The golden tokenizer's first <|reserved_N|> token: ordinary (not special) added tokens, free to rename."""
+
+
+def save_answer_checkpoint(folder: Path, tokenizer_source: Path, pieces: list[str], seed: int = 0) -> Path:
+    """A scripted checkpoint whose answer is "".join(pieces), whatever the image, then end of answer.
+
+    A scripted answer cannot repeat a token (the next token depends on the last alone), and a table repeats <td>;
+    so each piece becomes a token of its own: the golden tokenizer's reserved added tokens are renamed to the
+    pieces (they decode to their content as they are), and the chain runs <|assistant|> -> piece 1 -> ... ->
+    <|endofassistant|>.
+    """
+    import json
+
+    added = json.loads((tokenizer_source / "tokenizer.json").read_text(encoding="utf-8"))["added_tokens"]
+    ids = {token["content"]: token["id"] for token in added}
+    chain = [ids["<|assistant|>"], *range(FIRST_FREE_TOKEN, FIRST_FREE_TOKEN + len(pieces)),
+             ids["<|endofassistant|>"]]
+    save_scripted_checkpoint(folder, tokenizer_source, dict(zip(chain, chain[1:], strict=False)), seed)
+    tokenizer = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+    for token in tokenizer["added_tokens"]:
+        if FIRST_FREE_TOKEN <= token["id"] < FIRST_FREE_TOKEN + len(pieces):
+            token["content"] = pieces[token["id"] - FIRST_FREE_TOKEN]
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
 PATCH_KERNEL = "vision_tower.patch_embed.patchifier.proj.weight"
 
 

@@ -15,9 +15,10 @@ from typing import Any
 
 from ..config import GGUF_TYPES, Settings
 from ..errors import DotOCRError
+from .answers.forms import AnswerForms, answer_forms
 from .answers.markdown import FURNITURE, PICTURE_MODES, MarkdownStyle
 from .base import Engine
-from .checkpoint import CheckpointInfo, describe_checkpoint
+from .checkpoint import CheckpointInfo, describe_checkpoint, is_dots_mocr
 from .gguf.convert import cached_gguf_problem, convert_gguf, gguf_path
 from .inputs.boxes import Box, check_box, parse_box
 from .inputs.documents import (
@@ -80,3 +81,4 @@ __all__ = ["DEFAULT_DPI", "FURNITURE", "GGUF_TYPES", "IMAGE_PLACEHOLDER", "LLAMA
            "cpu_prefers_bf16", "declared_png_size", "describe_checkpoint", "describe_cuda", "describe_llamacpp",
            "describe_pages", "gguf_path", "instruction_for", "is_pdf", "load_image", "make_engine", "parse_box",
            "parse_page_ranges", "plan_load", "preparation_bytes", "resolve_prompt", "strip_image_placeholder"]
+__all__ += ["AnswerForms", "answer_forms", "is_dots_mocr"]  # the answer's forms (clipboard, result window)

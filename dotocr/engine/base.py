@@ -1,9 +1,10 @@
 """What every engine shares, local or remote: settings, the state front ends show, and the one request path.
 
 Front ends program against this surface only: `load`, `unload`, `reconfigure`, `ocr`, `state`, `device`,
-`precision`. `ocr` is a template: the image is loaded and the call resolved here (`Call`), each engine
-generates in its own `_generate`, and the answer is formatted and timed here, so both engines take the same
-arguments and return the same `OCRResult`. Waiting rooms and deadlines belong to the caller (the server has
+`precision`. `ocr` is a template: the image is loaded and the call resolved here (`Call`), QR codes and bar codes
+are read (`inputs.codes`: a crop that is only codes is answered without the model), each engine generates in its
+own `_generate`, and the answer is formatted and timed here, so both engines take the same arguments and return
+the same `OCRResult`. Waiting rooms and deadlines belong to the caller (the server has
 its own gate); an engine runs one generation at a time and callers simply wait on its lock.
 """
 
@@ -17,10 +18,11 @@ from typing import TYPE_CHECKING
 
 from ..config import Settings
 from .answers.confidence import Piece, low_confidence_spans
-from .answers.formatting import PLAIN, format_answer
+from .answers.formatting import PLAIN, format_answer, with_codes
 from .answers.markdown import MarkdownStyle
+from .inputs.codes import NO_CODES, CodeReading, read_codes
 from .inputs.images import ImageInput, load_image
-from .inputs.prompts import instruction_for, resolve_prompt
+from .inputs.prompts import instruction_for, resolve_prompt, system_for
 from .results import OCRResult
 from .status import EngineState, Status
 
@@ -30,6 +32,9 @@ if TYPE_CHECKING:
     from .inputs.preprocessing import PreparedImage
 
 log = logging.getLogger("dotocr.engine")
+
+CODES_NOT_READ = ("grounding", "layout-json", "svg")
+"""Prompts whose answer is no place for codes: a box was asked, or the answer must stay JSON or SVG."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,8 @@ class Call:
         """The instruction the model reads: the caller's, or the official one with the box in model pixels."""
         if self.instruction is not None:
             return self.instruction
-        return instruction_for(self.prompt, prepared.box_to_model(self.bbox) if self.bbox is not None else None)
+        return instruction_for(self.prompt, prepared.box_to_model(self.bbox) if self.bbox is not None else None,
+                               prepared.original_size)
 
 
 @dataclass
@@ -134,7 +140,7 @@ class Engine:
             on_text: Callable[[str], None] | None = None, file: str | None = None,
             should_stop: Callable[[], bool] | None = None, max_prompt_tokens: int | None = None,
             max_image_size: int | None = None, system: str | None = None,
-            markdown: MarkdownStyle = PLAIN) -> OCRResult:
+            markdown: MarkdownStyle = PLAIN, codes: bool | None = None) -> OCRResult:
         """Read one image. Left out, `prompt` and `output_format` are the settings' (Markdown output picks the layout
         prompt: tables, formulas).
 
@@ -142,19 +148,27 @@ class Engine:
         when it answers True the generation ends with stop_reason "cancelled" (a client that left, a deadline).
         `max_prompt_tokens` caps the prompt's text tokens, the image's not counted (a remote server counts with
         its own tokenizer). `max_image_size` overrides the setting for this call (0: no cap). `system` is a
-        system turn rendered before the user turn, as the checkpoint's chat template does. `markdown` says how
-        layout cells become Markdown (page furniture, pictures).
+        system turn rendered before the user turn, as the checkpoint's chat template does (left out, the prompt
+        mode's own: dots.mocr's general prompt has one). `markdown` says how layout cells become Markdown (page
+        furniture, pictures). `codes` overrides the `barcodes` setting for this call (the OpenAI route passes
+        False: it answers as vLLM would).
         """
         started = time.perf_counter()
         picture = load_image(image)  # before any lock or network: a bad file fails at once
+        mode = resolve_prompt(prompt, output_format=output_format or self._settings.output_format, bbox=bbox,
+                              instruction=instruction, default=self._settings.prompt)
         call = Call(
-            prompt=resolve_prompt(prompt, output_format=output_format or self._settings.output_format, bbox=bbox,
-                                  instruction=instruction, default=self._settings.prompt),
-            bbox=bbox, instruction=instruction, system=system,
+            prompt=mode, bbox=bbox, instruction=instruction,
+            system=system if system is not None or instruction is not None else system_for(mode),
             max_new_tokens=max_new_tokens or self._settings.max_new_tokens,
             max_image_size=self._settings.max_image_size if max_image_size is None else max_image_size,
             temperature=temperature, top_p=top_p, max_prompt_tokens=max_prompt_tokens, on_text=on_text,
             should_stop=should_stop)
+        reading = read_codes(picture) if self._reads_codes(call, codes) else NO_CODES
+        if reading.alone:
+            return _codes_only(reading, picture, call, started, file)
+        if reading.codes and on_text is not None:
+            on_text(with_codes("", reading.text))
         run = self._generate(picture, call)
         text, cells = format_answer(call.prompt, run.kept, run.prepared, picture, markdown)
         width, height = run.prepared.original_size
@@ -164,16 +178,26 @@ class Engine:
                    "total": round(time.perf_counter() - started, 4)}
         if run.draft_tokens is not None:
             timings.update(draft_tokens=run.draft_tokens, accepted_tokens=run.accepted_tokens or 0)
+        answer = with_codes(text, reading.text)
+        unsure = None if run.pieces is None else low_confidence_spans(run.pieces, run.kept, text, call.prompt)
         return OCRResult(
-            text=text, raw=run.raw, prompt=call.prompt, stop_reason=run.stop_reason, width=width, height=height,
+            text=answer, raw=run.raw, prompt=call.prompt, stop_reason=run.stop_reason,
+            width=width, height=height,
             image_tokens=run.prepared.image_tokens, prompt_tokens=run.prompt_tokens,
             generated_tokens=run.generated_tokens, device=run.device, precision=run.precision,
             decoder=run.decoder, gguf_type=run.gguf_type,
             timings=timings,
             peak_gpu_mb=run.peak_gpu_mb, loop_start=run.loop_start, cells=cells, file=file,
-            low_confidence=None if run.pieces is None else low_confidence_spans(run.pieces, run.kept, text,
-                                                                              call.prompt),
+            source="barcode+model" if reading.codes else "model",
+            codes=[code.to_json_dict() for code in reading.codes] or None,
+            low_confidence=None if unsure is None else _shifted(unsure, len(answer) - len(text)),
             pieces=run.pieces or [])
+
+    def _reads_codes(self, call: Call, codes: bool | None) -> bool:
+        """Codes are read unless switched off, and only where the answer is text: not for a box (grounding), nor
+        for answers that must stay JSON (layout-json) or SVG."""
+        wanted = self._settings.barcodes if codes is None else codes
+        return wanted and call.prompt not in CODES_NOT_READ
 
     def _generate(self, picture: Image.Image, call: Call) -> Generated:
         """Size `picture`, run the model on it as `call` says, and report what came back."""
@@ -190,4 +214,23 @@ class Engine:
                 log.exception("state callback failed")
 
 
-__all__ = ["Call", "Engine", "Generated"]
+def _codes_only(reading: CodeReading, picture: Image.Image, call: Call, started: float, file: str | None
+                ) -> OCRResult:
+    """The answer for a crop that is only codes: zxing-cpp's, with no model loaded or asked."""
+    if call.on_text is not None:
+        call.on_text(reading.text)
+    total = time.perf_counter() - started
+    return OCRResult(
+        text=reading.text, raw="", prompt=call.prompt, stop_reason="eos", width=picture.width,
+        height=picture.height, image_tokens=0, prompt_tokens=0, generated_tokens=0, device="cpu", precision="none",
+        decoder="zxing-cpp", timings={"preprocess": round(total - reading.seconds, 4), "prefill": 0.0,
+                                      "decode": round(reading.seconds, 4), "total": round(total, 4)},
+        file=file, source="barcode", codes=[code.to_json_dict() for code in reading.codes])
+
+
+__all__ = ["CODES_NOT_READ", "Call", "Engine", "Generated"]
+
+
+def _shifted(spans: list[list[int]], by: int) -> list[list[int]]:
+    """Spans of the model's text moved to where it sits in the result's (after any codes' contents)."""
+    return [[start + by, end + by] for start, end in spans]

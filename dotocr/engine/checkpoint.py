@@ -28,6 +28,17 @@ class CheckpointInfo:
     """The one sentence loading would fail with, if it will."""
 
 
+_MOCR_NAME = re.compile(r"dots[._\-\s]?mocr", re.IGNORECASE)
+
+
+def is_dots_mocr(model: str) -> bool:
+    """Whether `model` names dots.mocr (or dots.mocr-svg), by its name: dots.mocr's config.json is dots.ocr's, word
+    for word (same architecture, `model_type` dots_ocr), so the checkpoint cannot tell. The repo id
+    (rednote-hilab/dots.mocr), a folder (DotsMOCR, as its README asks, dots_mocr, dots-mocr) or a Hugging Face cache
+    path (models--rednote-hilab--dots.mocr) anywhere in the name counts."""
+    return _MOCR_NAME.search(model) is not None
+
+
 def describe_checkpoint(model: str) -> CheckpointInfo:
     """Folder, cached repo or repo still to download; never touches the network."""
     path = Path(model).expanduser()
@@ -70,9 +81,23 @@ def resolve_checkpoint(model: str, on_progress: Callable[[float], None] | None =
         return Path(snapshot_download(model, **kwargs))
     except Exception as exc:
         raise ModelUnavailableError(
-            f"Could not download {model} from {ENDPOINT} ({one_line(exc, 200)}); check the network or set HF_ENDPOINT "
-            "to a mirror, or download the checkpoint elsewhere and pass its folder with --model."
+            f"The model {model} cannot be downloaded from {ENDPOINT} ({_download_problem(exc)}); check the network "
+            "or set HF_ENDPOINT to a mirror, or download the checkpoint elsewhere and pass its folder with --model."
         ) from None
+
+
+def _download_problem(exc: BaseException) -> str:
+    """Why a download failed, in words: "no connection" when the hub could not be reached at all (the first thing a
+    person on a closed network sees), else the library's own message."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # the hub wraps its transport's error a few levels deep
+        if seen is None:
+            break
+        if isinstance(seen, (ConnectionError, TimeoutError)) or type(seen).__name__ in ("ConnectError",
+                                                                                     "ConnectTimeout"):
+            return "no connection to it"
+        seen = seen.__cause__ or seen.__context__
+    return one_line(exc, 200)
 
 
 def _progress_tqdm(on_progress: Callable[[float], None]):

@@ -45,13 +45,20 @@ class OCRResult:
     low_confidence: list[list[int]] | None = None
     """[start, end) character spans of `text` written by tokens the model gave less than even odds: where to look
     twice (`answers/confidence.py`). None where the engine cannot tell (a remote server without logprobs)."""
+    source: str = "model"
+    """Who answered: "model", "barcode" (only QR codes or bar codes showed: zxing-cpp answered, the model was neither
+    loaded nor asked; decoder "zxing-cpp", no tokens) or "barcode+model" (the codes' contents come first in text)."""
+    codes: list[dict[str, Any]] | None = None
+    """The QR codes and bar codes found (text, format as zxing-cpp names it: QRCode, EAN13, ..., bbox in input-image
+    pixels), top to bottom; absent when there were none."""
     pieces: list[tuple[str, float]] = field(default_factory=list, metadata={"json": False})
     """(text, probability) per generated token of the answer, for the OpenAI route's `logprobs`; not in the JSON."""
 
     def to_json_dict(self) -> dict[str, Any]:
-        """The JSON contract shared by `dotocr ocr --format json` and `POST /ocr`; page fields only for PDFs."""
+        """The JSON contract shared by `dotocr ocr --format json` and `POST /ocr`; page fields only for PDFs, codes
+        only where some were found."""
         data = {name: value for name, value in asdict(self).items() if name in JSON_FIELDS}
-        for optional in ("cells", "page", "dpi", "low_confidence"):
+        for optional in ("cells", "page", "dpi", "low_confidence", "codes"):
             if data[optional] is None:
                 del data[optional]
         return data

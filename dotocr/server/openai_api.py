@@ -77,6 +77,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
             "temperature": body.temperature if body.temperature is not None else 0.0,
             "top_p": body.top_p if body.top_p is not None else 1.0,
             "max_image_size": 0,  # dots.ocr's own sizing, like vLLM: the client maps boxes back by it
+            "codes": False,  # the model's own answer, as vLLM gives it: no QR codes or bar codes put first
         }
         model = body.model or server.model_name
         if body.stream:

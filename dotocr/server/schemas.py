@@ -64,7 +64,7 @@ def _model_of(result: type, name: str, doc: str) -> type[BaseModel]:
 
 OCRResponse = _model_of(OCRResult, "OCRResponse", "Exactly `OCRResult.to_json_dict()`, the object `dotocr ocr "
                         "--format json` prints; `cells` only for the layout prompts, `page` and `dpi` only for PDF "
-                        "pages.")
+                        "pages, `codes` only where QR codes or bar codes were found.")
 
 
 class DocumentResponse(BaseModel):

@@ -25,6 +25,7 @@ from dotocr.config import (
     add_setting_argument,
     data_dir,
     overrides_from_args,
+    setting_sources,
 )
 from dotocr.version import VersionAction
 
@@ -405,6 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings_file = SettingsFile()
     file_settings = settings_file.load()
     overrides = overrides_from_args(args, settings_file.problems)
+    from dotocr.tray.choices import model_card_defaults
+
+    overrides.update(model_card_defaults(file_settings.replace(**overrides), setting_sources(args, settings_file)))
     settings = file_settings.replace(**overrides)
     try:
         return run(settings, settings_file=settings_file, file_settings=file_settings,

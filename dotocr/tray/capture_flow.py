@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
 
+from dotocr.desktop.clipboard.base import ClipboardContent
+from dotocr.engine import AnswerForms, answer_forms
 from dotocr.errors import DotOCRError
 from dotocr.storage import write_atomic
 from dotocr.tray.messages import error_sentence
@@ -38,8 +40,6 @@ log = logging.getLogger(__name__)
 CLEAR_MS = 100
 """After finished result windows close for a new capture, the time the desktop gets to repaint what they covered
 before the screen is grabbed (only then; a capture with no window open grabs at once)."""
-PAGE_SEPARATOR = "\n\n"
-"""Between the pages of a PDF read in the tray: a blank line, which every paste target keeps."""
 
 
 class ReadListener(Protocol):
@@ -273,8 +273,9 @@ class CaptureFlow:
                 results.append(engine.ocr(picture, on_text=reading.on_text, should_stop=reading.should_stop))
             if reading.cancelled:
                 return  # nothing is delivered: the clipboard keeps what it had
-            text = PAGE_SEPARATOR.join(result.text for result in results)
-            outcome = self._deliver(text, time.monotonic() - started, results)
+            # one page or a PDF's pages: tables as tables (HTML beside TSV text), pages joined by a blank line
+            forms = answer_forms(results, table_text=engine.settings.table_text)
+            outcome = self._deliver(forms, time.monotonic() - started, results)
         except Exception as exc:
             if reading.cancelled:
                 log.info("A cancelled read ended with %s", type(exc).__name__)
@@ -289,7 +290,9 @@ class CaptureFlow:
             self._changed()
         self._listener.finished(reading, outcome)
 
-    def _deliver(self, text: str, seconds: float, results: list[OCRResult]) -> Outcome:
+    def _deliver(self, forms: AnswerForms, seconds: float, results: list[OCRResult]) -> Outcome:
+        """The answer to the history and the clipboard: a table as a real table (HTML) beside its plain text."""
+        text = forms.text
         if not text.strip():
             return Outcome("empty", seconds, results=results)  # the clipboard keeps what it had
         in_history = True
@@ -300,7 +303,7 @@ class CaptureFlow:
             log.exception("Saving the result to the history failed")
         self._changed()
         try:
-            self._services.clipboard.copy(text)
+            self._services.clipboard.copy(ClipboardContent(text, forms.html) if forms.html is not None else text)
         except Exception as exc:
             log.error("Copying to the clipboard failed: %s", exc)
             return Outcome("copy_failed", seconds, text, sentence=error_sentence(exc), in_history=in_history,

@@ -1,5 +1,9 @@
 """The tray menu's radio items (precision, output) and which of them what actually runs checks.
 
+Output items stand for a prompt: dots.mocr's own prompts (web page, scene text, SVG, a general description) are
+shown only where the model is dots.mocr (`dotocr.engine.is_dots_mocr`: by its name), and with dots.mocr the
+tray's default output follows its model card: document parsing with the layout prompt, as Markdown.
+
 A precision item stands for what runs, so it is matched against the engine's resolved device and precision,
 never against the requested strings: `auto` that resolved to 4-bit checks "4-bit GPU", and the 16-bit item
 says BF16 or FP16, whichever the GPU really runs.
@@ -7,9 +11,11 @@ says BF16 or FP16, whichever the GPU really runs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dotocr.config import Settings
+from dotocr.engine import is_dots_mocr
 
 PRECISION_KEYS = ("4bit", "16bit", "cpu")
 GPU_KEYS = frozenset({"4bit", "16bit"})
@@ -18,7 +24,16 @@ OUTPUT_CHOICES = {
     # menu key: (label, prompt mode, output format); Markdown uses the layout prompt for tables and formulas
     "text": ("Plain text", "text", "text"),
     "markdown": ("Markdown", "layout", "markdown"),
+    # dots.mocr's prompts
+    "web": ("Web page (Markdown)", "web", "markdown"),
+    "scene-text": ("Scene text", "scene-text", "text"),
+    "svg": ("Picture as SVG", "svg", "text"),
+    "general": ("Describe the picture", "general", "text"),
 }
+MOCR_OUTPUT_KEYS = ("web", "scene-text", "svg", "general")
+MOCR_DEFAULT_OUTPUT = "markdown"
+"""dots.mocr's model card parses documents with prompt_layout_all_en (its Hugging Face example, its parser's
+default, the first of its demos): our layout prompt, as Markdown."""
 
 
 @dataclass(frozen=True)
@@ -69,4 +84,30 @@ def precision_label(key: str, half: str | None = None) -> str:
 
 
 def output_key(settings: Settings) -> str:
-    return "markdown" if settings.prompt == "layout" else "text"
+    """The checked Output item: the one whose prompt the settings ask for (plain text for any other prompt)."""
+    for key, (_label, prompt, _output_format) in OUTPUT_CHOICES.items():
+        if prompt == settings.prompt:
+            return key
+    return "text"
+
+
+def runs_dots_mocr(settings: Settings) -> bool:
+    """The model the settings name is dots.mocr: the local checkpoint, or the remote server's model name."""
+    return is_dots_mocr(settings.model) or (settings.engine == "remote" and is_dots_mocr(settings.remote_model))
+
+
+def output_keys(settings: Settings) -> tuple[str, ...]:
+    """The Output items shown: dots.mocr's prompts only with dots.mocr."""
+    shown = tuple(key for key in OUTPUT_CHOICES if key not in MOCR_OUTPUT_KEYS)
+    return shown + MOCR_OUTPUT_KEYS if runs_dots_mocr(settings) else shown
+
+
+def model_card_defaults(settings: Settings, sources: Mapping[str, str]) -> dict[str, str]:
+    """This run's prompt and output format where nobody chose them (`sources` says "default", see
+    `dotocr.config.setting_sources`) and the model is dots.mocr: its model card's document parsing. Applied as a
+    run value, never written to the file; a menu choice replaces it."""
+    chosen = any(sources.get(key, "default") != "default" for key in ("prompt", "output_format"))
+    if chosen or not runs_dots_mocr(settings):
+        return {}
+    _label, prompt, output_format = OUTPUT_CHOICES[MOCR_DEFAULT_OUTPUT]
+    return {"prompt": prompt, "output_format": output_format}

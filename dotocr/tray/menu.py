@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dotocr.engine import Status
-from dotocr.tray.choices import OUTPUT_CHOICES, PRECISION_KEYS
+from dotocr.tray.choices import OUTPUT_CHOICES, PRECISION_KEYS, output_keys
 from dotocr.tray.controller import Controller
 from dotocr.tray.engine_host import api_available
 
@@ -40,7 +40,8 @@ def build_menu(controller: Controller, *, on_open_menu: Callable[[], None] | Non
 
     def output_item(key: str) -> Any:
         return Item(OUTPUT_CHOICES[key][0], post(c.set_output, key),
-                    checked=lambda _i: c.output_choice() == key, radio=True)
+                    checked=lambda _i: c.output_choice() == key, radio=True,
+                    visible=lambda _i: key in output_keys(c.settings))
 
     def history_items() -> Any:
         items = c.history_items()

@@ -1,8 +1,8 @@
-"""Clipboard through pyperclip: native on Windows and macOS, xclip/xsel on X11, wl-clipboard on Wayland.
+"""Clipboard through pyperclip, text only: native on Windows and macOS, xclip/xsel on X11, wl-clipboard on Wayland.
 
-With xclip the X selection only lives while an owner process runs; pyperclip starts `xclip`, which
-forks and stays in the background as the owner until something else is copied, so the text
-outlives both the call and our process.
+The last handler: where the richer ones cannot run (no python-xlib, Wayland, macOS) the text still lands. With
+xclip the X selection only lives while an owner process runs; pyperclip starts `xclip`, which forks and stays in
+the background as the owner until something else is copied, so the text outlives both the call and our process.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from .base import ClipboardError
+from .base import ClipboardContent, ClipboardError
 
 # Mechanisms that are safe from any thread of a long-running tray (Qt's needs its own event loop).
 _USABLE = {"windows", "pbcopy", "pyobjc", "osx_pbcopy", "osx_pyobjc", "xclip", "xsel", "wl_clipboard",
@@ -49,32 +49,42 @@ def _mechanism() -> tuple[str, Callable[[str], None], Callable[[], str]] | None:
 
 
 class PyperclipClipboard:
-    """The mechanism is chosen when the backend is made, from the environment at that moment."""
+    """The mechanism is chosen at the first copy or paste, from the environment at that moment."""
+
+    name = "pyperclip (text only)"
+    carries_html = False
+    install_hint = "install xclip (e.g. `sudo apt install xclip`), or wl-clipboard on Wayland"
 
     def __init__(self) -> None:
-        found = _mechanism()
-        if found is None:
-            raise ClipboardError(_missing_tool_message())
-        self._mechanism, self._copy, self._paste = found
-        self.name = f"pyperclip ({self._mechanism})"
+        self._found: tuple[str, Callable[[str], None], Callable[[], str]] | None = None
 
     @staticmethod
     def is_compatible() -> bool:
+        return True
+
+    @staticmethod
+    def is_installed() -> bool:
         try:
             return _mechanism() is not None
         except Exception:
             return False
 
-    def copy(self, text: str) -> bool:
-        if not isinstance(text, str) or not text.strip():
-            return False
+    def _use(self) -> tuple[str, Callable[[str], None], Callable[[], str]]:
+        if self._found is None:
+            self._found = _mechanism()
+            if self._found is None:
+                raise ClipboardError(_missing_tool_message())
+            self.name = f"pyperclip ({self._found[0]}, text only)"
+        return self._found
+
+    def copy(self, content: ClipboardContent) -> None:
+        mechanism, copy, _paste = self._use()
         try:
-            self._copy(text)
+            copy(content.text)
         except Exception as exc:
             raise ClipboardError(f"Copying to the clipboard failed ({exc}).") from None
-        if self._mechanism in _FORKING:
-            self._wait_until_owned(text)
-        return True
+        if mechanism in _FORKING:
+            self._wait_until_owned(content.text)
 
     def _wait_until_owned(self, text: str) -> None:
         """xclip/xsel/wl-copy return before their background child owns the selection; wait for it, so
@@ -82,7 +92,7 @@ class PyperclipClipboard:
         deadline = time.monotonic() + _OWNER_TIMEOUT
         while True:
             try:
-                if self._paste().rstrip("\n") == text.rstrip("\n"):
+                if self.paste().rstrip("\n") == text.rstrip("\n"):
                     return
             except Exception:
                 pass
@@ -92,7 +102,8 @@ class PyperclipClipboard:
             time.sleep(0.01)
 
     def paste(self) -> str:
+        _mechanism_name, _copy, paste = self._use()
         try:
-            return self._paste() or ""
+            return paste() or ""
         except Exception as exc:
             raise ClipboardError(f"Reading the clipboard failed ({exc}).") from None

@@ -1,9 +1,11 @@
-"""The dots.ocr instructions and the exact token layout of a one-image prompt.
+"""The dots.ocr and dots.mocr instructions and the exact token layout of a one-image prompt.
 
-The instruction strings are the official ones (dots.ocr's `dots_ocr/utils/prompts.py`): the model was
-trained on exactly this wording, so they are kept byte for byte. The grounding instruction is
-followed by the box in model-input pixels, written the way the official parser writes a list of
-ints: "[x1, y1, x2, y2]".
+The instruction strings are the official ones (dots.ocr's `dots_ocr/utils/prompts.py`, dots.mocr's
+`dots_mocr/utils/prompts.py`): the models were trained on exactly this wording, so they are kept byte for byte.
+The grounding instruction is followed by the box in model-input pixels, written the way the official parser writes
+a list of ints: "[x1, y1, x2, y2]". dots.mocr's SVG instruction carries the input image's size, filled in as its
+parser does; its general prompt is a placeholder the parser never sends: it asks the caller's question, by default
+GENERAL_QUESTION, after the system turn GENERAL_SYSTEM (dots.mocr's `parser.py` and `demo_vllm_general.py`).
 
 Prompt layout (the checkpoint's chat template for one user turn with one image, after an optional system turn):
     [<|system|>SYSTEM<|endofsystem|>\n]
@@ -15,14 +17,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dotocr.config import PROMPT_MODES
+from dotocr.config import MOCR_PROMPTS, PROMPT_MODES
 from dotocr.errors import DotOCRError, ModelUnavailableError
 
 from ..model.spellings import ASSISTANT, END_SYSTEM, END_USER, IMAGE_END, IMAGE_PAD, IMAGE_START, SYSTEM, USER
 from .boxes import four_numbers
 
-__all__ = ["PROMPT_MODES", "build_prompt", "encode_prompt", "instruction_for", "resolve_prompt",
-           "strip_image_placeholder"]
+__all__ = ["MOCR_PROMPTS", "PROMPT_MODES", "build_prompt", "encode_prompt", "instruction_for", "resolve_prompt",
+           "strip_image_placeholder", "system_for"]
 
 PROMPT_OCR = "Extract the text content from this image."
 
@@ -49,10 +51,26 @@ PROMPT_GROUNDING_OCR = (
     "Extract text from the given bounding box on the image (format: [x1, y1, x2, y2]).\nBounding Box:\n"
 )
 
+# dots.mocr (rednote-hilab, March 2026): `dict_promptmode_to_prompt` in dots_mocr/utils/prompts.py
+PROMPT_WEB_PARSING = "Parsing the layout info of this webpage image with format json:\n"
+"""prompt_web_parsing: a web page's layout as JSON cells, read like the layout prompt's."""
+PROMPT_SCENE_SPOTTING = "Detect and recognize the text in the image."
+"""prompt_scene_spotting: lines of "(x1, y1), (x2, y2), (x3, y3), (x4, y4) text", one per text instance."""
+PROMPT_IMAGE_TO_SVG = 'Please generate the SVG code based on the image.viewBox="0 0 {width} {height}"'
+"""prompt_image_to_svg: {width} and {height} are the input image's size, replaced as the official parser does."""
+PROMPT_GENERAL = " "
+"""prompt_general, as the table holds it: a placeholder that the official parser replaces by the question."""
+GENERAL_QUESTION = "Please describe the content of this image."
+"""What dots.mocr's parser asks under prompt_general when the caller brings no question of its own."""
+GENERAL_SYSTEM = "You are a helpful assistant."
+"""The system turn dots.mocr's parser and demo send with prompt_general ("general tasks need system_prompt")."""
+
 IMAGE_PLACEHOLDER = IMAGE_START + IMAGE_PAD + IMAGE_END
 """What OpenAI-style clients put before the instruction to mark where the image goes."""
 
-_INSTRUCTIONS = {"text": PROMPT_OCR, "layout": PROMPT_LAYOUT_ALL_EN, "layout-json": PROMPT_LAYOUT_ALL_EN}
+_INSTRUCTIONS = {"text": PROMPT_OCR, "layout": PROMPT_LAYOUT_ALL_EN, "layout-json": PROMPT_LAYOUT_ALL_EN,
+                 "web": PROMPT_WEB_PARSING, "scene-text": PROMPT_SCENE_SPOTTING, "svg": PROMPT_IMAGE_TO_SVG,
+                 "general": GENERAL_QUESTION}
 
 
 def resolve_prompt(prompt: str | None, *, output_format: str | None = None, bbox: Any = None,
@@ -93,12 +111,21 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def instruction_for(mode: str, bbox: Sequence[float] | None = None) -> str:
-    """The instruction for a prompt mode; `bbox` (model-input pixels) is used by grounding only."""
+def instruction_for(mode: str, bbox: Sequence[float] | None = None, size: tuple[int, int] | None = None) -> str:
+    """The instruction for a prompt mode; `bbox` (model-input pixels) is used by grounding only, `size` (the input
+    image's width and height) by svg only, which without it is the official template with {width} and {height}."""
     _check_mode(mode)
     if mode == "grounding":
         return PROMPT_GROUNDING_OCR + format_bbox(bbox)
+    if mode == "svg" and size is not None:
+        width, height = size
+        return PROMPT_IMAGE_TO_SVG.replace("{width}", str(width)).replace("{height}", str(height))
     return _INSTRUCTIONS[mode]
+
+
+def system_for(mode: str) -> str | None:
+    """The system turn a prompt mode's official parser sends with its own instruction: only dots.mocr's general one."""
+    return GENERAL_SYSTEM if mode == "general" else None
 
 
 def _check_mode(mode: str) -> None:
