@@ -327,3 +327,21 @@ def test_a_new_capture_closes_finished_windows_but_not_one_being_edited(tmp_path
     harness.selected[0](None, None)  # the overlay reports a cancel
     harness.controller.capture()  # nothing left to close: at once
     assert len(harness.selected) == 2
+
+
+def test_a_table_offers_markdown_and_a_real_table_beside_the_plain_copy(tmp_path):
+    """Issue 17: "Copy as Markdown / table" appear where the forms differ, and copy the answer as read."""
+    table = "<table><tr><td>a</td><td>b</td></tr><tr><td>1</td><td>2</td></tr></table>"
+    harness = Harness(tmp_path, "always", words=["Sales\n\n", table])
+    harness.read()
+    harness.finish()
+    text, options = harness.windows[0].finished
+    assert text == "Sales\n\na\tb\n1\t2"  # TSV: a spreadsheet pastes cells
+    choices = dict(options["copy_choices"])
+    assert list(choices) == ["Copy", "Copy as Markdown", "Copy as table"]
+    choices["Copy as Markdown"]("an edit the forms do not carry")
+    assert harness.copied[-1] == "Sales\n\n| a | b |\n| --- | --- |\n| 1 | 2 |"
+    choices["Copy as table"](text)
+    rich = harness.copied[-1]
+    assert rich.text == text and "<td>1</td><td>2</td>" in rich.html
+

@@ -307,8 +307,8 @@ class CaptureFlow:
         except Exception as exc:
             log.error("Copying to the clipboard failed: %s", exc)
             return Outcome("copy_failed", seconds, text, sentence=error_sentence(exc), in_history=in_history,
-                           results=results)
-        return Outcome("copied", seconds, text, results=results)
+                           results=results, forms=forms)
+        return Outcome("copied", seconds, text, results=results, forms=forms)
 
     # -- the last region ---------------------------------------------------------------------------------
 

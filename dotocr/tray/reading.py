@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from dotocr.capture import Rect, Region
-    from dotocr.engine import OCRResult
+    from dotocr.engine import AnswerForms, OCRResult
 
 @dataclass(frozen=True)
 class Progress:
@@ -108,7 +108,9 @@ class Outcome:
     """For failures: the toast's title, when "OCR failed" is not what happened (no picture on the clipboard)."""
     in_history: bool = True
     results: list[OCRResult] = field(default_factory=list)
-    """The engine's results (one per PDF page); the rich copy forms and low-confidence spans come from here."""
+    """The engine's results (one per PDF page); the low-confidence spans come from here."""
+    forms: AnswerForms | None = None
+    """The answer written for each kind of paste target (what the window's "Copy as ..." buttons copy)."""
 
     @property
     def tokens_per_second(self) -> float | None:

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from dotocr.desktop.clipboard.base import ClipboardContent
 from dotocr.tray.messages import error_sentence, outcome_line, outcome_toast
 from dotocr.tray.reading import Outcome, Reading
 
@@ -58,7 +59,7 @@ WindowFactory = Callable[[Reading, Callable[[], None]], ResultView]
 
 class ResultDisplay:
     def __init__(self, *, post: Callable[..., None], notify: Callable[[str, str], None], mode: Callable[[], str],
-                 copy: Callable[[str], Any], open_window: WindowFactory | None = None,
+                 copy: Callable[[str | ClipboardContent], Any], open_window: WindowFactory | None = None,
                  schedule: Callable[[int, Callable[[], None]], Any] | None = None,
                  toasts_visible: Callable[[], bool] = lambda: True) -> None:
         self._post = post
@@ -182,9 +183,20 @@ class ResultDisplay:
     # -- what a finished window offers ------------------------------------------------------------------------
 
     def copy_choices(self, outcome: Outcome) -> list[CopyChoice]:
-        """The window's copy buttons. Today the plain text only; "Copy as text / Markdown / table" join here where
-        the forms differ (issue 17, item 2)."""
-        return [("Copy", self._copy_again)]
+        """The window's copy buttons: "Copy" (the text as shown, edits included), then, where the answer's forms
+        differ from it, "Copy as Markdown" and "Copy as table" (HTML with real tables beside the plain text; "Copy
+        with formulas" when only formulas need it). Those copy the answer as read, not the edits."""
+        choices: list[CopyChoice] = [("Copy", self._copy_again)]
+        forms = outcome.forms
+        if forms is None:
+            return choices
+        if "markdown" in forms.offered:
+            choices.append(("Copy as Markdown", lambda _shown: self._copy_again(forms.markdown)))
+        if forms.html is not None:
+            rich = ClipboardContent(forms.text, forms.html)
+            choices.append(("Copy as table" if forms.tables else "Copy with formulas",
+                            lambda _shown: self._copy_again(rich)))
+        return choices
 
     def low_confidence(self, outcome: Outcome) -> list[Span]:
         """Spans of `outcome.text` to underline: each result's `low_confidence` (characters its tokens wrote with
@@ -192,7 +204,7 @@ class ResultDisplay:
         joined). A result whose text is not found there, or that could not tell (None), marks nothing."""
         return displayed_spans(outcome.text, [(r.text, r.low_confidence) for r in outcome.results])
 
-    def _copy_again(self, text: str) -> None:
+    def _copy_again(self, text: str | ClipboardContent) -> None:
         try:
             copied = self._copy(text)
         except Exception as exc:
