@@ -116,7 +116,7 @@ def own_child(args: argparse.Namespace) -> dict:
     llama.llama_backend_init()
     model_params = llama.llama_model_default_params()
     model_params.n_gpu_layers = -1 if args.device == "cuda" else 0
-    model_params.use_extra_bufts = extra_buffers_allowed()  # as in our decoder: AMX only with the permission
+    model_params.use_extra_bufts = extra_buffers_allowed(Path(args.text_gguf))  # as our decoder: AMX only once checked
     model = llama.llama_model_load_from_file(os.fsencode(args.text_gguf), model_params)
     params = llama.llama_context_default_params()
     params.n_ctx = 8192

@@ -26,7 +26,7 @@ def mtmd_session(text_gguf: Path, mmproj: Path, *, exact: bool = True) -> Iterat
     llama.llama_backend_init()
     model_params = llama.llama_model_default_params()
     model_params.n_gpu_layers = 0
-    model_params.use_extra_bufts = extra_buffers_allowed()  # as the decoder does (amx.py)
+    model_params.use_extra_bufts = extra_buffers_allowed(Path(text_gguf))  # as the decoder does (amx.py)
     model = llama.llama_model_load_from_file(os.fsencode(text_gguf), model_params)
     assert model, f"llama.cpp could not load {text_gguf}"
     params = llama.llama_context_default_params()
