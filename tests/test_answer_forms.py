@@ -151,3 +151,11 @@ def test_a_pdfs_pages_become_one_answer_joined_by_a_blank_line():
     assert forms.text == "Page one, prose.\n\nItem\tQty\nApples\t3"
     assert forms.html == "<p>Page one, prose.</p>\n" + answer_forms(TABLE).html and forms.tables == 1
     assert answer_forms([result("a"), result("b")]) == AnswerForms("a\n\nb", "a\n\nb", None)
+
+
+def test_a_markdown_answer_with_markdown_table_text_offers_no_second_markdown():
+    """Layout answers are Markdown already: their plain text keeps the model's table, so the window offers only
+    the real table beside "Copy", not a "Copy as Markdown" that differs in a separator's dashes."""
+    forms = answer_forms("Sales\n\n| a | b |\n|---|---|\n| 1 | 2 |", prompt="layout", table_text="markdown")
+    assert forms.text == forms.markdown == "Sales\n\n| a | b |\n|---|---|\n| 1 | 2 |"
+    assert forms.offered == ("text", "html")

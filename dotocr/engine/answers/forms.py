@@ -32,7 +32,6 @@ from .tables import (
     html_table,
     html_table_to_markdown,
     is_markdown_table_start,
-    markdown_table,
     read_html_table,
     read_markdown_rows,
     tsv,
@@ -195,8 +194,9 @@ def _join(pieces) -> str:
 
 def _plain(block: _Block, table_text: str) -> str:
     if block.kind == "table" and block.rows is not None:
-        texts = grid(block.rows)
-        return tsv(texts) if table_text == "tsv" else markdown_table(texts)
+        if table_text == "markdown":
+            return _markdown(block)  # one Markdown table, so "Copy as Markdown" is offered only where it differs
+        return tsv(grid(block.rows))
     return block.source.strip()
 
 
