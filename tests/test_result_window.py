@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tkinter as tk
 from collections.abc import Callable, Iterator
+from tkinter import ttk
 
 import pytest
 
@@ -150,6 +151,21 @@ def test_keyboard_only_ctrl_c_tab_enter_and_esc(root, opened):
     assert root.focus_get().cget("text") == "Copy as Markdown"
     keys(root, "key", "Escape")  # after the read, Esc closes; nothing is cancelled
     assert not window.is_open
+
+
+def test_several_copy_choices_get_a_row_of_their_own_and_none_is_squeezed(root, opened):
+    """Copy, Copy as Markdown and Copy as table side by side with Close did not fit the window's width: the
+    third was cut to a sliver (seen in a screenshot)."""
+    window, _, _ = opened()
+    labels = ["Copy", "Copy as Markdown", "Copy as table"]
+    window.finish("a\tb\n1\t2", status="Copied", copy_choices=[(label, lambda _t: None) for label in labels])
+    pump(root, 0.2)
+    buttons = [child for frame in window.buttons.master.winfo_children() if isinstance(frame, ttk.Frame)
+               for child in frame.winfo_children() if isinstance(child, ttk.Button)]
+    assert sorted(b.cget("text") for b in buttons) == sorted([*labels, "Close"])
+    for button in buttons:
+        assert button.winfo_width() >= button.winfo_reqwidth(), button.cget("text")
+        assert button.winfo_rootx() + button.winfo_width() <= window.window.winfo_rootx() + window.window.winfo_width()
 
 
 def test_esc_cancel_or_the_close_box_during_a_read_stop_it_and_close(root, opened):

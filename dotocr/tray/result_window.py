@@ -151,16 +151,27 @@ class ResultWindow:
         self.status.configure(text=status, style="Problem.Dotocr.TLabel" if problem else "Dotocr.TLabel")
         self.close_button.configure(text="Close")
         self._choices = list(copy_choices)
+        row = self._copy_row()
         for label, _action in self._choices:
-            button = ttk.Button(self.buttons, text=label, style="Dotocr.TButton",
-                                command=lambda label=label: self.copy(label))
+            button = ttk.Button(row, text=label, style="Dotocr.TButton", command=lambda label=label: self.copy(label))
             _enter_invokes(button)
             button.pack(side="left", padx=(0, round(6 * self.scale)))
-            button.lower(self.close_button)  # Tab goes text, copy buttons, Close: the stacking order
+            if row is self.buttons:
+                button.lower(self.close_button)  # Tab goes text, copy buttons, Close: the stacking order
         self._stays = problem
         self._deadline = None if problem else time.monotonic() + self._auto_close_s
         if self.window.focus_get() is not None:
             self.area.focus()
+
+    def _copy_row(self) -> ttk.Frame:
+        """Where the copy buttons go: beside Close for one, a row of their own above it for several ("Copy as
+        Markdown", "Copy as table"), so none is squeezed in the window's width."""
+        if len(self._choices) < 2:
+            return self.buttons
+        row = ttk.Frame(self.buttons.master, style="Dotocr.TFrame")
+        row.pack(side="bottom", fill="x", pady=(round(8 * self.scale), 0), after=self.buttons)
+        row.lower(self.buttons)  # Tab goes text, copy buttons, Close: the stacking order
+        return row
 
     def copy(self, label: str | None = None) -> bool:
         """Run the copy choice `label` (the first when None) on the text as it is now; the status line says how
