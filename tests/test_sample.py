@@ -4,6 +4,7 @@ where the model hub cannot be reached it says so in one sentence, with what to d
 from __future__ import annotations
 
 import re
+import sys
 
 from PIL import Image
 
@@ -47,4 +48,5 @@ def test_with_a_model_at_hand_the_first_command_prints_the_text(tmp_path, dots_t
     done = run_dotocr("ocr", "docs/sample.png", "--model", str(model), "--device", "cpu", "--precision", "fp32",
                       "--local", env=isolated(tmp_path), timeout=180)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "Weekly order\nTotal: 21.15\n"
+    newline = "\r\n" if sys.platform == "win32" else "\n"  # a Windows console or pipe gets Windows line ends
+    assert done.stdout == f"Weekly order{newline}Total: 21.15{newline}"
