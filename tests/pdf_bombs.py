@@ -5,9 +5,10 @@ from __future__ import annotations
 import zlib
 
 
-def build(objects: list[bytes]) -> bytes:
-    """A PDF holding `objects` (1-based, the first the catalog), with a correct cross-reference table."""
-    out = bytearray(b"%PDF-1.7\n")
+def build(objects: list[bytes], *, trailer: bytes = b"", version: bytes = b"1.7") -> bytes:
+    """A PDF holding `objects` (1-based, the first the catalog), with a correct cross-reference table; `trailer`
+    adds entries to its trailer dictionary (an /Encrypt and its /ID)."""
+    out = bytearray(b"%PDF-" + version + b"\n")
     offsets = []
     for number, body in enumerate(objects, 1):
         offsets.append(len(out))
@@ -16,7 +17,7 @@ def build(objects: list[bytes]) -> bytes:
     out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
     for offset in offsets:
         out += b"%010d 00000 n \n" % offset
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    out += b"trailer\n<< /Size %d /Root 1 0 R%s >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, trailer, xref)
     return bytes(out)
 
 
