@@ -13,6 +13,7 @@ import io
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,20 @@ def wait_until_ready(url: str, timeout: float = 120.0) -> dict[str, Any]:
         if time.monotonic() > deadline:
             raise AssertionError(f"server still loading after {timeout} s: {health}")
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def stand_in(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A plain HTTP server answering with `handler` on a free 127.0.0.1 port, on threads; yields its base URL.
+    For servers that are not ours (a hostile one, Ollama, vLLM's answers), which tests script by hand."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @contextlib.contextmanager

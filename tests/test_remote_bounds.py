@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 from engine_contract import sample_image
-from server_helpers import tiny_settings
+from server_helpers import stand_in, tiny_settings
 
 from dotocr.engine.remote import MAX_BODY_BYTES, MAX_LINE_BYTES, RemoteEngine
 from dotocr.errors import RemoteEngineError
@@ -112,14 +111,8 @@ class _Hostile(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def hostile():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hostile)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with stand_in(_Hostile) as url:
+        yield url + "/v1"
 
 
 def engine(url: str, **kwargs) -> RemoteEngine:

@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 from engine_contract import sample_image
-from server_helpers import tiny_settings
+from server_helpers import stand_in, tiny_settings
 
 from dotocr.engine.remote import RemoteEngine
 from dotocr.errors import RemoteEngineError
@@ -76,14 +75,8 @@ class _Scripted(BaseHTTPRequestHandler):
 @pytest.fixture
 def scripted():
     _Scripted.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with stand_in(_Scripted) as url:
+        yield url + "/v1"
 
 
 def engine(url: str) -> RemoteEngine:

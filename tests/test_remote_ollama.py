@@ -11,13 +11,12 @@ for image input". The same engine code is exercised for real against llama-serve
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 from engine_contract import sample_image
-from server_helpers import tiny_settings
+from server_helpers import stand_in, tiny_settings
 
 from dotocr.engine.inputs.prompts import IMAGE_PLACEHOLDER, instruction_for
 from dotocr.engine.remote import RemoteEngine
@@ -78,13 +77,8 @@ class _OllamaStandIn(BaseHTTPRequestHandler):
 @pytest.fixture
 def ollama():
     _OllamaStandIn.models, _OllamaStandIn.vision, _OllamaStandIn.bodies = ["dots-ocr:latest", "llama3:8b"], True, []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _OllamaStandIn)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with stand_in(_OllamaStandIn) as url:
+        yield url
 
 
 def engine(url: str, **changes) -> RemoteEngine:
