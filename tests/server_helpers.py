@@ -65,6 +65,29 @@ def wait_until_ready(url: str, timeout: float = 120.0) -> dict[str, Any]:
         time.sleep(0.05)
 
 
+class OpenAIStandIn(BaseHTTPRequestHandler):
+    """The part every hand-scripted OpenAI-compatible server shares: one model listed at /v1/models, 404 for the
+    rest of GET, a sender, and no request log. Subclasses answer POST."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/v1/models":
+            self._send(200, b'{"object": "list", "data": [{"id": "m", "owned_by": "someone"}]}')
+        else:
+            self._send(404, b'{"error": "not here"}')
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json", **headers: str) -> None:
+        self.send_response(status)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def stand_in(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     """A plain HTTP server answering with `handler` on a free 127.0.0.1 port, on threads; yields its base URL.

@@ -6,12 +6,11 @@ from __future__ import annotations
 import gzip
 import json
 import time
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 from engine_contract import sample_image
-from server_helpers import stand_in, tiny_settings
+from server_helpers import OpenAIStandIn, stand_in, tiny_settings
 
 from dotocr.engine.remote import MAX_BODY_BYTES, MAX_LINE_BYTES, RemoteEngine
 from dotocr.errors import RemoteEngineError
@@ -22,30 +21,15 @@ RUN_FOR_S = 30.0
 """No part plays longer than this, whatever the engine does: the stand-in itself stays bounded."""
 
 
-class _Hostile(BaseHTTPRequestHandler):
+class _Hostile(OpenAIStandIn):
     part = "endless"
     sent = 0
     """Pieces (or bytes) written by the last answer before the engine hung up."""
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path == "/v1/models":
-            self._send(200, b'{"object": "list", "data": [{"id": "m", "owned_by": "someone"}]}')
-        else:
-            self._send(404, b'{"error": "not here"}')
 
     def do_POST(self) -> None:  # noqa: N802
         self.rfile.read(int(self.headers["content-length"]))
         type(self).sent = 0
         getattr(self, "_" + self.part.replace("-", "_"))()
-
-    def _send(self, status: int, body: bytes, content_type: str = "application/json", **headers: str) -> None:
-        self.send_response(status)
-        self.send_header("content-type", content_type)
-        self.send_header("content-length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name.replace("_", "-"), value)
-        self.end_headers()
-        self.wfile.write(body)
 
     def _stream(self, pieces) -> None:
         self.send_response(200)
@@ -104,9 +88,6 @@ class _Hostile(BaseHTTPRequestHandler):
 
     def _gzipped(self) -> None:
         self._send(200, gzip.compress(b" " * (64 << 20)), content_encoding="gzip")
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture

@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import math
 import time
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
 from engine_contract import sample_image
-from server_helpers import stand_in, tiny_settings
+from server_helpers import OpenAIStandIn, stand_in, tiny_settings
 
 from dotocr.engine.remote import RemoteEngine
 from dotocr.errors import RemoteEngineError
@@ -29,17 +28,11 @@ def entry(token: str, logprob: float, *, spelled: list[int] | None = None) -> di
             "top_logprobs": []}
 
 
-class _Scripted(BaseHTTPRequestHandler):
+class _Scripted(OpenAIStandIn):
     """Answers each chat request with `answer(body)`: (status, chunks or a whole body)."""
 
     answer: Any = None
     requests: list[dict[str, Any]] = []
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path == "/v1/models":
-            self._send(200, b'{"object": "list", "data": [{"id": "m", "owned_by": "someone"}]}')
-        else:
-            self._send(404, b'{"error": "not here"}')
 
     def do_POST(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
@@ -60,16 +53,6 @@ class _Scripted(BaseHTTPRequestHandler):
             self.wfile.write(b"data: [DONE]\n\n")
         except (BrokenPipeError, ConnectionResetError):
             return
-
-    def _send(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
 
 
 @pytest.fixture
